@@ -1,0 +1,334 @@
+//! Runtime benchmarks (no HTTP). Prints one line per figure: the median of several rounds.
+//!
+//! `cargo bench --bench runtime` (all) or `cargo bench --bench runtime -- events` (names matching).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use denizen::{
+    AlarmInfo, Ctx, DurableObject, Durability, Handler, Message, Result, Runtime,
+};
+
+const ROUNDS: usize = 5;
+
+struct Bench {
+    starts: Arc<AtomicUsize>,
+    lateness: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl DurableObject for Bench {
+    async fn on_start(&mut self, _ctx: &mut Ctx<Self>) -> Result<()> {
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn alarm(&mut self, ctx: &mut Ctx<Self>, _info: AlarmInfo) -> Result<()> {
+        let due: Option<u128> = ctx.storage().get("due")?;
+        if let Some(due) = due {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            let late = Duration::from_micros(now.saturating_sub(due * 1000) as u64);
+            self.lateness.lock().unwrap_or_else(|e| e.into_inner()).push(late);
+        }
+        Ok(())
+    }
+}
+
+struct Nop;
+impl Message for Nop {
+    type Reply = ();
+}
+impl Handler<Nop> for Bench {
+    async fn handle(&mut self, _ctx: &mut Ctx<Self>, _: Nop) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Put(u64);
+impl Message for Put {
+    type Reply = ();
+}
+impl Handler<Put> for Bench {
+    async fn handle(&mut self, ctx: &mut Ctx<Self>, Put(i): Put) -> Result<()> {
+        ctx.storage().put("k", &i)?;
+        Ok(())
+    }
+}
+
+struct Touch;
+impl Message for Touch {
+    type Reply = ();
+}
+impl Handler<Touch> for Bench {
+    async fn handle(&mut self, ctx: &mut Ctx<Self>, _: Touch) -> Result<()> {
+        ctx.storage().put("touched", &true)?;
+        Ok(())
+    }
+}
+
+struct AlarmAt(SystemTime);
+impl Message for AlarmAt {
+    type Reply = ();
+}
+impl Handler<AlarmAt> for Bench {
+    async fn handle(&mut self, ctx: &mut Ctx<Self>, AlarmAt(at): AlarmAt) -> Result<()> {
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        ctx.storage().put("due", &ms)?;
+        ctx.set_alarm(at)
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    runtime: Runtime,
+    starts: Arc<AtomicUsize>,
+    lateness: Arc<Mutex<Vec<Duration>>>,
+}
+
+fn env(durability: Durability, idle: Duration, capacity: usize) -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let starts = Arc::new(AtomicUsize::new(0));
+    let lateness = Arc::new(Mutex::new(Vec::new()));
+    let (s, l) = (starts.clone(), lateness.clone());
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .durability(durability)
+        .idle_timeout(idle)
+        .mailbox_capacity(capacity)
+        .object_with("bench", move || Bench {
+            starts: s.clone(),
+            lateness: l.clone(),
+        })
+        .build()
+        .expect("runtime");
+    Env {
+        _dir: dir,
+        runtime,
+        starts,
+        lateness,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Events per second through one object from `callers` concurrent callers.
+async fn events_per_second(total: usize, callers: usize) -> f64 {
+    let e = env(Durability::Normal, Duration::from_secs(60), 1 << 20);
+    let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
+    ns.get_by_name("hot").call(Nop).await.expect("warm");
+    let per = total / callers;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let stub = ns.get_by_name("hot");
+        tasks.push(tokio::spawn(async move {
+            // Pipelined: keep a window of calls in flight per caller.
+            let mut window = std::collections::VecDeque::with_capacity(64);
+            for _ in 0..per {
+                if window.len() == 64 {
+                    let f: tokio::task::JoinHandle<_> = window.pop_front().expect("window");
+                    f.await.expect("join").expect("call");
+                }
+                window.push_back(tokio::spawn(stub.call(Nop)));
+            }
+            for f in window {
+                f.await.expect("join").expect("call");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let rate = (per * callers) as f64 / start.elapsed().as_secs_f64();
+    e.runtime.shutdown().await;
+    rate
+}
+
+/// One KV write per event, one object.
+async fn writes_per_second(durability: Durability, total: usize) -> f64 {
+    let e = env(durability, Duration::from_secs(60), 1 << 20);
+    let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
+    let stub = ns.get_by_name("writer");
+    stub.call(Nop).await.expect("warm");
+    let start = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(256);
+    for i in 0..total {
+        if window.len() == 256 {
+            let f: tokio::task::JoinHandle<_> = window.pop_front().expect("window");
+            f.await.expect("join").expect("put");
+        }
+        window.push_back(tokio::spawn(stub.call(Put(i as u64))));
+    }
+    for f in window {
+        f.await.expect("join").expect("put");
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    e.runtime.shutdown().await;
+    rate
+}
+
+/// First touch of distinct objects (each creates its SQLite file and writes once).
+async fn activations_per_second(count: usize, concurrency: usize) -> f64 {
+    let e = env(Durability::Normal, Duration::from_secs(60), 1024);
+    let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let ns = ns.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                ns.get_by_name(&format!("obj-{i}")).call(Touch).await.expect("touch");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(e.starts.load(Ordering::Relaxed), count);
+    e.runtime.shutdown().await;
+    rate
+}
+
+/// Latency from a call to a hibernated object until its handler answered.
+async fn wake_latency(count: usize) -> Vec<Duration> {
+    let e = env(Durability::Normal, Duration::from_millis(50), 1024);
+    let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
+    for i in 0..count {
+        ns.get_by_name(&format!("sleeper-{i}")).call(Touch).await.expect("touch");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ns.live_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count {
+        let stub = ns.get_by_name(&format!("sleeper-{i}"));
+        let start = Instant::now();
+        stub.call(Nop).await.expect("wake");
+        samples.push(start.elapsed());
+    }
+    e.runtime.shutdown().await;
+    samples.sort();
+    samples
+}
+
+/// Alarms of `count` objects due spread over one second: how late their handlers start.
+async fn alarm_lateness(count: usize) -> Vec<Duration> {
+    let e = env(Durability::Normal, Duration::from_secs(60), 1024);
+    let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
+    let base = SystemTime::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (chunk..count).step_by(8) {
+                let at = base + Duration::from_micros((i as u64 * 1_000_000) / count as u64);
+                ns.get_by_name(&format!("alarm-{i}")).call(AlarmAt(at)).await.expect("set");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert!(SystemTime::now() < base, "setting the alarms took too long for this bench");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while e.lateness.lock().unwrap_or_else(|p| p.into_inner()).len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut samples = e.lateness.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    e.runtime.shutdown().await;
+    samples.sort();
+    samples
+}
+
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        if wanted("events") {
+            let mut v = Vec::new();
+            for _ in 0..ROUNDS {
+                v.push(events_per_second(400_000, 8).await);
+            }
+            println!("events/s through one object, no writes: {:.0} (median of {ROUNDS})", median(v));
+        }
+        if wanted("writes") {
+            let mut v = Vec::new();
+            for _ in 0..ROUNDS {
+                v.push(writes_per_second(Durability::Normal, 60_000).await);
+            }
+            println!("KV writes/s, one object, durability normal: {:.0} (median of {ROUNDS})", median(v));
+            let mut v = Vec::new();
+            for _ in 0..ROUNDS {
+                v.push(writes_per_second(Durability::Fsync, 10_000).await);
+            }
+            println!("KV writes/s, one object, durability fsync: {:.0} (median of {ROUNDS})", median(v));
+        }
+        if wanted("activations") {
+            let mut v = Vec::new();
+            for _ in 0..ROUNDS {
+                v.push(activations_per_second(10_000, 32).await);
+            }
+            println!("first-touch activations/s (file created): {:.0} (median of {ROUNDS})", median(v));
+        }
+        if wanted("wake") {
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..ROUNDS {
+                let s = wake_latency(2_000).await;
+                p50.push(percentile(&s, 0.5).as_secs_f64() * 1e6);
+                p99.push(percentile(&s, 0.99).as_secs_f64() * 1e6);
+            }
+            println!(
+                "wake of a hibernated object to its first handled event: p50 {:.0} µs, p99 {:.0} µs (medians of {ROUNDS})",
+                median(p50),
+                median(p99)
+            );
+        }
+        if wanted("alarms") {
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..3 {
+                let s = alarm_lateness(10_000).await;
+                p50.push(percentile(&s, 0.5).as_secs_f64() * 1e3);
+                p99.push(percentile(&s, 0.99).as_secs_f64() * 1e3);
+            }
+            println!(
+                "alarm lateness, 10,000 alarms due within one second: p50 {:.2} ms, p99 {:.2} ms (medians of 3)",
+                median(p50),
+                median(p99)
+            );
+        }
+    });
+}

@@ -1,0 +1,543 @@
+//! The object's mailbox: a ractor actor that owns the instance and its `Ctx`, runs one event at a
+//! time, commits after each, and hibernates when idle.
+
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::ctx::{Ctx, now_ms};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::namespace::{Gate, NsInner};
+use crate::object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
+use crate::socket::{SocketEventKind, SocketId, WebSocket};
+
+/// Alarm retries as in Durable Objects: 2 s, doubling, 25% jitter, 6 retries.
+pub(crate) const ALARM_RETRY_START: Duration = Duration::from_secs(2);
+pub(crate) const ALARM_MAX_RETRIES: u32 = 6;
+
+/// One unit of work that produces a reply, kept type-erased so RPC messages of any type share the
+/// mailbox.
+pub(crate) trait Job<O: DurableObject>: Send {
+    fn run<'a>(&'a mut self, obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>>;
+    /// Called after the commit: deliver the reply.
+    fn succeed(self: Box<Self>);
+    fn fail(self: Box<Self>, error: Error);
+    /// A result of `ctx.spawn` (ends one unit of background work).
+    fn is_task(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) struct FetchJob {
+    req: Option<Request>,
+    resp: Option<Response>,
+    tx: oneshot::Sender<Result<Response>>,
+}
+
+impl FetchJob {
+    pub(crate) fn new(req: Request, tx: oneshot::Sender<Result<Response>>) -> Self {
+        FetchJob {
+            req: Some(req),
+            resp: None,
+            tx,
+        }
+    }
+}
+
+impl<O: DurableObject> Job<O> for FetchJob {
+    fn run<'a>(&'a mut self, obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let req = self.req.take().ok_or(Error::Unavailable)?;
+            self.resp = Some(obj.fetch(ctx, req).await?);
+            Ok(())
+        })
+    }
+    fn succeed(self: Box<Self>) {
+        let _ = self.tx.send(self.resp.ok_or(Error::Unavailable));
+    }
+    fn fail(self: Box<Self>, error: Error) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+pub(crate) struct CallJob<M: Message> {
+    msg: Option<M>,
+    reply: Option<M::Reply>,
+    tx: oneshot::Sender<Result<M::Reply>>,
+}
+
+impl<M: Message> CallJob<M> {
+    pub(crate) fn new(msg: M, tx: oneshot::Sender<Result<M::Reply>>) -> Self {
+        CallJob {
+            msg: Some(msg),
+            reply: None,
+            tx,
+        }
+    }
+}
+
+impl<O: Handler<M>, M: Message> Job<O> for CallJob<M> {
+    fn run<'a>(&'a mut self, obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let msg = self.msg.take().ok_or(Error::Unavailable)?;
+            self.reply = Some(obj.handle(ctx, msg).await?);
+            Ok(())
+        })
+    }
+    fn succeed(self: Box<Self>) {
+        let _ = self.tx.send(self.reply.ok_or(Error::Unavailable));
+    }
+    fn fail(self: Box<Self>, error: Error) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+/// The output of a `ctx.spawn` future, handled as a message with nobody waiting for the reply.
+pub(crate) struct TaskJob<M: Message> {
+    msg: Option<M>,
+}
+
+impl<M: Message> TaskJob<M> {
+    pub(crate) fn new(msg: M) -> Self {
+        TaskJob { msg: Some(msg) }
+    }
+}
+
+impl<O: Handler<M>, M: Message> Job<O> for TaskJob<M> {
+    fn run<'a>(&'a mut self, obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let msg = self.msg.take().ok_or(Error::Unavailable)?;
+            obj.handle(ctx, msg).await?;
+            Ok(())
+        })
+    }
+    fn succeed(self: Box<Self>) {}
+    fn fail(self: Box<Self>, error: Error) {
+        tracing::warn!(error = %error, "handling the result of a spawned task failed");
+    }
+    fn is_task(&self) -> bool {
+        true
+    }
+}
+
+pub(crate) enum Event<O: DurableObject> {
+    Job(Box<dyn Job<O>>),
+    Socket {
+        socket: SocketId,
+        kind: SocketEventKind,
+    },
+    Alarm {
+        at_ms: i64,
+        retry_count: u32,
+    },
+    /// A `wait_until` future (or a panicked task) finished.
+    BackgroundDone,
+    /// Not counted by the gate: sent by the actor's own idle timer.
+    IdleCheck,
+    /// Not counted by the gate: too many databases are open; hibernate now if idle.
+    Evict,
+    /// Not counted by the gate: finish what is queued before it, commit, and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+pub(crate) struct Args<O: DurableObject> {
+    pub(crate) ns: Arc<NsInner<O>>,
+    pub(crate) id: ObjectId,
+    pub(crate) gate: Arc<Gate>,
+}
+
+pub(crate) struct ObjectActor<O> {
+    span: tracing::Span,
+    _object: PhantomData<fn() -> O>,
+}
+
+impl<O> ObjectActor<O> {
+    pub(crate) fn new(span: tracing::Span) -> Self {
+        ObjectActor {
+            span,
+            _object: PhantomData,
+        }
+    }
+}
+
+pub(crate) struct State<O: DurableObject> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    gate: Arc<Gate>,
+    instance: Option<O>,
+    ctx: Option<Ctx<O>>,
+    last_event: Instant,
+    timer_armed: bool,
+}
+
+type Caught = std::result::Result<Result<()>, Box<dyn std::any::Any + Send>>;
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+impl<O: DurableObject> Actor for ObjectActor<O> {
+    type Msg = Event<O>;
+    type State = State<O>;
+    type Arguments = Args<O>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Args<O>,
+    ) -> std::result::Result<State<O>, ActorProcessingErr> {
+        args.ns.shared.metrics.live_objects.fetch_add(1, Relaxed);
+        args.ns.shared.metrics.activations.fetch_add(1, Relaxed);
+        Ok(State {
+            ns: args.ns,
+            id: args.id,
+            gate: args.gate,
+            instance: None,
+            ctx: None,
+            last_event: Instant::now(),
+            timer_armed: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: Event<O>,
+        state: &mut State<O>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match event {
+            Event::IdleCheck => {
+                state.timer_armed = false;
+                if state.idle_check(&myself, false) {
+                    myself.stop(None);
+                }
+            }
+            Event::Evict => {
+                if state.idle_check(&myself, true) {
+                    myself.stop(None);
+                }
+            }
+            Event::Stop(done) => {
+                state.gate.force_close();
+                state.ns.remove_live(&state.id, &state.gate);
+                state.hibernate();
+                let _ = done.send(());
+                myself.stop(None);
+            }
+            event => {
+                state
+                    .process(event)
+                    .instrument(self.span.clone())
+                    .await;
+                state.gate.release();
+                state.last_event = Instant::now();
+                state.gate.touch(state.ns.shared.clock_ms());
+                if !state.timer_armed {
+                    state.arm_timer(&myself, state.ns.shared.options.idle_timeout);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut State<O>,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        state.ns.shared.metrics.live_objects.fetch_sub(1, Relaxed);
+        Ok(())
+    }
+}
+
+impl<O: DurableObject> State<O> {
+    fn arm_timer(&mut self, myself: &ActorRef<Event<O>>, after: Duration) {
+        self.timer_armed = true;
+        let _ = myself.send_after(after, || Event::IdleCheck);
+    }
+
+    /// Hibernates if nothing happened for the idle timeout (or at once when `now`) and nothing
+    /// runs in the background. Returns true when the actor should stop.
+    fn idle_check(&mut self, myself: &ActorRef<Event<O>>, now: bool) -> bool {
+        let timeout = self.ns.shared.options.idle_timeout;
+        let idle = self.last_event.elapsed();
+        let busy = self.ctx.as_ref().is_some_and(|c| c.background > 0);
+        if busy {
+            if !self.timer_armed {
+                self.arm_timer(myself, timeout);
+            }
+            return false;
+        }
+        if idle < timeout && !now {
+            self.arm_timer(myself, timeout - idle);
+            return false;
+        }
+        if !self.ns.try_evict(&self.id, &self.gate) {
+            // An event is queued; it re-arms the timer when it finishes.
+            return false;
+        }
+        self.hibernate();
+        self.ns.shared.metrics.hibernations.fetch_add(1, Relaxed);
+        tracing::debug!("hibernated");
+        true
+    }
+
+    /// Drops the instance and closes the database, recording size and activity in the catalog.
+    fn hibernate(&mut self) {
+        self.instance = None;
+        if let Some(mut ctx) = self.ctx.take() {
+            if let Err(e) = ctx.storage.commit() {
+                tracing::error!(error = %e, "commit at hibernation failed");
+            }
+            let size = ctx.storage.database_size().ok();
+            self.ns.shared.touch_later(denizen_storage::ObjectTouch {
+                namespace: self.ns.name.to_string(),
+                id: ctx.id.to_hex(),
+                name: ctx.id.name().map(str::to_string),
+                at_ms: now_ms(),
+                size_bytes: size,
+            });
+        }
+        self.ns.release_sockets(&self.id);
+    }
+
+    /// Opens the database and builds the instance (running `on_start`) if needed.
+    async fn ensure_started(&mut self) -> Result<()> {
+        if self.ctx.is_none() {
+            self.ctx = Some(Ctx::open(&self.ns, &self.id).map_err(|e| Error::StartFailed {
+                message: e.to_string(),
+            })?);
+        }
+        if self.instance.is_none() {
+            let Some(ctx) = self.ctx.as_mut() else {
+                return Err(Error::Unavailable);
+            };
+            let mut instance = (self.ns.factory)();
+            let caught: Caught = AssertUnwindSafe(instance.on_start(ctx)).catch_unwind().await;
+            self.finish(caught).map_err(|e| Error::StartFailed {
+                message: format!("on_start failed: {e}"),
+            })?;
+            self.instance = Some(instance);
+        }
+        Ok(())
+    }
+
+    /// Commits a successful event and releases its outputs; rolls back and resets a failed one.
+    fn finish(&mut self, caught: Caught) -> Result<()> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(Error::Unavailable);
+        };
+        let result = match caught {
+            Ok(r) => r,
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(panic = %message, "handler panicked");
+                Err(Error::Panicked { message })
+            }
+        };
+        let result = result.and_then(|()| ctx.commit_writes());
+        match result {
+            Ok(()) => {
+                ctx.release_outputs();
+                Ok(())
+            }
+            Err(error) => {
+                self.ns.shared.metrics.handler_errors.fetch_add(1, Relaxed);
+                self.instance = None;
+                if let Err(e) = ctx.abort() {
+                    // The connection is in an unknown state: reopen it on the next event.
+                    tracing::error!(error = %e, "rollback failed; reopening the database");
+                    let background = ctx.background;
+                    self.ctx = None;
+                    if background > 0 {
+                        tracing::warn!("background work of a reset object will report to a new instance");
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn process(&mut self, event: Event<O>) {
+        self.ns.shared.metrics.events.fetch_add(1, Relaxed);
+        if let Event::BackgroundDone = event {
+            if let Some(ctx) = self.ctx.as_mut() {
+                ctx.background = ctx.background.saturating_sub(1);
+            }
+            return;
+        }
+        if let Err(error) = self.ensure_started().await {
+            tracing::warn!(error = %error, "object failed to start");
+            self.fail_undelivered(event, error);
+            return;
+        }
+        let (Some(instance), Some(ctx)) = (self.instance.as_mut(), self.ctx.as_mut()) else {
+            return;
+        };
+        match event {
+            Event::Job(mut job) => {
+                let is_task = job.is_task();
+                let caught: Caught = AssertUnwindSafe(job.run(instance, ctx)).catch_unwind().await;
+                if is_task {
+                    ctx.background = ctx.background.saturating_sub(1);
+                }
+                match self.finish(caught) {
+                    Ok(()) => job.succeed(),
+                    Err(e) => job.fail(e),
+                }
+            }
+            Event::Socket { socket, kind } => {
+                let ws = WebSocket { id: socket };
+                let known = ctx.sockets.lock().sockets.contains_key(&socket);
+                if !known {
+                    return;
+                }
+                let closing = !matches!(kind, SocketEventKind::Message(_));
+                let caught: Caught = match kind {
+                    SocketEventKind::Message(frame) => {
+                        AssertUnwindSafe(instance.websocket_message(ctx, ws, frame))
+                            .catch_unwind()
+                            .await
+                    }
+                    SocketEventKind::Close {
+                        code,
+                        reason,
+                        was_clean,
+                    } => {
+                        AssertUnwindSafe(instance.websocket_close(ctx, ws, code, reason, was_clean))
+                            .catch_unwind()
+                            .await
+                    }
+                    SocketEventKind::Error(error) => {
+                        AssertUnwindSafe(instance.websocket_error(ctx, ws, error))
+                            .catch_unwind()
+                            .await
+                    }
+                };
+                if let Err(e) = self.finish(caught) {
+                    tracing::warn!(error = %e, socket, "websocket handler failed");
+                }
+                if closing && let Some(ctx) = self.ctx.as_mut() {
+                    ctx.forget_socket(socket);
+                }
+            }
+            Event::Alarm { at_ms, retry_count } => self.run_alarm(at_ms, retry_count).await,
+            Event::BackgroundDone | Event::IdleCheck | Event::Evict | Event::Stop(_) => {}
+        }
+    }
+
+    fn fail_undelivered(&mut self, event: Event<O>, error: Error) {
+        match event {
+            Event::Job(job) => {
+                if job.is_task()
+                    && let Some(ctx) = self.ctx.as_mut()
+                {
+                    ctx.background = ctx.background.saturating_sub(1);
+                }
+                job.fail(error)
+            }
+            Event::Alarm { retry_count, .. } => {
+                // Not the handler's fault: retry without counting it.
+                let next = now_ms() + backoff_ms(0);
+                self.ns
+                    .shared
+                    .retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count);
+            }
+            Event::Socket { socket, kind } => {
+                if !matches!(kind, SocketEventKind::Message(_)) {
+                    self.ns.sockets_of(&self.id).lock().sockets.remove(&socket);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn run_alarm(&mut self, at_ms: i64, retry_count: u32) {
+        let shared = self.ns.shared.clone();
+        let (Some(instance), Some(ctx)) = (self.instance.as_mut(), self.ctx.as_mut()) else {
+            return;
+        };
+        let stored = match ctx.stored_alarm() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the stored alarm");
+                return;
+            }
+        };
+        let now = now_ms();
+        match stored {
+            None => {
+                // Deleted (or already handled) since the index was written.
+                let _ = ctx.storage.commit();
+                shared.clear_alarm(&self.ns.name, &self.id);
+            }
+            Some(at) if at > now => {
+                // Moved later since the index was written.
+                let _ = ctx.storage.commit();
+                shared.schedule_alarm(&self.ns.name, *self.id.bytes(), at, 0);
+            }
+            Some(_) => {
+                shared.metrics.alarms_fired.fetch_add(1, Relaxed);
+                shared
+                    .metrics
+                    .alarm_lateness
+                    .observe(Duration::from_millis(u64::try_from(now - at_ms).unwrap_or(0)));
+                // Inside the handler the alarm reads as unset unless the handler sets a new one.
+                let caught: Caught = match ctx.delete_alarm() {
+                    Ok(()) => {
+                        let info = AlarmInfo {
+                            retry_count,
+                            is_retry: retry_count > 0,
+                        };
+                        AssertUnwindSafe(instance.alarm(ctx, info)).catch_unwind().await
+                    }
+                    Err(e) => Ok(Err(e)),
+                };
+                if let Err(error) = self.finish(caught) {
+                    if retry_count < ALARM_MAX_RETRIES {
+                        let next = now_ms() + backoff_ms(retry_count);
+                        tracing::warn!(error = %error, retry_count, "alarm handler failed; retrying");
+                        shared.retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count + 1);
+                    } else {
+                        tracing::error!(error = %error, "alarm handler failed {} times; giving up", retry_count + 1);
+                        self.give_up_alarm().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn give_up_alarm(&mut self) {
+        if self.ensure_started().await.is_err() {
+            return;
+        }
+        if let Some(ctx) = self.ctx.as_mut() {
+            let result = ctx.delete_alarm().and_then(|()| ctx.commit_writes());
+            if let Err(e) = result {
+                tracing::error!(error = %e, "could not drop the failed alarm");
+            }
+        }
+    }
+}
+
+/// 2 s × 2^retry, ±25%.
+pub(crate) fn backoff_ms(retry_count: u32) -> i64 {
+    let base = ALARM_RETRY_START.as_millis() as f64 * 2f64.powi(retry_count.min(9) as i32);
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    (base * jitter) as i64
+}

@@ -1,0 +1,72 @@
+//! Offline access to a data directory, for operators (the `denizen` CLI): list a namespace's
+//! objects and open one object's database without registering its type.
+//!
+//! Opening a database while a server runs on the same directory is safe for SQLite (WAL allows one
+//! writer and many readers across processes), but writes made this way bypass the live object:
+//! treat it as an operator's tool.
+
+use std::path::Path;
+
+use denizen_storage::{Catalog, Durability, Storage};
+
+use crate::error::{Error, Result};
+use crate::id::{IdMinter, ObjectId};
+use crate::runtime::ObjectInfo;
+
+/// How the object to open is named.
+pub enum Address<'a> {
+    Name(&'a str),
+    Id(&'a str),
+}
+
+/// Every object the catalog knows in `namespace` (`live` is always false: this reads files only).
+pub fn list_objects(data_dir: &Path, namespace: &str) -> Result<Vec<ObjectInfo>> {
+    let catalog = open_catalog(data_dir)?;
+    Ok(catalog
+        .list_objects(namespace)?
+        .into_iter()
+        .map(|r| ObjectInfo {
+            id: r.id,
+            name: r.name,
+            created_ms: r.created_ms,
+            last_active_ms: r.last_active_ms,
+            size_bytes: r.size_bytes,
+            live: false,
+        })
+        .collect())
+}
+
+/// Opens an existing object's database. Unknown objects are an error, never created.
+pub fn open_object(
+    data_dir: &Path,
+    namespace: &str,
+    address: Address<'_>,
+    durability: Durability,
+) -> Result<(ObjectId, Storage)> {
+    let catalog = open_catalog(data_dir)?;
+    let minter = IdMinter::new(&catalog.secret_key()?, namespace);
+    let id = match address {
+        Address::Name(name) => minter.from_name(name),
+        Address::Id(hex) => minter.from_string(hex)?,
+    };
+    let path = denizen_storage::object_path(data_dir, namespace, &id.to_hex());
+    if !path.exists() {
+        return Err(Error::NoSuchObject {
+            namespace: namespace.to_string(),
+            object: match address {
+                Address::Name(name) => format!("named `{name}`"),
+                Address::Id(hex) => format!("with id {hex}"),
+            },
+        });
+    }
+    Ok((id, Storage::open(&path, durability)?))
+}
+
+fn open_catalog(data_dir: &Path) -> Result<Catalog> {
+    if !data_dir.join("catalog.sqlite").exists() {
+        return Err(Error::NoDataDir {
+            path: data_dir.display().to_string(),
+        });
+    }
+    Ok(Catalog::open(data_dir, Durability::Normal)?)
+}

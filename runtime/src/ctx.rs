@@ -1,0 +1,444 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use denizen_storage::{ObjectTouch, Storage, Value};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::actor::{Event, TaskJob};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::namespace::{NsInner, Stub};
+use crate::object::{DurableObject, Handler, Message, Request, Response};
+use crate::runtime::Runtime;
+use crate::socket::{
+    Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, ObjectSockets, Outgoing, SocketEntry,
+    SocketHandle, SocketId, Upgrade, WebSocket, validate_tags,
+};
+
+pub(crate) const ALARM_KEY: &str = "alarm";
+const NAME_KEY: &str = "name";
+
+/// An object's view of the runtime: its id, its storage, its alarm, its sockets, background
+/// work, and stubs to other objects.
+///
+/// Everything that reveals state — socket sends, broadcasts, closes, spawned tasks — is held in
+/// the object until the event's writes are committed, and dropped if the event fails.
+pub struct Ctx<O: DurableObject> {
+    pub(crate) id: ObjectId,
+    pub(crate) ns: Arc<NsInner<O>>,
+    pub(crate) storage: Storage,
+    pub(crate) sockets: Arc<ObjectSockets>,
+    outbox: Vec<(SocketId, Outgoing)>,
+    pending: Vec<BoxFuture<'static, Event<O>>>,
+    accepted: Vec<SocketId>,
+    pub(crate) alarm_dirty: bool,
+    pub(crate) background: usize,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+impl<O: DurableObject> Ctx<O> {
+    /// Opens the object's database and records it in the catalog.
+    pub(crate) fn open(ns: &Arc<NsInner<O>>, id: &ObjectId) -> Result<Self> {
+        let shared = &ns.shared;
+        let path = denizen_storage::object_path(&shared.options.data_dir, &ns.name, &id.to_hex());
+        let is_new = !path.exists();
+        let mut storage = Storage::open(&path, shared.options.durability)?;
+        let mut id = id.clone();
+        if id.name().is_none() {
+            let stored = match storage.meta_get(NAME_KEY)? {
+                Some(Value::Text(name)) => Some(name),
+                _ => shared
+                    .catalog
+                    .object(&ns.name, &id.to_hex())?
+                    .and_then(|r| r.name),
+            };
+            id = id.with_name(stored.map(Into::into));
+        } else if is_new {
+            // Written with the first event's transaction: no extra commit on first touch.
+            storage.meta_set(NAME_KEY, id.name().map(|n| Value::Text(n.to_string())))?;
+        }
+        let touch = ObjectTouch {
+            namespace: ns.name.to_string(),
+            id: id.to_hex(),
+            name: id.name().map(str::to_string),
+            at_ms: now_ms(),
+            size_bytes: None,
+        };
+        if is_new {
+            // A new object is in the catalog before anything it does is acknowledged.
+            shared.catalog.touch_objects(&[touch])?;
+        } else {
+            shared.touch_later(touch);
+        }
+        Ok(Ctx {
+            sockets: ns.sockets_of(&id),
+            id,
+            ns: ns.clone(),
+            storage,
+            outbox: Vec::new(),
+            pending: Vec::new(),
+            accepted: Vec::new(),
+            alarm_dirty: false,
+            background: 0,
+        })
+    }
+
+    /// This object's id; `id().name()` is the name it was addressed by.
+    pub fn id(&self) -> &ObjectId {
+        &self.id
+    }
+
+    /// The namespace this object lives in.
+    pub fn namespace(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// The object's own SQLite database (SQL and KV). Writes are committed when the handler
+    /// returns `Ok`.
+    pub fn storage(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    /// A handle on the runtime, to reach other namespaces.
+    pub fn runtime(&self) -> Runtime {
+        Runtime::from_shared(self.ns.shared.clone())
+    }
+
+    // ---- alarm ----
+
+    /// Sets (or replaces) the object's one alarm. Part of the event's transaction.
+    pub fn set_alarm(&mut self, at: SystemTime) -> Result<()> {
+        self.storage
+            .meta_set(ALARM_KEY, Some(Value::Integer(to_ms(at))))?;
+        self.alarm_dirty = true;
+        Ok(())
+    }
+
+    /// The pending alarm, if any. Inside the alarm handler this is `None` unless the handler set a
+    /// new one.
+    pub fn get_alarm(&mut self) -> Result<Option<SystemTime>> {
+        Ok(self.stored_alarm()?.map(from_ms))
+    }
+
+    /// Cancels the alarm (and any pending retry of it).
+    pub fn delete_alarm(&mut self) -> Result<()> {
+        self.storage.meta_set(ALARM_KEY, None)?;
+        self.alarm_dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn stored_alarm(&mut self) -> Result<Option<i64>> {
+        Ok(match self.storage.meta_get(ALARM_KEY)? {
+            Some(Value::Integer(ms)) => Some(ms),
+            _ => None,
+        })
+    }
+
+    // ---- background work ----
+
+    /// Runs `fut` outside the mailbox (network calls, LLM requests, timers); its output comes
+    /// back to this object as an event handled by `Handler<M>`. It starts only after this
+    /// event's writes are committed, and is dropped if the event fails. The object does not
+    /// hibernate while it runs.
+    pub fn spawn<M, F>(&mut self, fut: F)
+    where
+        M: Message,
+        O: Handler<M>,
+        F: Future<Output = M> + Send + 'static,
+    {
+        self.pending.push(Box::pin(async move {
+            match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(msg) => Event::Job(Box::new(TaskJob::new(msg))),
+                Err(_) => {
+                    tracing::error!("a task started with ctx.spawn panicked; its result is lost");
+                    Event::BackgroundDone
+                }
+            }
+        }));
+    }
+
+    /// Keeps the object in memory until `fut` finishes (its output is ignored). Starts after the
+    /// event commits, like [`Ctx::spawn`].
+    pub fn wait_until<F>(&mut self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.pending.push(Box::pin(async move {
+            if std::panic::AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+                tracing::error!("a future given to ctx.wait_until panicked");
+            }
+            Event::BackgroundDone
+        }));
+    }
+
+    // ---- other objects ----
+
+    /// Calls another object. The writes made so far are committed first (and held messages
+    /// released), because the call may carry state out of this object. Avoid cycles of
+    /// awaited calls (A awaits B awaits A): each object handles one event at a time, so such a
+    /// cycle waits forever — use `spawn` for calls whose answer can come back as an event.
+    pub async fn call<P, M>(&mut self, stub: &Stub<P>, msg: M) -> Result<M::Reply>
+    where
+        P: Handler<M>,
+        M: Message,
+    {
+        self.commit()?;
+        stub.call(msg).await
+    }
+
+    /// `fetch` on another object, committing first like [`Ctx::call`].
+    pub async fn fetch_object<P: DurableObject>(
+        &mut self,
+        stub: &Stub<P>,
+        req: Request,
+    ) -> Result<Response> {
+        self.commit()?;
+        stub.fetch(req).await
+    }
+
+    // ---- websockets ----
+
+    /// Accepts the WebSocket offered with this request (the transport put an [`Upgrade`] in
+    /// its extensions). Answer the request with [`crate::http_util::switching_protocols`]. The
+    /// socket outlives this instance: it stays open while the object hibernates.
+    pub fn accept_websocket(&mut self, req: &Request, tags: &[&str]) -> Result<WebSocket> {
+        let upgrade = req.extensions().get::<Upgrade>().ok_or(Error::NotUpgrade)?;
+        let tags = validate_tags(tags)?;
+        let tx = upgrade.take_sender().ok_or(Error::NotUpgrade)?;
+        let id = self.ns.shared.next_socket_id.fetch_add(1, Relaxed);
+        self.sockets.lock().sockets.insert(
+            id,
+            SocketEntry {
+                tags,
+                attachment: None,
+                tx,
+                auto_response_at: None,
+            },
+        );
+        self.ns.shared.metrics.open_sockets.fetch_add(1, Relaxed);
+        self.accepted.push(id);
+        upgrade.set_accepted(SocketHandle {
+            id,
+            object: *self.id.bytes(),
+            sockets: self.sockets.clone(),
+            router: self.ns.clone(),
+        });
+        Ok(WebSocket { id })
+    }
+
+    /// The object's open sockets, all or those with `tag`.
+    pub fn get_websockets(&self, tag: Option<&str>) -> Vec<WebSocket> {
+        let inner = self.sockets.lock();
+        let mut out: Vec<WebSocket> = inner
+            .sockets
+            .iter()
+            .filter(|(_, e)| tag.is_none_or(|t| e.tags.iter().any(|x| &**x == t)))
+            .map(|(id, _)| WebSocket { id: *id })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The tags a socket was accepted with.
+    pub fn tags(&self, ws: WebSocket) -> Vec<String> {
+        self.sockets
+            .lock()
+            .sockets
+            .get(&ws.id)
+            .map(|e| e.tags.iter().map(|t| t.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores a value with the socket (≤ 16 KiB encoded); it survives hibernation.
+    pub fn set_attachment<T: Serialize + ?Sized>(&mut self, ws: WebSocket, value: &T) -> Result<()> {
+        let bytes = rmp_serde::to_vec_named(value).map_err(|e| Error::Codec(e.to_string()))?;
+        if bytes.len() > MAX_ATTACHMENT_SIZE {
+            return Err(Error::AttachmentTooLarge {
+                size: bytes.len(),
+                max: MAX_ATTACHMENT_SIZE,
+            });
+        }
+        let mut inner = self.sockets.lock();
+        let entry = inner
+            .sockets
+            .get_mut(&ws.id)
+            .ok_or(Error::UnknownSocket(ws.id))?;
+        entry.attachment = Some(bytes.into_boxed_slice());
+        Ok(())
+    }
+
+    /// The socket's attachment, if one was set.
+    pub fn attachment<T: DeserializeOwned>(&self, ws: WebSocket) -> Result<Option<T>> {
+        let inner = self.sockets.lock();
+        let entry = inner.sockets.get(&ws.id).ok_or(Error::UnknownSocket(ws.id))?;
+        entry
+            .attachment
+            .as_deref()
+            .map(|b| rmp_serde::from_slice(b).map_err(|e| Error::Codec(e.to_string())))
+            .transpose()
+    }
+
+    /// Sends a frame once the event's writes are committed.
+    pub fn send(&mut self, ws: WebSocket, frame: impl Into<Frame>) {
+        self.outbox.push((ws.id, Outgoing::Frame(frame.into())));
+    }
+
+    /// Sends a frame to every socket (or those with `tag`), except `except`, once committed.
+    pub fn broadcast(&mut self, tag: Option<&str>, frame: impl Into<Frame>, except: Option<WebSocket>) {
+        let frame = frame.into();
+        for ws in self.get_websockets(tag) {
+            if Some(ws) != except {
+                self.outbox.push((ws.id, Outgoing::Frame(frame.clone())));
+            }
+        }
+    }
+
+    /// Closes a socket with a code and reason once committed.
+    pub fn close(&mut self, ws: WebSocket, code: u16, reason: &str) {
+        self.outbox.push((
+            ws.id,
+            Outgoing::Close {
+                code,
+                reason: reason.to_string(),
+            },
+        ));
+    }
+
+    /// Sets (or clears) the request → response pair the transport answers without waking the
+    /// object (each string ≤ 2048 bytes). Kept across hibernation.
+    pub fn set_auto_response(&mut self, pair: Option<(&str, &str)>) -> Result<()> {
+        if let Some((req, resp)) = pair
+            && (req.len() > MAX_AUTO_RESPONSE_LENGTH || resp.len() > MAX_AUTO_RESPONSE_LENGTH)
+        {
+            return Err(Error::AutoResponseTooLong {
+                max: MAX_AUTO_RESPONSE_LENGTH,
+            });
+        }
+        self.sockets.lock().auto_response = pair.map(|(a, b)| (a.into(), b.into()));
+        Ok(())
+    }
+
+    /// When the transport last answered this socket with the auto-response.
+    pub fn auto_response_timestamp(&self, ws: WebSocket) -> Option<SystemTime> {
+        self.sockets
+            .lock()
+            .sockets
+            .get(&ws.id)
+            .and_then(|e| e.auto_response_at)
+    }
+
+    // ---- the output gate ----
+
+    /// Commits the writes made so far and releases the messages held behind them. Handlers
+    /// rarely need this: the runtime commits when they return. After it, a failing handler
+    /// rolls back only what came later.
+    pub fn commit(&mut self) -> Result<()> {
+        self.commit_writes()?;
+        self.release_outputs();
+        Ok(())
+    }
+
+    pub(crate) fn commit_writes(&mut self) -> Result<()> {
+        let shared = self.ns.shared.clone();
+        let alarm = if self.alarm_dirty {
+            let at = self.stored_alarm()?;
+            if let Some(at) = at {
+                // The due index may name an alarm that never commits (harmless: the object's own
+                // file is checked when it fires), but must never miss one that did.
+                shared.catalog.set_alarm(&self.ns.name, &self.id.to_hex(), at, 0)?;
+            }
+            Some(at)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        if let Err(e) = self.storage.commit() {
+            return Err(Error::CommitFailed {
+                message: e.to_string(),
+            });
+        }
+        shared.metrics.commit_latency.observe(started.elapsed());
+        self.alarm_dirty = false;
+        self.accepted.clear();
+        match alarm {
+            Some(Some(at)) => shared.schedule_alarm(&self.ns.name, *self.id.bytes(), at, 0),
+            Some(None) => shared.clear_alarm(&self.ns.name, &self.id),
+            None => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_outputs(&mut self) {
+        if !self.outbox.is_empty() {
+            let inner = self.sockets.lock();
+            for (id, out) in self.outbox.drain(..) {
+                if let Some(entry) = inner.sockets.get(&id) {
+                    let _ = entry.tx.send(out);
+                }
+            }
+        }
+        for fut in self.pending.drain(..) {
+            self.background += 1;
+            let ns = self.ns.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let event = fut.await;
+                if let Err(e) = ns.send(&id, event, true) {
+                    tracing::warn!(namespace = %ns.name, id = %id, error = %e, "background result not delivered");
+                }
+            });
+        }
+    }
+
+    /// Drops everything the failed event did: writes, held messages, tasks, sockets it accepted.
+    pub(crate) fn abort(&mut self) -> Result<()> {
+        self.outbox.clear();
+        self.pending.clear();
+        self.alarm_dirty = false;
+        if !self.accepted.is_empty() {
+            let mut inner = self.sockets.lock();
+            for id in self.accepted.drain(..) {
+                if let Some(entry) = inner.sockets.remove(&id) {
+                    let _ = entry.tx.send(Outgoing::Close {
+                        code: 1011,
+                        reason: "the object failed while accepting this socket".into(),
+                    });
+                    self.ns.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
+                }
+            }
+        }
+        self.storage.rollback().map_err(Error::from)
+    }
+
+    pub(crate) fn forget_socket(&mut self, id: SocketId) {
+        if self.sockets.lock().sockets.remove(&id).is_some() {
+            self.ns.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,472 @@
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use denizen_storage::{Catalog, Durability, ObjectTouch};
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::alarm;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::metrics::Metrics;
+use crate::namespace::{AnyNamespace, Namespace, NsInner};
+use crate::object::{DurableObject, Request, Response};
+
+/// How the runtime runs. Every field has a default; see [`Options::default`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where object databases and the catalog live. Default `./data`.
+    pub data_dir: PathBuf,
+    /// An object with nothing to do for this long is evicted from memory. Default 10 s.
+    pub idle_timeout: Duration,
+    /// `Normal` survives a process crash; `Fsync` survives power loss too. Default `Normal`.
+    pub durability: Durability,
+    /// Events queued (plus the running one) per object before callers get `Overloaded`.
+    /// Default 1024.
+    pub mailbox_capacity: usize,
+    /// At most this many objects (each with its SQLite file open) in memory; past it the least
+    /// recently used idle ones hibernate early. Default 10,000.
+    pub max_open_objects: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            data_dir: PathBuf::from("data"),
+            idle_timeout: Duration::from_secs(10),
+            durability: Durability::Normal,
+            mailbox_capacity: 1024,
+            max_open_objects: 10_000,
+        }
+    }
+}
+
+/// One row of a namespace listing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub created_ms: i64,
+    pub last_active_ms: i64,
+    pub size_bytes: u64,
+    /// In memory now (not hibernated).
+    pub live: bool,
+}
+
+enum CatalogOp {
+    Touch(ObjectTouch),
+    Flush(std_mpsc::SyncSender<()>),
+}
+
+struct NsEntry {
+    erased: Arc<dyn AnyNamespace>,
+    typed: Arc<dyn Any + Send + Sync>,
+}
+
+/// State shared by every namespace and object of one runtime.
+pub(crate) struct Shared {
+    pub(crate) options: Options,
+    pub(crate) secret: [u8; 32],
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) metrics: Metrics,
+    pub(crate) next_socket_id: AtomicU64,
+    catalog_tx: std::sync::Mutex<Option<std_mpsc::Sender<CatalogOp>>>,
+    alarms_tx: mpsc::UnboundedSender<alarm::Op>,
+    namespaces: RwLock<HashMap<String, NsEntry>>,
+    shutting_down: AtomicBool,
+    started: Instant,
+    trimming: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Relaxed)
+    }
+
+    pub(crate) fn namespace_arc<O: DurableObject>(&self, name: &str) -> Result<Arc<NsInner<O>>> {
+        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let entry = map
+            .get(name)
+            .ok_or_else(|| Error::UnknownNamespace(name.to_string()))?;
+        entry
+            .typed
+            .clone()
+            .downcast::<NsInner<O>>()
+            .map_err(|_| Error::WrongObjectType {
+                name: name.to_string(),
+            })
+    }
+
+    fn erased(&self, name: &str) -> Result<Arc<dyn AnyNamespace>> {
+        let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .map(|e| e.erased.clone())
+            .ok_or_else(|| Error::UnknownNamespace(name.to_string()))
+    }
+
+    pub(crate) fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Past the bound on open objects, asks the least recently used tenth to hibernate.
+    pub(crate) fn check_open_bound(&self) {
+        let bound = self.options.max_open_objects.max(1);
+        // The gauge counts started instances; the one being activated is not in it yet.
+        let live = usize::try_from(self.metrics.live_objects.load(Relaxed)).unwrap_or(0);
+        if live < bound || self.trimming.swap(true, Relaxed) {
+            return;
+        }
+        let mut all = Vec::with_capacity(live);
+        {
+            let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
+            for entry in map.values() {
+                entry.erased.collect_lru(&mut all);
+            }
+        }
+        all.sort_by_key(|(used, _)| *used);
+        let target = bound - bound / 10;
+        let excess = all.len().saturating_sub(target);
+        for (_, evict) in all.into_iter().take(excess) {
+            evict();
+        }
+        self.trimming.store(false, Relaxed);
+    }
+
+    /// Records activity in the catalog in the background (batched).
+    pub(crate) fn touch_later(&self, touch: ObjectTouch) {
+        let tx = crate::socket::lock(&self.catalog_tx);
+        if let Some(tx) = tx.as_ref() {
+            let _ = tx.send(CatalogOp::Touch(touch));
+        }
+    }
+
+    fn flush_catalog(&self) {
+        let (ack_tx, ack_rx) = std_mpsc::sync_channel(1);
+        let sent = {
+            let tx = crate::socket::lock(&self.catalog_tx);
+            tx.as_ref()
+                .map(|tx| tx.send(CatalogOp::Flush(ack_tx)).is_ok())
+                .unwrap_or(false)
+        };
+        if sent {
+            let _ = ack_rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// After the object committed an alarm at `at_ms` (the catalog row was written before).
+    pub(crate) fn schedule_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
+        let _ = self.alarms_tx.send(alarm::Op::Set {
+            key: alarm::key(namespace, id),
+            at_ms,
+            retry_count,
+        });
+    }
+
+    /// A failed alarm: durable retry record, then the timer.
+    pub(crate) fn retry_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
+        let hex = ObjectId::from_bytes(id).to_hex();
+        if let Err(e) = self.catalog.set_alarm(namespace, &hex, at_ms, retry_count) {
+            tracing::error!(error = %e, "could not record the alarm retry; retrying from memory only");
+        }
+        self.schedule_alarm(namespace, id, at_ms, retry_count);
+    }
+
+    /// After the object committed that it has no alarm.
+    pub(crate) fn clear_alarm(&self, namespace: &str, id: &ObjectId) {
+        if let Err(e) = self.catalog.delete_alarm(namespace, &id.to_hex()) {
+            tracing::warn!(error = %e, "could not remove the alarm from the catalog; it will wake the object once for nothing");
+        }
+        let _ = self.alarms_tx.send(alarm::Op::Delete {
+            key: alarm::key(namespace, *id.bytes()),
+        });
+    }
+
+    pub(crate) fn deliver_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let result = self
+            .erased(namespace)
+            .and_then(|ns| ns.deliver_alarm(id, at_ms, retry_count));
+        match result {
+            Ok(()) => {}
+            Err(Error::ShuttingDown) => {}
+            Err(e) => tracing::warn!(namespace, error = %e, "alarm could not be delivered"),
+        }
+    }
+}
+
+/// Lists a namespace from the catalog (after flushing pending activity records).
+pub(crate) fn list_objects(
+    shared: &Shared,
+    namespace: &str,
+    live: &dyn Fn(&[u8; 32]) -> bool,
+) -> Result<Vec<ObjectInfo>> {
+    shared.flush_catalog();
+    let records = shared.catalog.list_objects(namespace)?;
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let is_live = parse_hex32(&r.id).is_some_and(|b| live(&b));
+            ObjectInfo {
+                id: r.id,
+                name: r.name,
+                created_ms: r.created_ms,
+                last_active_ms: r.last_active_ms,
+                size_bytes: r.size_bytes,
+                live: is_live,
+            }
+        })
+        .collect())
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let text = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+type Registration = Box<dyn FnOnce(&Arc<Shared>) -> Result<(String, NsEntry)>>;
+
+/// Builds a [`Runtime`]: options plus the object types, each under a namespace name.
+pub struct Builder {
+    options: Options,
+    registrations: Vec<Registration>,
+}
+
+fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Builder {
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.options.data_dir = dir.into();
+        self
+    }
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.options.idle_timeout = timeout;
+        self
+    }
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.options.durability = durability;
+        self
+    }
+    pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
+        self.options.mailbox_capacity = capacity.max(1);
+        self
+    }
+    pub fn max_open_objects(mut self, bound: usize) -> Self {
+        self.options.max_open_objects = bound.max(1);
+        self
+    }
+
+    /// Registers an object type built with `Default`.
+    pub fn object<O: DurableObject + Default>(self, namespace: &str) -> Self {
+        self.object_with(namespace, O::default)
+    }
+
+    /// Registers an object type built by `factory` on every activation.
+    pub fn object_with<O: DurableObject>(
+        mut self,
+        namespace: &str,
+        factory: impl Fn() -> O + Send + Sync + 'static,
+    ) -> Self {
+        let name = namespace.to_string();
+        self.registrations.push(Box::new(move |shared| {
+            if !valid_namespace(&name) {
+                return Err(Error::InvalidNamespace { name });
+            }
+            let inner = Arc::new(NsInner::new(&name, Box::new(factory), shared.clone()));
+            let entry = NsEntry {
+                erased: inner.clone(),
+                typed: inner,
+            };
+            Ok((name, entry))
+        }));
+        self
+    }
+
+    /// Opens the data directory and starts the alarm timer. Call inside a tokio runtime.
+    pub fn build(self) -> Result<Runtime> {
+        let options = self.options;
+        let catalog = Arc::new(Catalog::open(&options.data_dir, options.durability)?);
+        let secret = catalog.secret_key()?;
+        let (alarms_tx, alarms_rx) = mpsc::unbounded_channel();
+        let (catalog_tx, catalog_rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared {
+            options,
+            secret,
+            catalog: catalog.clone(),
+            metrics: Metrics::default(),
+            next_socket_id: AtomicU64::new(1),
+            catalog_tx: std::sync::Mutex::new(Some(catalog_tx)),
+            alarms_tx,
+            namespaces: RwLock::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+            trimming: AtomicBool::new(false),
+        });
+        {
+            let mut map = shared.namespaces.write().unwrap_or_else(|e| e.into_inner());
+            for register in self.registrations {
+                let (name, entry) = register(&shared)?;
+                if map.insert(name.clone(), entry).is_some() {
+                    return Err(Error::DuplicateNamespace { name });
+                }
+            }
+        }
+        std::thread::Builder::new()
+            .name("denizen-catalog".into())
+            .spawn(move || catalog_writer(catalog, catalog_rx))?;
+        for record in shared.catalog.alarms()? {
+            match parse_hex32(&record.id) {
+                Some(id) => shared.schedule_alarm(&record.namespace, id, record.at_ms, record.retry_count),
+                None => tracing::warn!(id = %record.id, "ignoring a malformed alarm row in the catalog"),
+            }
+        }
+        tokio::spawn(alarm::run(Arc::downgrade(&shared), alarms_rx));
+        Ok(Runtime { shared })
+    }
+}
+
+/// Writes activity records in batches: one transaction for everything queued.
+fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
+    let mut batch = Vec::new();
+    let mut acks = Vec::new();
+    while let Ok(op) = rx.recv() {
+        let mut next = Some(op);
+        while let Some(op) = next.take() {
+            match op {
+                CatalogOp::Touch(t) => batch.push(t),
+                CatalogOp::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < 4096 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = catalog.touch_objects(&batch) {
+                tracing::warn!(error = %e, "could not record object activity in the catalog");
+            }
+            batch.clear();
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// The object host. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+}
+
+impl Runtime {
+    pub fn builder() -> Builder {
+        Builder {
+            options: Options::default(),
+            registrations: Vec::new(),
+        }
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Runtime { shared }
+    }
+
+    /// The typed namespace registered under `name`.
+    pub fn namespace<O: DurableObject>(&self, name: &str) -> Result<Namespace<O>> {
+        Ok(Namespace {
+            inner: self.shared.namespace_arc(name)?,
+        })
+    }
+
+    /// Whether a namespace of that name is registered.
+    pub fn has_namespace(&self, name: &str) -> bool {
+        self.shared.erased(name).is_ok()
+    }
+
+    /// The registered namespace names, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// `fetch` on the object `name` of namespace `namespace`, whatever its type (for routers).
+    pub fn fetch(&self, namespace: &str, name: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
+        match self.shared.erased(namespace) {
+            Ok(ns) => ns.fetch_by_name(name, req),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    /// `fetch` on an object addressed by its hex id.
+    pub fn fetch_by_id(&self, namespace: &str, id: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
+        match self.shared.erased(namespace) {
+            Ok(ns) => ns.fetch_by_id(id, req),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    /// Every object ever created in a namespace (registered or not: the catalog remembers).
+    pub fn list_objects(&self, namespace: &str) -> Result<Vec<ObjectInfo>> {
+        let erased = self.shared.erased(namespace).ok();
+        list_objects(&self.shared, namespace, &|id| {
+            erased.as_ref().is_some_and(|ns| ns.live(id))
+        })
+    }
+
+    /// Objects in memory now, across namespaces.
+    pub fn live_objects(&self) -> usize {
+        let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        map.values().map(|e| e.erased.live_count()).sum()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// Stops accepting events, lets every object finish what it has queued, commits, closes the
+    /// databases and flushes the catalog. Sockets stay registered until the transport closes them.
+    pub async fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Relaxed);
+        let namespaces: Vec<Arc<dyn AnyNamespace>> = {
+            let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+            map.values().map(|e| e.erased.clone()).collect()
+        };
+        for ns in &namespaces {
+            ns.stop_all().await;
+        }
+        self.shared.flush_catalog();
+        self.shared
+            .namespaces
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        crate::socket::lock(&self.shared.catalog_tx).take();
+    }
+}

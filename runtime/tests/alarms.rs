@@ -1,0 +1,68 @@
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn alarm_fires_once_at_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    let rt = runtime(dir.path(), &probes, Duration::from_millis(100));
+    let ns = rt.namespace::<Probe>("probe").unwrap();
+    let stub = ns.get_by_name("alarmed");
+    let at = stub.call(SetAlarmIn(300)).await.unwrap();
+    assert!(stub.call(GetAlarm).await.unwrap().is_some());
+    // The object hibernates before its alarm; the alarm wakes it.
+    wait_for("alarm", Duration::from_secs(10), || {
+        !probes.alarms.lock().unwrap().is_empty()
+    })
+    .await;
+    let (info, fired) = probes.alarms.lock().unwrap()[0];
+    assert!(fired >= at, "an alarm must never fire early");
+    assert_eq!(info.retry_count, 0);
+    assert!(!info.is_retry);
+    // Once: it is cleared after a successful run, and nothing else arrives.
+    assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
+    wait_for("catalog cleanup", Duration::from_secs(5), || {
+        rt.metrics().alarms_fired.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probes.alarms.lock().unwrap().len(), 1);
+    assert_eq!(stub.call(Get).await.unwrap(), 1);
+
+    // Deleting an alarm before it is due cancels it.
+    stub.call(SetAlarmIn(200)).await.unwrap();
+    stub.call(with(|ctx| ctx.delete_alarm())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(probes.alarms.lock().unwrap().len(), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_alarm_is_retried_with_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    probes.alarm_failures.store(2, Ordering::SeqCst);
+    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("flaky");
+    stub.call(SetAlarmIn(10)).await.unwrap();
+    wait_for("three deliveries", Duration::from_secs(30), || {
+        probes.alarms.lock().unwrap().len() == 3
+    })
+    .await;
+    let seen = probes.alarms.lock().unwrap().clone();
+    let infos: Vec<(u32, bool)> = seen.iter().map(|(i, _)| (i.retry_count, i.is_retry)).collect();
+    assert_eq!(infos, vec![(0, false), (1, true), (2, true)]);
+    // Backoff: 2 s then 4 s, each with at most 25% jitter.
+    let gap1 = seen[1].1.duration_since(seen[0].1).unwrap();
+    let gap2 = seen[2].1.duration_since(seen[1].1).unwrap();
+    assert!(gap1 >= Duration::from_millis(1500), "first retry after {gap1:?}");
+    assert!(gap2 >= Duration::from_millis(3000), "second retry after {gap2:?}");
+    // Only the successful run's write survived.
+    assert_eq!(stub.call(Get).await.unwrap(), 1);
+    assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
+    rt.shutdown().await;
+}

@@ -1,0 +1,76 @@
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use denizen_runtime::Error;
+
+#[tokio::test]
+async fn failing_and_panicking_handlers_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("x");
+
+    assert_eq!(stub.call(Incr).await.unwrap(), 1);
+    assert_eq!(probes.starts(), 1);
+
+    let err = stub.call(Fail::Error).await.unwrap_err();
+    assert!(matches!(err, Error::Custom(_)), "{err:?}");
+    assert!(err.to_string().contains("failing on purpose"));
+    // The write before the failure is gone, and the next event sees a fresh instance.
+    assert_eq!(stub.call(Get).await.unwrap(), 1);
+    assert_eq!(probes.starts(), 2);
+    let written: Option<bool> = stub
+        .call(with(|ctx| Ok(ctx.storage().get("written-before-failure")?)))
+        .await
+        .unwrap();
+    assert_eq!(written, None);
+
+    let err = stub.call(Fail::Panic).await.unwrap_err();
+    match &err {
+        Error::Panicked { message } => assert!(message.contains("panicking on purpose")),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert_eq!(stub.call(Get).await.unwrap(), 1);
+    assert_eq!(probes.starts(), 3);
+
+    // The object keeps working.
+    assert_eq!(stub.call(Incr).await.unwrap(), 2);
+    assert_eq!(rt.metrics().handler_errors.load(std::sync::atomic::Ordering::SeqCst), 2);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_of_a_failed_event_are_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let ns = rt.namespace::<Probe>("probe").unwrap();
+    let stub = ns.get_by_name("gate");
+    let (handle, mut rx) = open_socket(&rt, "gate").await;
+    let _ = handle;
+    // Send, then fail: the frame must not leave.
+    let err = stub
+        .call(with(|ctx| {
+            let ws = ctx.get_websockets(None)[0];
+            ctx.send(ws, "leaked");
+            Err::<(), _>(denizen_runtime::Error::msg("no"))
+        }))
+        .await;
+    assert!(err.is_err());
+    // Send and succeed: the frame leaves.
+    stub.call(with(|ctx| {
+        let ws = ctx.get_websockets(None)[0];
+        ctx.send(ws, "kept");
+        Ok(())
+    }))
+    .await
+    .unwrap();
+    let first = rx.recv().await.unwrap();
+    assert_eq!(
+        first,
+        denizen_runtime::Outgoing::Frame(denizen_runtime::Frame::Text("kept".into()))
+    );
+    rt.shutdown().await;
+}

@@ -1,0 +1,272 @@
+//! The `denizen` command: serve the example apps, list objects, query one object's database.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use denizen::admin::{self, Address};
+use denizen::{Durability, Options, Runtime, Value};
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(name = "denizen", version, about = "Durable objects and agents, self-hosted")]
+struct Cli {
+    /// Configuration file (TOML). Missing is fine; flags and environment override it.
+    #[arg(long, global = true, env = "DENIZEN_CONFIG", default_value = "denizen.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server with the example apps.
+    Serve(ServeArgs),
+    /// List the objects of a namespace: name, id, size, last active.
+    Objects {
+        namespace: String,
+        #[arg(long, env = "DENIZEN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run SQL against one object's database (its name, or its hex id with --id).
+    Sql {
+        namespace: String,
+        object: String,
+        query: String,
+        #[arg(long)]
+        id: bool,
+        #[arg(long, env = "DENIZEN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long, env = "DENIZEN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Where object databases live [default: ./data].
+    #[arg(long, env = "DENIZEN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Evict objects idle this long, e.g. 10s or 500ms [default: 10s].
+    #[arg(long, env = "DENIZEN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// `normal` (survives a crash) or `fsync` (survives power loss) [default: normal].
+    #[arg(long, env = "DENIZEN_DURABILITY")]
+    durability: Option<Durability>,
+    /// Events queued per object before callers get 503 [default: 1024].
+    #[arg(long, env = "DENIZEN_MAILBOX_CAPACITY")]
+    mailbox_capacity: Option<usize>,
+    /// Objects kept in memory (each with its SQLite file open) before idle ones hibernate early
+    /// [default: 10000].
+    #[arg(long, env = "DENIZEN_MAX_OPEN_OBJECTS")]
+    max_open_objects: Option<usize>,
+    /// Largest WebSocket message in bytes; bigger closes the socket with 1009 [default: 32 MiB].
+    #[arg(long, env = "DENIZEN_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Server ping interval for WebSockets, e.g. 30s; `0s` disables [default: 30s].
+    #[arg(long, env = "DENIZEN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Bearer token required by /metrics and /admin routes.
+    #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// `denizen.toml`: the same settings as the flags.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    idle_timeout: Option<String>,
+    durability: Option<Durability>,
+    mailbox_capacity: Option<usize>,
+    max_open_objects: Option<usize>,
+    max_message_size: Option<usize>,
+    heartbeat_interval: Option<String>,
+    admin_token: Option<String>,
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn duration(field: &str, value: Option<&str>) -> Result<Option<Duration>> {
+    value
+        .map(|v| {
+            humantime::parse_duration(v)
+                .with_context(|| format!("`{field}` in the config file: `{v}` is not a duration like 10s or 500ms"))
+        })
+        .transpose()
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = load_file(&cli.config)?;
+    match cli.command {
+        Command::Serve(args) => serve(args, file),
+        Command::Objects {
+            namespace,
+            data_dir,
+            json,
+        } => {
+            let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
+            let objects = admin::list_objects(&dir, &namespace)?;
+            if json {
+                for o in &objects {
+                    println!("{}", serde_json::to_string(o)?);
+                }
+            } else {
+                println!("{:<24} {:<64} {:>10}  LAST ACTIVE", "NAME", "ID", "SIZE");
+                for o in &objects {
+                    println!(
+                        "{:<24} {:<64} {:>10}  {}",
+                        o.name.as_deref().unwrap_or("-"),
+                        o.id,
+                        o.size_bytes,
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + Duration::from_millis(o.last_active_ms.max(0) as u64)
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Sql {
+            namespace,
+            object,
+            query,
+            id,
+            data_dir,
+        } => {
+            let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
+            let address = if id {
+                Address::Id(&object)
+            } else {
+                Address::Name(&object)
+            };
+            let (_, mut storage) = admin::open_object(&dir, &namespace, address, Durability::Normal)?;
+            let cursor = storage.exec(&query, [])?;
+            storage.commit()?;
+            println!("{}", cursor.columns().join("\t"));
+            for row in cursor.rows() {
+                let cells: Vec<String> = row.iter().map(show).collect();
+                println!("{}", cells.join("\t"));
+            }
+            eprintln!(
+                "({} rows, {} read, {} written)",
+                cursor.rows().len(),
+                cursor.rows_read(),
+                cursor.rows_written()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => r.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Blob(b) => format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+    }
+}
+
+fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
+    let defaults = Options::default();
+    let options = Options {
+        data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+        idle_timeout: match args.idle_timeout {
+            Some(d) => d,
+            None => duration("idle_timeout", file.idle_timeout.as_deref())?.unwrap_or(defaults.idle_timeout),
+        },
+        durability: args.durability.or(file.durability).unwrap_or(defaults.durability),
+        mailbox_capacity: args
+            .mailbox_capacity
+            .or(file.mailbox_capacity)
+            .unwrap_or(defaults.mailbox_capacity),
+        max_open_objects: args
+            .max_open_objects
+            .or(file.max_open_objects)
+            .unwrap_or(defaults.max_open_objects),
+    };
+    if options.mailbox_capacity == 0 || options.max_open_objects == 0 {
+        bail!("mailbox_capacity and max_open_objects must be at least 1");
+    }
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8787)));
+    let mut gateway_config = denizen::gateway::Config::default();
+    if let Some(max) = args.max_message_size.or(file.max_message_size) {
+        gateway_config.max_message_size = max;
+    }
+    let heartbeat = match args.heartbeat_interval {
+        Some(d) => Some(d),
+        None => duration("heartbeat_interval", file.heartbeat_interval.as_deref())?,
+    };
+    if let Some(d) = heartbeat {
+        gateway_config.heartbeat_interval = (!d.is_zero()).then_some(d);
+    }
+    gateway_config.admin_token = args.admin_token.or(file.admin_token);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let runtime = denizen::apps::register(Runtime::builder().options(options.clone()))
+            .build()
+            .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        // The first line on stdout names the address (tests start the server on port 0).
+        println!("denizen listening on http://{addr}");
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat");
+        let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
+        gateway.serve(listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

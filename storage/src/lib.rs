@@ -1,0 +1,120 @@
+//! One SQLite file per durable object: a SQL and a KV API over it, the implicit transaction the
+//! runtime commits after every event, and the runtime's catalog.
+//!
+//! Why it exists: a Durable Object's storage is private, local and synchronous — no network hop
+//! between the code and its data, and a transaction boundary the runtime controls. This crate is
+//! that storage with no knowledge of actors: [`Storage`] is one object's database, [`Catalog`]
+//! is the runtime's index of objects and due alarms.
+//!
+//! - **SQL**: [`Storage::exec`] runs `;`-separated statements (parameters bind to the last) and
+//!   returns a [`Cursor`] whose rows decode into serde types. `BEGIN`, `COMMIT`, `SAVEPOINT` and
+//!   friends are refused — transactions belong to the runtime — and so is any access to
+//!   `_denizen_*` tables.
+//! - **KV**: `get`/`put`/`delete`, single and batched (≤ [`MAX_BATCH_KEYS`]), `list` in byte
+//!   order, `delete_all`. Values are any serde type (MessagePack). Keys ≤ [`MAX_KEY_SIZE`] bytes,
+//!   values ≤ [`MAX_VALUE_SIZE`] bytes encoded.
+//! - **Transactions**: every operation joins an implicit transaction that [`Storage::commit`]
+//!   ends (the runtime calls it after each event); [`Storage::transaction`] nests a savepoint.
+//! - **Durability**: WAL mode; [`Durability::Normal`] (`synchronous=NORMAL`) survives a process
+//!   crash, [`Durability::Fsync`] (`synchronous=FULL`) survives power loss.
+//!
+//! ```
+//! use denizen_storage::{Durability, ListOptions, Storage};
+//!
+//! # fn main() -> denizen_storage::Result<()> {
+//! let dir = tempfile::tempdir().map_err(|e| denizen_storage::Error::Io { path: "tmp".into(), source: e })?;
+//! let mut db = Storage::open(&dir.path().join("one.sqlite"), Durability::Normal)?;
+//! db.exec("CREATE TABLE people(name TEXT, age INTEGER)", [])?;
+//! db.exec("INSERT INTO people VALUES (?, ?), (?, ?)", ("ada", 36, "alan", 41))?;
+//! let oldest: String = db.exec("SELECT name FROM people ORDER BY age DESC LIMIT 1", [])?.one()?;
+//! assert_eq!(oldest, "alan");
+//!
+//! db.put("config/theme", &"dark")?;
+//! let theme: Option<String> = db.get("config/theme")?;
+//! assert_eq!(theme.as_deref(), Some("dark"));
+//! let all: Vec<(String, String)> = db.list(&ListOptions { prefix: Some("config/".into()), ..Default::default() })?;
+//! assert_eq!(all.len(), 1);
+//!
+//! assert!(db.exec("BEGIN", []).is_err()); // transactions belong to the runtime
+//! db.commit()?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod catalog;
+mod cursor;
+mod error;
+mod storage;
+mod value;
+
+use std::path::{Path, PathBuf};
+
+pub use catalog::{AlarmRecord, Catalog, ObjectRecord, ObjectTouch};
+pub use cursor::Cursor;
+pub use error::{Error, Result};
+pub use storage::{ListOptions, Storage};
+pub use value::{Params, Value};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_SIZE: usize = 2048;
+/// Largest value, in bytes once encoded.
+pub const MAX_VALUE_SIZE: usize = 2 * 1024 * 1024;
+/// Most keys in one batched KV call.
+pub const MAX_BATCH_KEYS: usize = 128;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL + `synchronous=NORMAL`: a committed transaction survives a process crash.
+    #[default]
+    Normal,
+    /// WAL + `synchronous=FULL`: it also survives power loss, at the cost of an fsync per commit.
+    Fsync,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Durability::Normal),
+            "fsync" | "full" => Ok(Durability::Fsync),
+            other => Err(format!("`{other}` is not a durability mode: use `normal` or `fsync`")),
+        }
+    }
+}
+
+/// Where an object's database lives. The id (a keyed hash) shards the directories; the object's
+/// name never reaches the filesystem.
+pub fn object_path(data_dir: &Path, namespace: &str, id_hex: &str) -> PathBuf {
+    let (a, b) = match (id_hex.get(0..2), id_hex.get(2..4)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => ("xx", "xx"),
+    };
+    data_dir
+        .join("objects")
+        .join(namespace)
+        .join(a)
+        .join(b)
+        .join(format!("{id_hex}.sqlite"))
+}
+
+/// Removes an object's database files (db, `-wal`, `-shm`); absent files are fine.
+pub fn remove_object_files(path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: PathBuf::from(p),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
