@@ -373,32 +373,39 @@ impl Storage {
 
     fn exec_guarded(&mut self, sql: &str, params: &[Value]) -> Result<Cursor> {
         let mut cursor = Cursor::default();
-        let single = match self.conn.prepare_cached(sql) {
-            Ok(stmt) => Some(stmt),
-            Err(rusqlite::Error::MultipleStatement) => None,
-            Err(e) => return Err(sql_error(e)),
-        };
+        // The cached single-statement path is the fast one; anything it cannot prepare (several
+        // statements, where a later one may depend on an earlier one) goes statement by statement,
+        // and that path's error is the one reported.
+        let single = self.conn.prepare_cached(sql).ok();
         if let Some(mut stmt) = single {
             let writes = run_statement(&self.conn, &mut stmt, params, &mut cursor, true)?;
             self.writes |= writes;
             return Ok(cursor);
         }
+        // Each statement is prepared only after the previous one ran (it may create a table the
+        // next one uses), so the statement taking the parameters is the one that declares them.
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
-        let mut statements = Vec::new();
-        while let Some(stmt) = batch.next().map_err(sql_error)? {
-            statements.push(stmt);
-        }
-        let last = statements.len().saturating_sub(1);
         let mut written = 0;
         let mut any_writes = false;
-        for (i, mut stmt) in statements.into_iter().enumerate() {
-            let mut c = Cursor::default();
-            let is_last = i == last;
-            any_writes |= run_statement(&self.conn, &mut stmt, if is_last { params } else { &[] }, &mut c, is_last)?;
-            written += c.rows_written;
-            if is_last {
-                cursor = c;
+        let mut bound = false;
+        while let Some(mut stmt) = batch.next().map_err(sql_error)? {
+            let takes_params = stmt.parameter_count() > 0;
+            if takes_params && bound {
+                return Err(Error::Sql {
+                    message: "only the last statement of a batch may take parameters".into(),
+                });
             }
+            let mut c = Cursor::default();
+            let p = if takes_params { params } else { &[] };
+            any_writes |= run_statement(&self.conn, &mut stmt, p, &mut c, true)?;
+            bound |= takes_params;
+            written += c.rows_written;
+            cursor = c;
+        }
+        if !params.is_empty() && !bound {
+            return Err(Error::Sql {
+                message: format!("{} parameters given, but no statement takes any", params.len()),
+            });
         }
         cursor.rows_written = written;
         self.writes |= any_writes;
@@ -691,4 +698,223 @@ fn run_statement(
         conn.total_changes().saturating_sub(changes_before)
     };
     Ok(!readonly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(&dir.path().join("t.sqlite"), Durability::Normal).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn values_roundtrip_and_multi_statement_binds_last() {
+        let (_d, mut s) = open();
+        let c = s
+            .exec(
+                "CREATE TABLE t(a, b, c, d, e); INSERT INTO t VALUES (?, ?, ?, ?, ?)",
+                crate::params![Value::Null, 7i64, 1.5f64, "x", vec![0u8, 255]],
+            )
+            .unwrap();
+        assert_eq!(c.rows_written(), 1);
+        let c = s.exec("SELECT * FROM t", []).unwrap();
+        assert_eq!(c.columns(), ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            c.rows()[0],
+            vec![
+                Value::Null,
+                Value::Integer(7),
+                Value::Real(1.5),
+                Value::Text("x".into()),
+                Value::Blob(vec![0, 255])
+            ]
+        );
+        assert!(c.rows_read() >= 1);
+        let c = s.exec("UPDATE t SET b = b + 1; SELECT b FROM t", ()).unwrap();
+        assert_eq!(c.one::<i64>().unwrap(), 8);
+        let c = s.exec("INSERT INTO t(b) VALUES (1), (2), (3)", ()).unwrap();
+        assert_eq!(c.rows_written(), 3);
+        assert!(s.has_writes());
+    }
+
+    #[test]
+    fn transaction_statements_and_reserved_tables_are_refused() {
+        let (_d, mut s) = open();
+        s.exec("CREATE TABLE t(x)", []).unwrap();
+        for stmt in [
+            "BEGIN",
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT a",
+            "RELEASE a",
+            "END",
+        ] {
+            let e = s.exec(stmt, []).unwrap_err();
+            assert!(matches!(e, Error::TransactionStatement { .. }), "{stmt}: {e:?}");
+        }
+        for stmt in [
+            "SELECT * FROM _denizen_kv",
+            "DELETE FROM _DENIZEN_META",
+            "DROP TABLE _denizen_kv",
+            "CREATE TABLE _denizen_x(a)",
+        ] {
+            let e = s.exec(stmt, []).unwrap_err();
+            assert!(matches!(e, Error::ReservedTable { .. }), "{stmt}: {e:?}");
+        }
+        assert!(matches!(
+            s.exec("ATTACH 'x.db' AS x", []).unwrap_err(),
+            Error::Sql { .. }
+        ));
+        assert!(matches!(
+            s.exec("PRAGMA journal_mode=DELETE", []).unwrap_err(),
+            Error::Sql { .. }
+        ));
+        let info = s.exec("PRAGMA table_info(t)", []).unwrap();
+        assert_eq!(info.rows().len(), 1);
+        let tables: Vec<String> = s
+            .exec("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name", [])
+            .unwrap()
+            .all()
+            .unwrap();
+        assert!(tables.contains(&"t".to_string()));
+        assert!(matches!(
+            s.exec("SELEC 1", []).unwrap_err(),
+            Error::Sql { .. }
+        ));
+        assert!(matches!(
+            s.exec("SELECT ?", []).unwrap_err(),
+            Error::Sql { .. }
+        ));
+        // Still fully usable, and the implicit transaction is intact.
+        s.exec("INSERT INTO t VALUES (1)", []).unwrap();
+        s.put("k", &1).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.exec("SELECT count(*) FROM t", []).unwrap().one::<i64>().unwrap(), 1);
+    }
+
+    #[test]
+    fn kv_limits() {
+        let (_d, mut s) = open();
+        let long = "k".repeat(MAX_KEY_SIZE + 1);
+        assert!(matches!(s.put(&long, &1), Err(Error::KeyTooLarge { size: 2049, .. })));
+        assert!(matches!(s.get::<i64>(&long), Err(Error::KeyTooLarge { .. })));
+        s.put(&"k".repeat(MAX_KEY_SIZE), &1).unwrap();
+        let big = vec![1u8; MAX_VALUE_SIZE];
+        assert!(matches!(s.put("v", &big), Err(Error::ValueTooLarge { .. })));
+        let keys: Vec<String> = (0..129).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        assert!(matches!(s.get_many::<i64>(&refs), Err(Error::BatchTooLarge { size: 129, .. })));
+        assert!(matches!(s.delete_many(&refs), Err(Error::BatchTooLarge { .. })));
+        let entries: Vec<(&str, i64)> = refs.iter().map(|k| (*k, 1)).collect();
+        assert!(matches!(s.put_many(&entries), Err(Error::BatchTooLarge { .. })));
+        s.put_many(&entries[..128]).unwrap();
+        assert_eq!(s.get_many::<i64>(&refs[..128]).unwrap().len(), 128);
+        assert_eq!(s.delete_many(&refs[..128]).unwrap(), 128);
+        assert!(matches!(s.get::<String>("k".repeat(MAX_KEY_SIZE).as_str()), Err(Error::Decode { .. })));
+    }
+
+    #[test]
+    fn kv_list_in_byte_order() {
+        let (_d, mut s) = open();
+        for k in ["b", "a", "ab", "a\u{e9}", "ac", "b\u{ff}", "c", "\u{10000}"] {
+            s.put(k, &k.len()).unwrap();
+        }
+        let keys = |s: &mut Storage, o: ListOptions| -> Vec<String> {
+            s.list::<usize>(&o).unwrap().into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            keys(&mut s, ListOptions::default()),
+            ["a", "ab", "ac", "a\u{e9}", "b", "b\u{ff}", "c", "\u{10000}"]
+        );
+        let prefix = ListOptions {
+            prefix: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&mut s, prefix), ["a", "ab", "ac", "a\u{e9}"]);
+        let range = ListOptions {
+            start: Some("ab".into()),
+            end: Some("b\u{ff}".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&mut s, range), ["ab", "ac", "a\u{e9}", "b"]);
+        let after = ListOptions {
+            start_after: Some("ab".into()),
+            limit: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(keys(&mut s, after), ["ac", "a\u{e9}"]);
+        let rev = ListOptions {
+            reverse: true,
+            limit: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(keys(&mut s, rev), ["\u{10000}", "c", "b\u{ff}"]);
+        assert!(s.delete("a").unwrap());
+        assert!(!s.delete("a").unwrap());
+        s.exec("CREATE TABLE t(x); CREATE VIEW v AS SELECT * FROM t", []).unwrap();
+        s.delete_all().unwrap();
+        assert!(keys(&mut s, ListOptions::default()).is_empty());
+        let left: i64 = s
+            .exec("SELECT count(*) FROM sqlite_master WHERE name IN ('t', 'v')", [])
+            .unwrap()
+            .one()
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn nested_transactions_and_implicit_rollback() {
+        let (dir, mut s) = open();
+        s.exec("CREATE TABLE t(x)", []).unwrap();
+        s.commit().unwrap();
+        let r: Result<()> = s.transaction(|tx| {
+            tx.exec("INSERT INTO t VALUES (1)", [])?;
+            let inner: Result<()> = tx.transaction(|tx| {
+                tx.exec("INSERT INTO t VALUES (2)", [])?;
+                Err(Error::Sql {
+                    message: "inner fails".into(),
+                })
+            });
+            assert!(inner.is_err());
+            Ok(())
+        });
+        r.unwrap();
+        let rows: Vec<i64> = s.exec("SELECT x FROM t", []).unwrap().all().unwrap();
+        assert_eq!(rows, vec![1]);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = s.transaction(|tx| -> Result<()> {
+                tx.exec("INSERT INTO t VALUES (3)", [])?;
+                panic!("inside a transaction");
+            });
+        }));
+        assert!(panicked.is_err());
+        let rows: Vec<i64> = s.exec("SELECT x FROM t", []).unwrap().all().unwrap();
+        assert_eq!(rows, vec![1]);
+        s.commit().unwrap();
+        s.exec("INSERT INTO t VALUES (4)", []).unwrap();
+        s.put("gone", &true).unwrap();
+        s.rollback().unwrap();
+        assert!(s.database_size().unwrap() > 0);
+        drop(s);
+        let mut s = Storage::open(&dir.path().join("t.sqlite"), Durability::Fsync).unwrap();
+        let rows: Vec<i64> = s.exec("SELECT x FROM t", []).unwrap().all().unwrap();
+        assert_eq!(rows, vec![1]);
+        assert_eq!(s.get::<bool>("gone").unwrap(), None);
+    }
+
+    #[test]
+    fn meta_is_private_and_transactional() {
+        let (_d, mut s) = open();
+        s.meta_set("alarm", Some(Value::Integer(5))).unwrap();
+        s.commit().unwrap();
+        s.meta_set("alarm", None).unwrap();
+        s.rollback().unwrap();
+        assert_eq!(s.meta_get("alarm").unwrap(), Some(Value::Integer(5)));
+        s.delete_all().unwrap();
+        assert_eq!(s.meta_get("alarm").unwrap(), Some(Value::Integer(5)));
+    }
 }
