@@ -140,10 +140,11 @@ async fn events_per_second(total: usize, callers: usize) -> f64 {
         let stub = ns.get_by_name("hot");
         tasks.push(tokio::spawn(async move {
             // Pipelined: keep a window of calls in flight per caller.
-            let mut window = std::collections::VecDeque::with_capacity(64);
+            let mut window: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
+                std::collections::VecDeque::with_capacity(64);
             for _ in 0..per {
                 if window.len() == 64 {
-                    let f: tokio::task::JoinHandle<_> = window.pop_front().expect("window");
+                    let f = window.pop_front().expect("window");
                     f.await.expect("join").expect("call");
                 }
                 window.push_back(tokio::spawn(stub.call(Nop)));
@@ -168,10 +169,11 @@ async fn writes_per_second(durability: Durability, total: usize) -> f64 {
     let stub = ns.get_by_name("writer");
     stub.call(Nop).await.expect("warm");
     let start = Instant::now();
-    let mut window = std::collections::VecDeque::with_capacity(256);
+    let mut window: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
+        std::collections::VecDeque::with_capacity(256);
     for i in 0..total {
         if window.len() == 256 {
-            let f: tokio::task::JoinHandle<_> = window.pop_front().expect("window");
+            let f = window.pop_front().expect("window");
             f.await.expect("join").expect("put");
         }
         window.push_back(tokio::spawn(stub.call(Put(i as u64))));
