@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use denizen::{
-    AlarmInfo, Ctx, DurableObject, Durability, Handler, Message, Result, Runtime,
-};
+use denizen::{AlarmInfo, Ctx, Durability, DurableObject, Handler, Message, Result, Runtime};
 
 const ROUNDS: usize = 5;
 
@@ -31,7 +29,10 @@ impl DurableObject for Bench {
                 .unwrap_or_default()
                 .as_micros();
             let late = Duration::from_micros(now.saturating_sub(due * 1000) as u64);
-            self.lateness.lock().unwrap_or_else(|e| e.into_inner()).push(late);
+            self.lateness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(late);
         }
         Ok(())
     }
@@ -202,7 +203,10 @@ async fn activations_per_second(count: usize, concurrency: usize) -> f64 {
                 if i >= count {
                     break;
                 }
-                ns.get_by_name(&format!("obj-{i}")).call(Touch).await.expect("touch");
+                ns.get_by_name(&format!("obj-{i}"))
+                    .call(Touch)
+                    .await
+                    .expect("touch");
             }
         }));
     }
@@ -220,7 +224,10 @@ async fn wake_latency(count: usize) -> Vec<Duration> {
     let e = env(Durability::Normal, Duration::from_millis(50), 1024);
     let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
     for i in 0..count {
-        ns.get_by_name(&format!("sleeper-{i}")).call(Touch).await.expect("touch");
+        ns.get_by_name(&format!("sleeper-{i}"))
+            .call(Touch)
+            .await
+            .expect("touch");
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while ns.live_count() > 0 && Instant::now() < deadline {
@@ -249,16 +256,24 @@ async fn alarm_lateness(count: usize) -> Vec<Duration> {
         tasks.push(tokio::spawn(async move {
             for i in (chunk..count).step_by(8) {
                 let at = base + Duration::from_micros((i as u64 * 1_000_000) / count as u64);
-                ns.get_by_name(&format!("alarm-{i}")).call(AlarmAt(at)).await.expect("set");
+                ns.get_by_name(&format!("alarm-{i}"))
+                    .call(AlarmAt(at))
+                    .await
+                    .expect("set");
             }
         }));
     }
     for t in tasks {
         t.await.expect("join");
     }
-    assert!(SystemTime::now() < base, "setting the alarms took too long for this bench");
+    assert!(
+        SystemTime::now() < base,
+        "setting the alarms took too long for this bench"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while e.lateness.lock().unwrap_or_else(|p| p.into_inner()).len() < count && Instant::now() < deadline {
+    while e.lateness.lock().unwrap_or_else(|p| p.into_inner()).len() < count
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut samples = e.lateness.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -268,7 +283,10 @@ async fn alarm_lateness(count: usize) -> Vec<Duration> {
 }
 
 fn wanted(name: &str) -> bool {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 

@@ -11,10 +11,19 @@ use denizen::{Durability, Options, Runtime, Value};
 use serde::Deserialize;
 
 #[derive(Parser)]
-#[command(name = "denizen", version, about = "Durable objects and agents, self-hosted")]
+#[command(
+    name = "denizen",
+    version,
+    about = "Durable objects and agents, self-hosted"
+)]
 struct Cli {
     /// Configuration file (TOML). Missing is fine; flags and environment override it.
-    #[arg(long, global = true, env = "DENIZEN_CONFIG", default_value = "denizen.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "DENIZEN_CONFIG",
+        default_value = "denizen.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -103,8 +112,9 @@ fn load_file(path: &Path) -> Result<FileConfig> {
 fn duration(field: &str, value: Option<&str>) -> Result<Option<Duration>> {
     value
         .map(|v| {
-            humantime::parse_duration(v)
-                .with_context(|| format!("`{field}` in the config file: `{v}` is not a duration like 10s or 500ms"))
+            humantime::parse_duration(v).with_context(|| {
+                format!("`{field}` in the config file: `{v}` is not a duration like 10s or 500ms")
+            })
         })
         .transpose()
 }
@@ -141,7 +151,8 @@ fn main() -> Result<()> {
                         o.id,
                         o.size_bytes,
                         humantime::format_rfc3339_millis(
-                            std::time::UNIX_EPOCH + Duration::from_millis(o.last_active_ms.max(0) as u64)
+                            std::time::UNIX_EPOCH
+                                + Duration::from_millis(o.last_active_ms.max(0) as u64)
                         )
                     );
                 }
@@ -161,7 +172,8 @@ fn main() -> Result<()> {
             } else {
                 Address::Name(&object)
             };
-            let (_, mut storage) = admin::open_object(&dir, &namespace, address, Durability::Normal)?;
+            let (_, mut storage) =
+                admin::open_object(&dir, &namespace, address, Durability::Normal)?;
             let cursor = storage.exec(&query, [])?;
             storage.commit()?;
             println!("{}", cursor.columns().join("\t"));
@@ -186,7 +198,10 @@ fn show(v: &Value) -> String {
         Value::Integer(i) => i.to_string(),
         Value::Real(r) => r.to_string(),
         Value::Text(t) => t.clone(),
-        Value::Blob(b) => format!("x'{}'", b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        Value::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
     }
 }
 
@@ -196,9 +211,13 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
         idle_timeout: match args.idle_timeout {
             Some(d) => d,
-            None => duration("idle_timeout", file.idle_timeout.as_deref())?.unwrap_or(defaults.idle_timeout),
+            None => duration("idle_timeout", file.idle_timeout.as_deref())?
+                .unwrap_or(defaults.idle_timeout),
         },
-        durability: args.durability.or(file.durability).unwrap_or(defaults.durability),
+        durability: args
+            .durability
+            .or(file.durability)
+            .unwrap_or(defaults.durability),
         mailbox_capacity: args
             .mailbox_capacity
             .or(file.mailbox_capacity)

@@ -89,7 +89,9 @@ async fn bad_frames_close_only_the_offending_socket() {
     send_text(&mut bystander, "still here").await;
     let msg: Value = serde_json::from_str(&next_text(&mut bystander).await).unwrap();
     assert_eq!(msg["text"], "still here");
-    let resp = reqwest::get(server.url("/objects/counter/ok")).await.unwrap();
+    let resp = reqwest::get(server.url("/objects/counter/ok"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -99,7 +101,11 @@ async fn unknown_namespace_is_404_and_overload_is_503() {
     let server = Server::start(dir.path(), &["--mailbox-capacity", "1"]);
     let client = reqwest::Client::new();
 
-    let resp = client.get(server.url("/objects/nope/x")).send().await.unwrap();
+    let resp = client
+        .get(server.url("/objects/nope/x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("nope"));
 
@@ -119,7 +125,11 @@ async fn unknown_namespace_is_404_and_overload_is_503() {
     for c in calls {
         let (status, body) = c.await.unwrap();
         match status {
-            200 => ok.push(serde_json::from_str::<Value>(&body).unwrap()["count"].as_i64().unwrap()),
+            200 => ok.push(
+                serde_json::from_str::<Value>(&body).unwrap()["count"]
+                    .as_i64()
+                    .unwrap(),
+            ),
             503 => {
                 assert!(body.contains("overloaded"), "{body}");
                 refused += 1;
@@ -127,7 +137,10 @@ async fn unknown_namespace_is_404_and_overload_is_503() {
             other => panic!("unexpected status {other}: {body}"),
         }
     }
-    assert!(refused > 0, "a mailbox of one must refuse some of 200 concurrent calls");
+    assert!(
+        refused > 0,
+        "a mailbox of one must refuse some of 200 concurrent calls"
+    );
     ok.sort();
     assert_eq!(ok, (1..=ok.len() as i64).collect::<Vec<_>>());
     let v: Value = client

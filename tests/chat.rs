@@ -12,7 +12,9 @@ async fn hundred_clients_share_a_hibernating_room() {
 
     let mut clients = Vec::new();
     for i in 0..100 {
-        let mut ws = server.ws(&format!("/objects/chat/lobby?user=user{i}")).await;
+        let mut ws = server
+            .ws(&format!("/objects/chat/lobby?user=user{i}"))
+            .await;
         let history: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
         assert_eq!(history["type"], "history");
         clients.push(ws);
@@ -30,7 +32,10 @@ async fn hundred_clients_share_a_hibernating_room() {
     send_text(&mut clients[7], "ping").await;
     assert_eq!(next_text(&mut clients[7]).await, "pong");
     assert_eq!(server.metric("denizen_live_objects").await, 0.0);
-    assert_eq!(server.metric("denizen_activations_total").await, activations);
+    assert_eq!(
+        server.metric("denizen_activations_total").await,
+        activations
+    );
 
     // One message wakes it, and all 100 receive it (the sender too).
     send_text(&mut clients[42], "hello, room").await;
@@ -40,7 +45,10 @@ async fn hundred_clients_share_a_hibernating_room() {
         assert_eq!(msg["user"], "user42");
         assert_eq!(msg["text"], "hello, room");
     }
-    assert_eq!(server.metric("denizen_activations_total").await, activations + 1.0);
+    assert_eq!(
+        server.metric("denizen_activations_total").await,
+        activations + 1.0
+    );
 
     // The history is kept: over HTTP, and for a newcomer.
     let history: Value = reqwest::get(server.url("/objects/chat/lobby"))

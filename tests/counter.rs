@@ -10,7 +10,9 @@ async fn post_increment(client: &reqwest::Client, server: &Server, name: &str) -
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    resp.json::<Value>().await.unwrap()["count"].as_i64().unwrap()
+    resp.json::<Value>().await.unwrap()["count"]
+        .as_i64()
+        .unwrap()
 }
 
 async fn get_count(client: &reqwest::Client, server: &Server, name: &str) -> i64 {
@@ -20,7 +22,9 @@ async fn get_count(client: &reqwest::Client, server: &Server, name: &str) -> i64
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    resp.json::<Value>().await.unwrap()["count"].as_i64().unwrap()
+    resp.json::<Value>().await.unwrap()["count"]
+        .as_i64()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -56,9 +60,18 @@ async fn counter_counts_and_survives_a_restart() {
         .unwrap();
     assert!(out.status.success());
     let listing = String::from_utf8(out.stdout).unwrap();
-    assert!(listing.contains("alice") && listing.contains("bob"), "{listing}");
+    assert!(
+        listing.contains("alice") && listing.contains("bob"),
+        "{listing}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_denizen"))
-        .args(["sql", "counter", "alice", "SELECT count FROM counter", "--data-dir"])
+        .args([
+            "sql",
+            "counter",
+            "alice",
+            "SELECT count FROM counter",
+            "--data-dir",
+        ])
         .arg(&server.data_dir)
         .output()
         .unwrap();

@@ -38,7 +38,14 @@ async fn acknowledged_writes_survive_sigkill() {
         let client = client.clone();
         let probe = probe.clone();
         async move {
-            let v: Value = client.get(&probe).send().await.unwrap().json().await.unwrap();
+            let v: Value = client
+                .get(&probe)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["count"].as_i64().unwrap() > 200
         }
     })
@@ -66,6 +73,9 @@ async fn acknowledged_writes_survive_sigkill() {
             "writer {w}: {acknowledged} acknowledged but only {count} survived"
         );
         // At most the one in flight at the kill was committed without being acknowledged.
-        assert!(count <= acknowledged + 1, "writer {w}: {count} > {acknowledged} + 1");
+        assert!(
+            count <= acknowledged + 1,
+            "writer {w}: {count} > {acknowledged} + 1"
+        );
     }
 }

@@ -221,7 +221,12 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
     if !body.ends_with('\n') {
         body.push('\n');
     }
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn error_response(e: &RuntimeError) -> Response {
@@ -230,9 +235,9 @@ fn error_response(e: &RuntimeError) -> Response {
             StatusCode::NOT_FOUND
         }
         RuntimeError::InvalidId { .. } => StatusCode::BAD_REQUEST,
-        RuntimeError::Overloaded { .. } | RuntimeError::ShuttingDown | RuntimeError::Unavailable => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        RuntimeError::Overloaded { .. }
+        | RuntimeError::ShuttingDown
+        | RuntimeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut resp = text(status, e.to_string());
@@ -249,7 +254,12 @@ fn split_path(path: &str) -> Option<(String, String, String)> {
     let ns = parts.next().filter(|s| !s.is_empty())?;
     let name = parts.next().filter(|s| !s.is_empty())?;
     let rest = parts.next().unwrap_or("");
-    let decode = |s: &str| percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned());
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
     Some((decode(ns)?, decode(name)?, format!("/{rest}")))
 }
 
@@ -332,7 +342,12 @@ async fn handle_object(
     *object_req.version_mut() = parts.version;
     match uri.parse() {
         Ok(u) => *object_req.uri_mut() = u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "the request path is not a valid URI"),
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request path is not a valid URI",
+            );
+        }
     }
     object_req
         .extensions_mut()
@@ -401,20 +416,14 @@ async fn metrics_route(State(inner): State<Arc<Inner>>, req: axum::extract::Requ
                 StatusCode::UNAUTHORIZED,
                 "this route needs Authorization: Bearer <admin token>",
             );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return resp;
         }
     }
     let mut body = inner.runtime.metrics().render_prometheus();
     inner.metrics.render(&mut body);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ fn read_error(e: axum::Error) -> End {
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(c)) => End::ours(code::TOO_BIG, c.to_string()),
         Some(tungstenite::Error::Protocol(p)) => End::ours(code::PROTOCOL_ERROR, p.to_string()),
-        Some(tungstenite::Error::Utf8(_)) => End::ours(code::INVALID_DATA, "invalid UTF-8 in a text frame"),
+        Some(tungstenite::Error::Utf8(_)) => {
+            End::ours(code::INVALID_DATA, "invalid UTF-8 in a text frame")
+        }
         _ => End {
             code: code::ABNORMAL,
             reason: inner.to_string(),

@@ -30,7 +30,12 @@ impl DurableObject for Echo {
         Ok(http_util::text(StatusCode::OK, &body))
     }
 
-    async fn websocket_message(&mut self, ctx: &mut Ctx<Self>, ws: WebSocket, frame: Frame) -> Result<()> {
+    async fn websocket_message(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        ws: WebSocket,
+        frame: Frame,
+    ) -> Result<()> {
         ctx.send(ws, frame);
         Ok(())
     }
@@ -90,14 +95,22 @@ async fn http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, Strin
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 #[tokio::test]
 async fn routes_requests_with_their_own_path() {
     let server = start(Config::default(), false).await;
-    let (status, body) = http(server.addr, "POST /objects/echo/ada%20l/a/b?x=1 HTTP/1.1", "hi").await;
+    let (status, body) = http(
+        server.addr,
+        "POST /objects/echo/ada%20l/a/b?x=1 HTTP/1.1",
+        "hi",
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body, "POST /a/b?x=1 ada l hi");
     let (status, body) = http(server.addr, "GET /objects/echo/bob HTTP/1.1", "").await;
@@ -117,9 +130,19 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
     let (status, body) = http(server.addr, "GET /objects/echo/a HTTP/1.1", "").await;
     assert_eq!(status, 401);
     assert!(body.contains("send x-key"));
-    let (status, _) = http(server.addr, "GET /objects/echo/a HTTP/1.1\r\nx-key: nope", "").await;
+    let (status, _) = http(
+        server.addr,
+        "GET /objects/echo/a HTTP/1.1\r\nx-key: nope",
+        "",
+    )
+    .await;
     assert_eq!(status, 403);
-    let (status, _) = http(server.addr, "GET /objects/echo/a HTTP/1.1\r\nx-key: open-sesame", "").await;
+    let (status, _) = http(
+        server.addr,
+        "GET /objects/echo/a HTTP/1.1\r\nx-key: open-sesame",
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     // A socket is refused before the upgrade.
     let err = tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/a", server.addr))
@@ -130,10 +153,14 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
         format!("ws://{}/objects/echo/a", server.addr),
     )
     .unwrap();
-    req.headers_mut().insert("x-key", "open-sesame".parse().unwrap());
+    req.headers_mut()
+        .insert("x-key", "open-sesame".parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::Text("hello".into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("hello".into()));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("hello".into())
+    );
 }
 
 #[tokio::test]
@@ -145,10 +172,19 @@ async fn metrics_need_the_admin_token() {
     let server = start(config, false).await;
     let (status, _) = http(server.addr, "GET /metrics HTTP/1.1", "").await;
     assert_eq!(status, 401);
-    let (status, _) = http(server.addr, "GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong", "").await;
+    let (status, _) = http(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong",
+        "",
+    )
+    .await;
     assert_eq!(status, 401);
-    let (status, body) =
-        http(server.addr, "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret", "").await;
+    let (status, body) = http(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(body.contains("denizen_live_objects"));
     assert!(body.contains("denizen_gateway_websocket_connections"));
@@ -157,11 +193,15 @@ async fn metrics_need_the_admin_token() {
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
     let mut server = start(Config::default(), false).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/s", server.addr))
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/s", server.addr))
+            .await
+            .unwrap();
     ws.send(Message::Binary(vec![1, 2].into())).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(vec![1, 2].into()));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Binary(vec![1, 2].into())
+    );
     server.stop.take().unwrap().send(()).unwrap();
     let close = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -175,7 +215,10 @@ async fn shutdown_closes_sockets_with_1001() {
     .await
     .unwrap();
     assert_eq!(close, Some(1001));
-    tokio::time::timeout(Duration::from_secs(10), server.done).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -204,11 +247,17 @@ async fn silent_peers_are_dropped_by_the_heartbeat() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while metric(server.addr).await != 1 {
-        assert!(std::time::Instant::now() < deadline, "socket never registered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socket never registered"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     while metric(server.addr).await != 0 {
-        assert!(std::time::Instant::now() < deadline, "dead peer never dropped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead peer never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(tcp);

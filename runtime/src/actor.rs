@@ -240,10 +240,7 @@ impl<O: DurableObject> Actor for ObjectActor<O> {
                 myself.stop(None);
             }
             event => {
-                state
-                    .process(event)
-                    .instrument(self.span.clone())
-                    .await;
+                state.process(event).instrument(self.span.clone()).await;
                 state.gate.release();
                 state.last_event = Instant::now();
                 state.gate.touch(state.ns.shared.clock_ms());
@@ -268,7 +265,8 @@ impl<O: DurableObject> Actor for ObjectActor<O> {
 impl<O: DurableObject> State<O> {
     fn arm_timer(&mut self, myself: &ActorRef<Event<O>>, after: Duration) {
         self.timer_armed = true;
-        let _ = myself.send_after(after, || Event::IdleCheck);
+        // The timer task ends by itself; nothing waits on it.
+        drop(myself.send_after(after, || Event::IdleCheck));
     }
 
     /// Hibernates if nothing happened for the idle timeout (or at once when `now`) and nothing
@@ -319,16 +317,20 @@ impl<O: DurableObject> State<O> {
     /// Opens the database and builds the instance (running `on_start`) if needed.
     async fn ensure_started(&mut self) -> Result<()> {
         if self.ctx.is_none() {
-            self.ctx = Some(Ctx::open(&self.ns, &self.id).map_err(|e| Error::StartFailed {
-                message: e.to_string(),
-            })?);
+            self.ctx = Some(
+                Ctx::open(&self.ns, &self.id).map_err(|e| Error::StartFailed {
+                    message: e.to_string(),
+                })?,
+            );
         }
         if self.instance.is_none() {
             let Some(ctx) = self.ctx.as_mut() else {
                 return Err(Error::Unavailable);
             };
             let mut instance = (self.ns.factory)();
-            let caught: Caught = AssertUnwindSafe(instance.on_start(ctx)).catch_unwind().await;
+            let caught: Caught = AssertUnwindSafe(instance.on_start(ctx))
+                .catch_unwind()
+                .await;
             self.finish(caught).map_err(|e| Error::StartFailed {
                 message: format!("on_start failed: {e}"),
             })?;
@@ -365,7 +367,9 @@ impl<O: DurableObject> State<O> {
                     let background = ctx.background;
                     self.ctx = None;
                     if background > 0 {
-                        tracing::warn!("background work of a reset object will report to a new instance");
+                        tracing::warn!(
+                            "background work of a reset object will report to a new instance"
+                        );
                     }
                 }
                 Err(error)
@@ -392,7 +396,9 @@ impl<O: DurableObject> State<O> {
         match event {
             Event::Job(mut job) => {
                 let is_task = job.is_task();
-                let caught: Caught = AssertUnwindSafe(job.run(instance, ctx)).catch_unwind().await;
+                let caught: Caught = AssertUnwindSafe(job.run(instance, ctx))
+                    .catch_unwind()
+                    .await;
                 if is_task {
                     ctx.background = ctx.background.saturating_sub(1);
                 }
@@ -458,10 +464,8 @@ impl<O: DurableObject> State<O> {
                     .shared
                     .retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count);
             }
-            Event::Socket { socket, kind } => {
-                if !matches!(kind, SocketEventKind::Message(_)) {
-                    self.ns.sockets_of(&self.id).lock().sockets.remove(&socket);
-                }
+            Event::Socket { socket, kind } if !matches!(kind, SocketEventKind::Message(_)) => {
+                self.ns.sockets_of(&self.id).lock().sockets.remove(&socket);
             }
             _ => {}
         }
@@ -493,10 +497,9 @@ impl<O: DurableObject> State<O> {
             }
             Some(_) => {
                 shared.metrics.alarms_fired.fetch_add(1, Relaxed);
-                shared
-                    .metrics
-                    .alarm_lateness
-                    .observe(Duration::from_millis(u64::try_from(now - at_ms).unwrap_or(0)));
+                shared.metrics.alarm_lateness.observe(Duration::from_millis(
+                    u64::try_from(now - at_ms).unwrap_or(0),
+                ));
                 // Inside the handler the alarm reads as unset unless the handler sets a new one.
                 let caught: Caught = match ctx.delete_alarm() {
                     Ok(()) => {
@@ -504,7 +507,9 @@ impl<O: DurableObject> State<O> {
                             retry_count,
                             is_retry: retry_count > 0,
                         };
-                        AssertUnwindSafe(instance.alarm(ctx, info)).catch_unwind().await
+                        AssertUnwindSafe(instance.alarm(ctx, info))
+                            .catch_unwind()
+                            .await
                     }
                     Err(e) => Ok(Err(e)),
                 };

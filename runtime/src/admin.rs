@@ -46,8 +46,8 @@ pub fn open_object(
     let catalog = open_catalog(data_dir)?;
     let minter = IdMinter::new(&catalog.secret_key()?, namespace);
     let id = match address {
-        Address::Name(name) => minter.from_name(name),
-        Address::Id(hex) => minter.from_string(hex)?,
+        Address::Name(name) => minter.id_for_name(name),
+        Address::Id(hex) => minter.parse(hex)?,
     };
     let path = denizen_storage::object_path(data_dir, namespace, &id.to_hex());
     if !path.exists() {

@@ -16,8 +16,14 @@ use crate::runtime::Shared;
 type Key = (Arc<str>, [u8; 32]);
 
 pub(crate) enum Op {
-    Set { key: Key, at_ms: i64, retry_count: u32 },
-    Delete { key: Key },
+    Set {
+        key: Key,
+        at_ms: i64,
+        retry_count: u32,
+    },
+    Delete {
+        key: Key,
+    },
 }
 
 pub(crate) fn key(namespace: &str, id: [u8; 32]) -> Key {

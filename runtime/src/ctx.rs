@@ -190,7 +190,11 @@ impl<O: DurableObject> Ctx<O> {
         F: Future<Output = ()> + Send + 'static,
     {
         self.pending.push(Box::pin(async move {
-            if std::panic::AssertUnwindSafe(fut).catch_unwind().await.is_err() {
+            if std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
                 tracing::error!("a future given to ctx.wait_until panicked");
             }
             Event::BackgroundDone
@@ -276,7 +280,11 @@ impl<O: DurableObject> Ctx<O> {
     }
 
     /// Stores a value with the socket (≤ 16 KiB encoded); it survives hibernation.
-    pub fn set_attachment<T: Serialize + ?Sized>(&mut self, ws: WebSocket, value: &T) -> Result<()> {
+    pub fn set_attachment<T: Serialize + ?Sized>(
+        &mut self,
+        ws: WebSocket,
+        value: &T,
+    ) -> Result<()> {
         let bytes = rmp_serde::to_vec_named(value).map_err(|e| Error::Codec(e.to_string()))?;
         if bytes.len() > MAX_ATTACHMENT_SIZE {
             return Err(Error::AttachmentTooLarge {
@@ -296,7 +304,10 @@ impl<O: DurableObject> Ctx<O> {
     /// The socket's attachment, if one was set.
     pub fn attachment<T: DeserializeOwned>(&self, ws: WebSocket) -> Result<Option<T>> {
         let inner = self.sockets.lock();
-        let entry = inner.sockets.get(&ws.id).ok_or(Error::UnknownSocket(ws.id))?;
+        let entry = inner
+            .sockets
+            .get(&ws.id)
+            .ok_or(Error::UnknownSocket(ws.id))?;
         entry
             .attachment
             .as_deref()
@@ -310,7 +321,12 @@ impl<O: DurableObject> Ctx<O> {
     }
 
     /// Sends a frame to every socket (or those with `tag`), except `except`, once committed.
-    pub fn broadcast(&mut self, tag: Option<&str>, frame: impl Into<Frame>, except: Option<WebSocket>) {
+    pub fn broadcast(
+        &mut self,
+        tag: Option<&str>,
+        frame: impl Into<Frame>,
+        except: Option<WebSocket>,
+    ) {
         let frame = frame.into();
         for ws in self.get_websockets(tag) {
             if Some(ws) != except {
@@ -371,7 +387,9 @@ impl<O: DurableObject> Ctx<O> {
             if let Some(at) = at {
                 // The due index may name an alarm that never commits (harmless: the object's own
                 // file is checked when it fires), but must never miss one that did.
-                shared.catalog.set_alarm(&self.ns.name, &self.id.to_hex(), at, 0)?;
+                shared
+                    .catalog
+                    .set_alarm(&self.ns.name, &self.id.to_hex(), at, 0)?;
             }
             Some(at)
         } else {

@@ -36,7 +36,9 @@ pub enum Error {
     #[error("invalid object id for namespace `{namespace}`: {reason}")]
     InvalidId { namespace: String, reason: String },
     /// The handler panicked; its writes were rolled back and the instance reset.
-    #[error("the object's handler panicked: {message}; its writes were rolled back and the object reset")]
+    #[error(
+        "the object's handler panicked: {message}; its writes were rolled back and the object reset"
+    )]
     Panicked { message: String },
     /// The object could not be activated (its database could not be opened, or `on_start` failed).
     #[error("the object could not start: {message}")]

@@ -19,7 +19,11 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: &str) -> Response {
-    with_type(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(body.as_bytes()))
+    with_type(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
 }
 
 /// The answer to a WebSocket upgrade the object accepted with `ctx.accept_websocket`.
@@ -32,7 +36,9 @@ pub fn switching_protocols() -> Response {
 fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }

@@ -115,7 +115,7 @@ impl IdMinter {
         bytes
     }
 
-    pub(crate) fn from_name(&self, name: &str) -> ObjectId {
+    pub(crate) fn id_for_name(&self, name: &str) -> ObjectId {
         let hash = blake3::keyed_hash(&self.name_key, name.as_bytes());
         let mut head = [0u8; 16];
         head.copy_from_slice(&hash.as_bytes()[..16]);
@@ -133,7 +133,7 @@ impl IdMinter {
         }
     }
 
-    pub(crate) fn from_string(&self, s: &str) -> Result<ObjectId> {
+    pub(crate) fn parse(&self, s: &str) -> Result<ObjectId> {
         let invalid = |reason: &str| Error::InvalidId {
             namespace: self.namespace.to_string(),
             reason: reason.to_string(),
@@ -182,12 +182,15 @@ mod tests {
         let key = [7u8; 32];
         let a = IdMinter::new(&key, "counter");
         let b = IdMinter::new(&key, "chat");
-        assert_eq!(a.from_name("alice"), a.from_name("alice"));
-        assert_ne!(a.from_name("alice"), a.from_name("bob"));
-        assert_ne!(a.from_name("alice").to_hex(), b.from_name("alice").to_hex());
-        assert_eq!(a.from_name("alice").name(), Some("alice"));
+        assert_eq!(a.id_for_name("alice"), a.id_for_name("alice"));
+        assert_ne!(a.id_for_name("alice"), a.id_for_name("bob"));
+        assert_ne!(
+            a.id_for_name("alice").to_hex(),
+            b.id_for_name("alice").to_hex()
+        );
+        assert_eq!(a.id_for_name("alice").name(), Some("alice"));
         let other_key = IdMinter::new(&[8u8; 32], "counter");
-        assert_ne!(a.from_name("alice"), other_key.from_name("alice"));
+        assert_ne!(a.id_for_name("alice"), other_key.id_for_name("alice"));
     }
 
     #[test]
@@ -196,24 +199,24 @@ mod tests {
         let a = IdMinter::new(&key, "counter");
         let b = IdMinter::new(&key, "chat");
         let id = a.unique();
-        assert_eq!(a.from_string(&id.to_hex()).unwrap(), id);
+        assert_eq!(a.parse(&id.to_hex()).unwrap(), id);
         assert!(matches!(
-            b.from_string(&id.to_hex()),
+            b.parse(&id.to_hex()),
             Err(Error::InvalidId { .. })
         ));
         let mut forged = id.to_hex();
         forged.replace_range(0..1, if forged.starts_with('0') { "1" } else { "0" });
-        assert!(a.from_string(&forged).is_err());
-        assert!(a.from_string("xyz").is_err());
-        assert!(a.from_string(&"g".repeat(64)).is_err());
-        assert_eq!(a.from_string(&id.to_hex().to_uppercase()).unwrap(), id);
+        assert!(a.parse(&forged).is_err());
+        assert!(a.parse("xyz").is_err());
+        assert!(a.parse(&"g".repeat(64)).is_err());
+        assert_eq!(a.parse(&id.to_hex().to_uppercase()).unwrap(), id);
     }
 
     #[test]
     fn long_names_are_not_reported() {
         let a = IdMinter::new(&[0u8; 32], "n");
         let long = "x".repeat(MAX_NAME_LEN + 1);
-        assert_eq!(a.from_name(&long).name(), None);
-        assert_eq!(a.from_name(&long), a.from_name(&long));
+        assert_eq!(a.id_for_name(&long).name(), None);
+        assert_eq!(a.id_for_name(&long), a.id_for_name(&long));
     }
 }

@@ -65,8 +65,8 @@
 //! # }
 //! ```
 
-pub mod admin;
 mod actor;
+pub mod admin;
 mod alarm;
 mod ctx;
 mod error;
@@ -78,10 +78,12 @@ mod object;
 mod runtime;
 mod socket;
 
+pub use bytes::Bytes;
 pub use ctx::Ctx;
 pub use denizen_storage as storage;
 pub use denizen_storage::{Cursor, Durability, ListOptions, Storage, Value, params};
 pub use error::{Error, Result};
+pub use http;
 pub use id::{MAX_NAME_LEN, ObjectId};
 pub use metrics::{Histogram, Metrics};
 pub use namespace::{Namespace, Stub};
@@ -91,5 +93,3 @@ pub use socket::{
     Delivery, Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, MAX_TAG_LENGTH, MAX_TAGS,
     Outgoing, SocketHandle, SocketId, Upgrade, WebSocket,
 };
-pub use bytes::Bytes;
-pub use http;

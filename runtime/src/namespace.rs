@@ -8,7 +8,7 @@ use ractor::{ActorRef, ActorRuntime};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::actor::{Args, Event, FetchJob, CallJob, ObjectActor};
+use crate::actor::{Args, CallJob, Event, FetchJob, ObjectActor};
 use crate::error::{Error, Result};
 use crate::id::{IdMinter, ObjectId};
 use crate::object::{DurableObject, Handler, Message, Request, Response};
@@ -83,6 +83,9 @@ pub(crate) struct Live<O: DurableObject> {
     gate: Arc<Gate>,
 }
 
+/// A live object's last use and how to ask it to hibernate.
+pub(crate) type LruEntry = (u64, Box<dyn FnOnce() + Send>);
+
 type Shard<O> = Mutex<HashMap<[u8; 32], Arc<Live<O>>>>;
 const SHARDS: usize = 32;
 
@@ -129,7 +132,12 @@ impl<O: DurableObject> NsInner<O> {
 
     /// Queues an event for the object, activating it if needed. `force` skips the mailbox bound
     /// (for events the runtime owes the object: task results, alarms, socket closes).
-    pub(crate) fn send(self: &Arc<Self>, id: &ObjectId, event: Event<O>, force: bool) -> Result<()> {
+    pub(crate) fn send(
+        self: &Arc<Self>,
+        id: &ObjectId,
+        event: Event<O>,
+        force: bool,
+    ) -> Result<()> {
         if self.shared.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
@@ -137,7 +145,9 @@ impl<O: DurableObject> NsInner<O> {
         let mut activated = false;
         let live = {
             let mut map = lock(self.shard(id.bytes()));
-            let existing = map.get(id.bytes()).map(|l| (l.gate.try_admit(capacity, force), l));
+            let existing = map
+                .get(id.bytes())
+                .map(|l| (l.gate.try_admit(capacity, force), l));
             match existing {
                 Some((Admit::Admitted, live)) => live.clone(),
                 Some((Admit::Full, _)) => {
@@ -177,11 +187,11 @@ impl<O: DurableObject> NsInner<O> {
         let span = tracing::info_span!("object", namespace = %self.name, id = %id);
         let (actor, _handle) = {
             let _enter = span.enter();
-            ActorRuntime::spawn_instant(None, ObjectActor::<O>::new(span.clone()), args).map_err(|e| {
-                Error::StartFailed {
+            ActorRuntime::spawn_instant(None, ObjectActor::<O>::new(span.clone()), args).map_err(
+                |e| Error::StartFailed {
                     message: e.to_string(),
-                }
-            })?
+                },
+            )?
         };
         Ok(Arc::new(Live { actor, gate }))
     }
@@ -212,7 +222,7 @@ impl<O: DurableObject> NsInner<O> {
     }
 
     /// Adds every live object's last use and a way to ask it to hibernate now.
-    pub(crate) fn collect_lru(&self, out: &mut Vec<(u64, Box<dyn FnOnce() + Send>)>) {
+    pub(crate) fn collect_lru(&self, out: &mut Vec<LruEntry>) {
         for shard in self.shards.iter() {
             for live in lock(shard).values() {
                 let actor = live.actor.clone();
@@ -264,7 +274,14 @@ impl<O: DurableObject> SocketRouter for NsInner<O> {
         // Closes and errors are owed to the object; plain messages respect the mailbox bound.
         let force = !matches!(event, SocketEventKind::Message(_));
         let id = ObjectId::from_bytes(*object);
-        self.send(&id, Event::Socket { socket, kind: event }, force)
+        self.send(
+            &id,
+            Event::Socket {
+                socket,
+                kind: event,
+            },
+            force,
+        )
     }
 }
 
@@ -289,7 +306,7 @@ impl<O: DurableObject> Namespace<O> {
 
     /// The id for `name`: the same name always gives the same object.
     pub fn id_from_name(&self, name: &str) -> ObjectId {
-        self.inner.minter.from_name(name)
+        self.inner.minter.id_for_name(name)
     }
 
     /// A fresh random id; keep `id.to_hex()` to find the object again.
@@ -299,7 +316,7 @@ impl<O: DurableObject> Namespace<O> {
 
     /// Parses an id made by this namespace; ids of other namespaces and forged ids are refused.
     pub fn id_from_string(&self, s: &str) -> Result<ObjectId> {
-        self.inner.minter.from_string(s)
+        self.inner.minter.parse(s)
     }
 
     /// A stub for the object. No I/O: the object activates on the first call.
@@ -349,11 +366,16 @@ impl<O: DurableObject> Stub<O> {
     }
 
     /// Sends an HTTP request to the object's `fetch`.
-    pub fn fetch(&self, req: Request) -> impl std::future::Future<Output = Result<Response>> + Send + 'static {
+    pub fn fetch(
+        &self,
+        req: Request,
+    ) -> impl std::future::Future<Output = Result<Response>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .ns
-            .send(&self.id, Event::Job(Box::new(FetchJob::new(req, tx))), false);
+        let sent = self.ns.send(
+            &self.id,
+            Event::Job(Box::new(FetchJob::new(req, tx))),
+            false,
+        );
         async move {
             sent?;
             rx.await.unwrap_or(Err(Error::Unavailable))
@@ -361,7 +383,10 @@ impl<O: DurableObject> Stub<O> {
     }
 
     /// Sends a typed RPC message to the object's `Handler<M>`.
-    pub fn call<M: Message>(&self, msg: M) -> impl std::future::Future<Output = Result<M::Reply>> + Send + 'static
+    pub fn call<M: Message>(
+        &self,
+        msg: M,
+    ) -> impl std::future::Future<Output = Result<M::Reply>> + Send + 'static
     where
         O: Handler<M>,
     {
@@ -378,23 +403,36 @@ impl<O: DurableObject> Stub<O> {
 
 /// A namespace with its object type erased, for routing by name (gateway, alarms, CLI).
 pub(crate) trait AnyNamespace: Send + Sync {
-    fn fetch_by_name(self: Arc<Self>, name: &str, req: Request) -> BoxFuture<'static, Result<Response>>;
-    fn fetch_by_id(self: Arc<Self>, id: &str, req: Request) -> BoxFuture<'static, Result<Response>>;
+    fn fetch_by_name(
+        self: Arc<Self>,
+        name: &str,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response>>;
+    fn fetch_by_id(self: Arc<Self>, id: &str, req: Request)
+    -> BoxFuture<'static, Result<Response>>;
     fn deliver_alarm(self: Arc<Self>, id: [u8; 32], at_ms: i64, retry_count: u32) -> Result<()>;
     fn live(&self, id: &[u8; 32]) -> bool;
     fn live_count(&self) -> usize;
-    fn collect_lru(&self, out: &mut Vec<(u64, Box<dyn FnOnce() + Send>)>);
+    fn collect_lru(&self, out: &mut Vec<LruEntry>);
     fn stop_all(&self) -> BoxFuture<'_, ()>;
 }
 
 impl<O: DurableObject> AnyNamespace for NsInner<O> {
-    fn fetch_by_name(self: Arc<Self>, name: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
-        let id = self.minter.from_name(name);
+    fn fetch_by_name(
+        self: Arc<Self>,
+        name: &str,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response>> {
+        let id = self.minter.id_for_name(name);
         Box::pin(Stub { ns: self, id }.fetch(req))
     }
 
-    fn fetch_by_id(self: Arc<Self>, id: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
-        match self.minter.from_string(id) {
+    fn fetch_by_id(
+        self: Arc<Self>,
+        id: &str,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response>> {
+        match self.minter.parse(id) {
             Ok(id) => Box::pin(Stub { ns: self, id }.fetch(req)),
             Err(e) => Box::pin(async move { Err(e) }),
         }
@@ -416,7 +454,7 @@ impl<O: DurableObject> AnyNamespace for NsInner<O> {
         NsInner::live_count(self)
     }
 
-    fn collect_lru(&self, out: &mut Vec<(u64, Box<dyn FnOnce() + Send>)>) {
+    fn collect_lru(&self, out: &mut Vec<LruEntry>) {
         NsInner::collect_lru(self, out)
     }
 

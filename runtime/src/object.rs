@@ -40,12 +40,18 @@ pub trait DurableObject: Send + Sized + 'static {
     }
 
     /// An HTTP request (also the place to accept a WebSocket with `ctx.accept_websocket`).
-    fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> impl Future<Output = Result<Response>> + Send {
+    fn fetch(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        req: Request,
+    ) -> impl Future<Output = Result<Response>> + Send {
         let _ = (ctx, req);
         async {
             Ok(http::Response::builder()
                 .status(http::StatusCode::NOT_IMPLEMENTED)
-                .body(Bytes::from_static(b"this object does not handle HTTP requests\n"))
+                .body(Bytes::from_static(
+                    b"this object does not handle HTTP requests\n",
+                ))
                 .unwrap_or_default())
         }
     }
@@ -86,7 +92,11 @@ pub trait DurableObject: Send + Sized + 'static {
     }
 
     /// The object's alarm is due. An `Err` (or panic) retries it with exponential backoff.
-    fn alarm(&mut self, ctx: &mut Ctx<Self>, info: AlarmInfo) -> impl Future<Output = Result<()>> + Send {
+    fn alarm(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        info: AlarmInfo,
+    ) -> impl Future<Output = Result<()>> + Send {
         let _ = (ctx, info);
         async { Ok(()) }
     }
@@ -101,5 +111,9 @@ pub trait Message: Send + 'static {
 /// Handles one RPC message type. An object implements it once per message it accepts; results of
 /// [`Ctx::spawn`] come back through it too.
 pub trait Handler<M: Message>: DurableObject {
-    fn handle(&mut self, ctx: &mut Ctx<Self>, msg: M) -> impl Future<Output = Result<M::Reply>> + Send;
+    fn handle(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Reply>> + Send;
 }

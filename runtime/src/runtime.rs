@@ -13,7 +13,7 @@ use crate::alarm;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::metrics::Metrics;
-use crate::namespace::{AnyNamespace, Namespace, NsInner};
+use crate::namespace::{AnyNamespace, LruEntry, Namespace, NsInner};
 use crate::object::{DurableObject, Request, Response};
 
 /// How the runtime runs. Every field has a default; see [`Options::default`].
@@ -120,7 +120,7 @@ impl Shared {
         if live < bound || self.trimming.swap(true, Relaxed) {
             return;
         }
-        let mut all = Vec::with_capacity(live);
+        let mut all: Vec<LruEntry> = Vec::with_capacity(live);
         {
             let map = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
             for entry in map.values() {
@@ -158,7 +158,13 @@ impl Shared {
     }
 
     /// After the object committed an alarm at `at_ms` (the catalog row was written before).
-    pub(crate) fn schedule_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
+    pub(crate) fn schedule_alarm(
+        &self,
+        namespace: &str,
+        id: [u8; 32],
+        at_ms: i64,
+        retry_count: u32,
+    ) {
         let _ = self.alarms_tx.send(alarm::Op::Set {
             key: alarm::key(namespace, id),
             at_ms,
@@ -185,7 +191,13 @@ impl Shared {
         });
     }
 
-    pub(crate) fn deliver_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
+    pub(crate) fn deliver_alarm(
+        &self,
+        namespace: &str,
+        id: [u8; 32],
+        at_ms: i64,
+        retry_count: u32,
+    ) {
         if self.is_shutting_down() {
             return;
         }
@@ -338,8 +350,12 @@ impl Builder {
             .spawn(move || catalog_writer(catalog, catalog_rx))?;
         for record in shared.catalog.alarms()? {
             match parse_hex32(&record.id) {
-                Some(id) => shared.schedule_alarm(&record.namespace, id, record.at_ms, record.retry_count),
-                None => tracing::warn!(id = %record.id, "ignoring a malformed alarm row in the catalog"),
+                Some(id) => {
+                    shared.schedule_alarm(&record.namespace, id, record.at_ms, record.retry_count)
+                }
+                None => {
+                    tracing::warn!(id = %record.id, "ignoring a malformed alarm row in the catalog")
+                }
             }
         }
         tokio::spawn(alarm::run(Arc::downgrade(&shared), alarms_rx));
@@ -406,14 +422,23 @@ impl Runtime {
 
     /// The registered namespace names, sorted.
     pub fn namespaces(&self) -> Vec<String> {
-        let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = map.keys().cloned().collect();
         names.sort();
         names
     }
 
     /// `fetch` on the object `name` of namespace `namespace`, whatever its type (for routers).
-    pub fn fetch(&self, namespace: &str, name: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
+    pub fn fetch(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response>> {
         match self.shared.erased(namespace) {
             Ok(ns) => ns.fetch_by_name(name, req),
             Err(e) => Box::pin(async move { Err(e) }),
@@ -421,7 +446,12 @@ impl Runtime {
     }
 
     /// `fetch` on an object addressed by its hex id.
-    pub fn fetch_by_id(&self, namespace: &str, id: &str, req: Request) -> BoxFuture<'static, Result<Response>> {
+    pub fn fetch_by_id(
+        &self,
+        namespace: &str,
+        id: &str,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response>> {
         match self.shared.erased(namespace) {
             Ok(ns) => ns.fetch_by_id(id, req),
             Err(e) => Box::pin(async move { Err(e) }),
@@ -438,7 +468,11 @@ impl Runtime {
 
     /// Objects in memory now, across namespaces.
     pub fn live_objects(&self) -> usize {
-        let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         map.values().map(|e| e.erased.live_count()).sum()
     }
 
@@ -455,7 +489,11 @@ impl Runtime {
     pub async fn shutdown(&self) {
         self.shared.shutting_down.store(true, Relaxed);
         let namespaces: Vec<Arc<dyn AnyNamespace>> = {
-            let map = self.shared.namespaces.read().unwrap_or_else(|e| e.into_inner());
+            let map = self
+                .shared
+                .namespaces
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             map.values().map(|e| e.erased.clone()).collect()
         };
         for ns in &namespaces {

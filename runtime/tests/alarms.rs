@@ -54,13 +54,22 @@ async fn failing_alarm_is_retried_with_backoff() {
     })
     .await;
     let seen = probes.alarms.lock().unwrap().clone();
-    let infos: Vec<(u32, bool)> = seen.iter().map(|(i, _)| (i.retry_count, i.is_retry)).collect();
+    let infos: Vec<(u32, bool)> = seen
+        .iter()
+        .map(|(i, _)| (i.retry_count, i.is_retry))
+        .collect();
     assert_eq!(infos, vec![(0, false), (1, true), (2, true)]);
     // Backoff: 2 s then 4 s, each with at most 25% jitter.
     let gap1 = seen[1].1.duration_since(seen[0].1).unwrap();
     let gap2 = seen[2].1.duration_since(seen[1].1).unwrap();
-    assert!(gap1 >= Duration::from_millis(1500), "first retry after {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(3000), "second retry after {gap2:?}");
+    assert!(
+        gap1 >= Duration::from_millis(1500),
+        "first retry after {gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(3000),
+        "second retry after {gap2:?}"
+    );
     // Only the successful run's write survived.
     assert_eq!(stub.call(Get).await.unwrap(), 1);
     assert_eq!(stub.call(GetAlarm).await.unwrap(), None);

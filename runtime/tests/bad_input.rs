@@ -19,14 +19,20 @@ async fn bad_input_gets_typed_errors_and_the_object_keeps_working() {
         .call(with(move |ctx| Ok(ctx.storage().put(&big_key, &1)?)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Storage(storage::Error::KeyTooLarge { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Storage(storage::Error::KeyTooLarge { .. })),
+        "{err:?}"
+    );
 
     let big_value = vec![7u8; 2 * 1024 * 1024 + 1];
     let err = stub
         .call(with(move |ctx| Ok(ctx.storage().put("v", &big_value)?)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Storage(storage::Error::ValueTooLarge { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Storage(storage::Error::ValueTooLarge { .. })),
+        "{err:?}"
+    );
 
     let err = stub
         .call(with(|ctx| {
@@ -36,13 +42,19 @@ async fn bad_input_gets_typed_errors_and_the_object_keeps_working() {
         }))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Storage(storage::Error::BatchTooLarge { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Storage(storage::Error::BatchTooLarge { .. })),
+        "{err:?}"
+    );
 
     let err = stub
         .call(with(|ctx| Ok(ctx.storage().exec("SELEC nonsense", [])?)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Storage(storage::Error::Sql { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Storage(storage::Error::Sql { .. })),
+        "{err:?}"
+    );
 
     for statement in ["BEGIN", "COMMIT", "SAVEPOINT s", "ROLLBACK"] {
         let err = stub
@@ -50,15 +62,24 @@ async fn bad_input_gets_typed_errors_and_the_object_keeps_working() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::Storage(storage::Error::TransactionStatement { .. })),
+            matches!(
+                err,
+                Error::Storage(storage::Error::TransactionStatement { .. })
+            ),
             "{statement}: {err:?}"
         );
     }
 
     let foreign = rt.namespace::<Probe>("probe").unwrap();
     let forged = "0".repeat(64);
-    assert!(matches!(foreign.id_from_string(&forged), Err(Error::InvalidId { .. })));
-    assert!(matches!(foreign.id_from_string("not-an-id"), Err(Error::InvalidId { .. })));
+    assert!(matches!(
+        foreign.id_from_string(&forged),
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(matches!(
+        foreign.id_from_string("not-an-id"),
+        Err(Error::InvalidId { .. })
+    ));
     assert!(matches!(
         rt.namespace::<Probe>("nope"),
         Err(Error::UnknownNamespace(_))
@@ -84,9 +105,16 @@ async fn ids_of_another_namespace_are_refused() {
     let two = rt.namespace::<Probe>("two").unwrap();
     let id = one.new_unique_id().to_hex();
     assert!(one.id_from_string(&id).is_ok());
-    assert!(matches!(two.id_from_string(&id), Err(Error::InvalidId { .. })));
+    assert!(matches!(
+        two.id_from_string(&id),
+        Err(Error::InvalidId { .. })
+    ));
     let err = rt
-        .fetch_by_id("two", &id, denizen_runtime::http::Request::new(Default::default()))
+        .fetch_by_id(
+            "two",
+            &id,
+            denizen_runtime::http::Request::new(Default::default()),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidId { .. }));

@@ -85,7 +85,10 @@ async fn spawned_work_comes_back_as_an_event() {
     let dir = tempfile::tempdir().unwrap();
     let probes = Probes::new();
     let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
-    let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("worker");
+    let stub = rt
+        .namespace::<Probe>("probe")
+        .unwrap()
+        .get_by_name("worker");
     stub.call(StartTask(21)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -96,7 +99,10 @@ async fn spawned_work_comes_back_as_an_event() {
         if got == Some(42) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "task result never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task result never arrived"
+        );
         tokio::task::yield_now().await;
     }
     rt.shutdown().await;

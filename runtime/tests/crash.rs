@@ -60,8 +60,15 @@ async fn crash_child() {
             }
         }
         "alarm" => {
-            let at = ns.get_by_name("wake-me").call(SetAlarmIn(1500)).await.unwrap();
-            let ms = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+            let at = ns
+                .get_by_name("wake-me")
+                .call(SetAlarmIn(1500))
+                .await
+                .unwrap();
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis();
             writeln!(out, "alarm-set {ms}").unwrap();
             out.flush().unwrap();
             std::future::pending::<()>().await;
@@ -101,7 +108,9 @@ async fn acknowledged_writes_survive_sigkill(durability: &str) {
                 acks.push((w, parts.next().unwrap().to_string()));
                 if acks.len() == 2000 {
                     // SIGKILL while the writers keep going.
-                    let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+                    let _ = Command::new("kill")
+                        .args(["-9", &child.id().to_string()])
+                        .status();
                 }
             }
         }
@@ -110,7 +119,11 @@ async fn acknowledged_writes_survive_sigkill(durability: &str) {
     })
     .await
     .unwrap();
-    assert!(acks.len() >= 2000, "child acknowledged only {} writes", acks.len());
+    assert!(
+        acks.len() >= 2000,
+        "child acknowledged only {} writes",
+        acks.len()
+    );
 
     let probes = Probes::new();
     let rt = runtime_with(dir.path(), &probes, durability.parse().unwrap());
@@ -169,7 +182,12 @@ async fn alarm_set_before_sigkill_fires_in_next_process() {
             let line = line.unwrap();
             // libtest prints "test crash_child ... " before the child's own output.
             if let Some(pos) = line.find("alarm-set ") {
-                at = Some(line[pos + "alarm-set ".len()..].trim().parse::<u128>().unwrap());
+                at = Some(
+                    line[pos + "alarm-set ".len()..]
+                        .trim()
+                        .parse::<u128>()
+                        .unwrap(),
+                );
                 child.kill().unwrap(); // SIGKILL
                 break;
             }

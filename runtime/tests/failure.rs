@@ -22,7 +22,9 @@ async fn failing_and_panicking_handlers_leave_no_trace() {
     assert_eq!(stub.call(Get).await.unwrap(), 1);
     assert_eq!(probes.starts(), 2);
     let written: Option<bool> = stub
-        .call(with(|ctx| Ok(ctx.storage().get("written-before-failure")?)))
+        .call(with(|ctx| {
+            Ok(ctx.storage().get("written-before-failure")?)
+        }))
         .await
         .unwrap();
     assert_eq!(written, None);
@@ -37,7 +39,12 @@ async fn failing_and_panicking_handlers_leave_no_trace() {
 
     // The object keeps working.
     assert_eq!(stub.call(Incr).await.unwrap(), 2);
-    assert_eq!(rt.metrics().handler_errors.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        rt.metrics()
+            .handler_errors
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
     rt.shutdown().await;
 }
 

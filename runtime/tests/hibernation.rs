@@ -19,7 +19,10 @@ async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
     assert_eq!(probes.starts(), 1);
     assert_eq!(ns.live_count(), 1);
 
-    wait_for("hibernation", Duration::from_secs(10), || ns.live_count() == 0).await;
+    wait_for("hibernation", Duration::from_secs(10), || {
+        ns.live_count() == 0
+    })
+    .await;
     assert_eq!(rt.metrics().hibernations.load(Ordering::SeqCst), 1);
     assert_eq!(rt.metrics().open_sockets.load(Ordering::SeqCst), 2);
 
@@ -37,10 +40,7 @@ async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
     // State is intact, and the sockets are listed with their tags and attachments.
     let (count, listing) = stub
         .call(with(|ctx| {
-            let count: i64 = ctx
-                .storage()
-                .exec("SELECT n FROM counter", [])?
-                .one()?;
+            let count: i64 = ctx.storage().exec("SELECT n FROM counter", [])?.one()?;
             let mut listing = Vec::new();
             for ws in ctx.get_websockets(None) {
                 let attachment: Option<String> = ctx.attachment(ws)?;
@@ -62,7 +62,10 @@ async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
                 vec!["red".to_string(), "blue".to_string()],
                 Some("attached:red,blue".to_string())
             ),
-            (vec!["green".to_string()], Some("attached:green".to_string())),
+            (
+                vec!["green".to_string()],
+                Some("attached:green".to_string())
+            ),
             (vec!["110".to_string()], None),
         ]
     );
@@ -80,7 +83,10 @@ async fn auto_response_does_not_wake_the_object() {
         .call(with(|ctx| ctx.set_auto_response(Some(("ping", "pong")))))
         .await
         .unwrap();
-    wait_for("hibernation", Duration::from_secs(10), || ns.live_count() == 0).await;
+    wait_for("hibernation", Duration::from_secs(10), || {
+        ns.live_count() == 0
+    })
+    .await;
     let starts = probes.starts();
     for _ in 0..3 {
         assert_eq!(
@@ -135,10 +141,17 @@ async fn closed_sockets_leave_the_registry_and_background_work_keeps_objects_awa
     .unwrap();
     let before = rt.metrics().hibernations.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(ns.live_count(), 1, "must not hibernate while wait_until runs");
+    assert_eq!(
+        ns.live_count(),
+        1,
+        "must not hibernate while wait_until runs"
+    );
     assert_eq!(rt.metrics().hibernations.load(Ordering::SeqCst), before);
     tx.send(()).unwrap();
-    wait_for("hibernation", Duration::from_secs(10), || ns.live_count() == 0).await;
+    wait_for("hibernation", Duration::from_secs(10), || {
+        ns.live_count() == 0
+    })
+    .await;
     rt.shutdown().await;
 }
 
@@ -156,10 +169,16 @@ async fn open_objects_are_bounded() {
         .unwrap();
     let ns = rt.namespace::<Probe>("probe").unwrap();
     for i in 0..50 {
-        assert_eq!(ns.get_by_name(&format!("o{i}")).call(Incr).await.unwrap(), 1);
+        assert_eq!(
+            ns.get_by_name(&format!("o{i}")).call(Incr).await.unwrap(),
+            1
+        );
     }
     // Far below the idle timeout, the least recently used objects were evicted.
-    wait_for("the bound", Duration::from_secs(10), || ns.live_count() <= 10).await;
+    wait_for("the bound", Duration::from_secs(10), || {
+        ns.live_count() <= 10
+    })
+    .await;
     assert!(rt.metrics().hibernations.load(Ordering::SeqCst) >= 40);
     // Evicted objects wake with their state.
     assert_eq!(ns.get_by_name("o0").call(Incr).await.unwrap(), 2);

@@ -11,7 +11,12 @@ async fn full_mailbox_answers_overloaded_and_loses_nothing_accepted() {
     let probes = Probes::new();
     // Close the gate: every SlowIncr waits for a permit.
     let permits = probes.gate.available_permits();
-    probes.gate.acquire_many(permits as u32).await.unwrap().forget();
+    probes
+        .gate
+        .acquire_many(permits as u32)
+        .await
+        .unwrap()
+        .forget();
     let p = probes.clone();
     let rt = Runtime::builder()
         .data_dir(dir.path())
@@ -28,7 +33,10 @@ async fn full_mailbox_answers_overloaded_and_loses_nothing_accepted() {
     }
     // Wait until the refusals have happened (they are immediate), then open the gate.
     wait_for("refusals", Duration::from_secs(10), || {
-        rt.metrics().overloads.load(std::sync::atomic::Ordering::SeqCst) == 22
+        rt.metrics()
+            .overloads
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 22
     })
     .await;
     probes.gate.add_permits(1000);

@@ -74,7 +74,10 @@ impl DurableObject for ChatRoom {
     async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
         if req.extensions().get::<Upgrade>().is_none() {
             let messages = history(ctx)?;
-            return Ok(http_util::json(StatusCode::OK, &json!({ "messages": messages })));
+            return Ok(http_util::json(
+                StatusCode::OK,
+                &json!({ "messages": messages }),
+            ));
         }
         let user = user_of(&req).unwrap_or_default();
         if user.is_empty() || user.len() > MAX_USER {

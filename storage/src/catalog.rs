@@ -83,7 +83,9 @@ impl Catalog {
     pub fn secret_key(&self) -> Result<[u8; 32]> {
         let bytes: Vec<u8> =
             self.conn()
-                .query_row("SELECT value FROM meta WHERE key = 'secret'", [], |r| r.get(0))?;
+                .query_row("SELECT value FROM meta WHERE key = 'secret'", [], |r| {
+                    r.get(0)
+                })?;
         bytes.try_into().map_err(|_| Error::Decode {
             message: "the catalog's secret is not 32 bytes; the data directory is damaged".into(),
         })
@@ -142,8 +144,14 @@ impl Catalog {
 
     pub fn delete_object(&self, namespace: &str, id: &str) -> Result<()> {
         let conn = self.conn();
-        conn.execute("DELETE FROM objects WHERE namespace = ?1 AND id = ?2", [namespace, id])?;
-        conn.execute("DELETE FROM alarms WHERE namespace = ?1 AND id = ?2", [namespace, id])?;
+        conn.execute(
+            "DELETE FROM objects WHERE namespace = ?1 AND id = ?2",
+            [namespace, id],
+        )?;
+        conn.execute(
+            "DELETE FROM alarms WHERE namespace = ?1 AND id = ?2",
+            [namespace, id],
+        )?;
         Ok(())
     }
 
@@ -211,20 +219,38 @@ mod tests {
         };
         c.touch_objects(&[touch("b", Some("bob"), 10, None), touch("a", None, 5, None)])
             .unwrap();
-        c.touch_objects(&[touch("a", Some("ann"), 20, Some(4096)), touch("b", None, 7, None)])
-            .unwrap();
+        c.touch_objects(&[
+            touch("a", Some("ann"), 20, Some(4096)),
+            touch("b", None, 7, None),
+        ])
+        .unwrap();
         let list = c.list_objects("ns").unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].name.as_deref(), Some("ann"));
-        assert_eq!((list[0].created_ms, list[0].last_active_ms, list[0].size_bytes), (5, 20, 4096));
-        assert_eq!(list[1].last_active_ms, 10, "activity never goes back in time");
+        assert_eq!(
+            (
+                list[0].created_ms,
+                list[0].last_active_ms,
+                list[0].size_bytes
+            ),
+            (5, 20, 4096)
+        );
+        assert_eq!(
+            list[1].last_active_ms, 10,
+            "activity never goes back in time"
+        );
         assert_eq!(c.namespaces().unwrap(), vec!["ns".to_string()]);
         c.set_alarm("ns", "a", 100, 0).unwrap();
         c.set_alarm("ns", "b", 50, 2).unwrap();
         c.set_alarm("ns", "a", 30, 1).unwrap();
         let alarms = c.alarms().unwrap();
-        assert_eq!(alarms.iter().map(|a| (a.id.as_str(), a.at_ms, a.retry_count)).collect::<Vec<_>>(),
-                   vec![("a", 30, 1), ("b", 50, 2)]);
+        assert_eq!(
+            alarms
+                .iter()
+                .map(|a| (a.id.as_str(), a.at_ms, a.retry_count))
+                .collect::<Vec<_>>(),
+            vec![("a", 30, 1), ("b", 50, 2)]
+        );
         c.delete_alarm("ns", "a").unwrap();
         drop(c);
         let c = Catalog::open(dir.path(), Durability::Normal).unwrap();

@@ -1,4 +1,6 @@
-use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde::forward_to_deserialize_any;
 
 use crate::error::{Error, Result};
@@ -208,7 +210,8 @@ impl<'de, 'a> MapAccess<'de> for RowMap<'a> {
         match (self.columns.next(), self.values.next()) {
             (Some(column), Some(value)) => {
                 self.pending = Some(value);
-                seed.deserialize(column.as_str().into_deserializer()).map(Some)
+                seed.deserialize(column.as_str().into_deserializer())
+                    .map(Some)
             }
             _ => Ok(None),
         }
@@ -340,13 +343,19 @@ mod tests {
         let t: (String, i64, Option<f64>, bool) = c.clone().one().unwrap();
         assert_eq!(t, ("a".into(), 3, None, true));
         let j: serde_json::Value = c.clone().one().unwrap();
-        assert_eq!(j, serde_json::json!({"name": "a", "n": 3, "score": null, "ok": 1}));
+        assert_eq!(
+            j,
+            serde_json::json!({"name": "a", "n": 3, "score": null, "ok": 1})
+        );
         assert!(c.one::<i64>().is_err());
 
         let single = cursor(&["n"], vec![vec![Value::Integer(7)], vec![Value::Null]]);
         let all: Vec<Option<i64>> = single.clone().all().unwrap();
         assert_eq!(all, vec![Some(7), None]);
-        assert!(matches!(single.clone().one::<i64>(), Err(Error::NotOneRow { rows: 2 })));
+        assert!(matches!(
+            single.clone().one::<i64>(),
+            Err(Error::NotOneRow { rows: 2 })
+        ));
         assert_eq!(single.first::<i64>().unwrap(), Some(7));
         let blob = cursor(&["b"], vec![vec![Value::Blob(vec![1, 2])]]);
         assert_eq!(blob.one::<serde_bytes_like::Bytes>().unwrap().0, vec![1, 2]);

@@ -80,7 +80,9 @@ impl std::str::FromStr for Durability {
         match s.to_ascii_lowercase().as_str() {
             "normal" => Ok(Durability::Normal),
             "fsync" | "full" => Ok(Durability::Fsync),
-            other => Err(format!("`{other}` is not a durability mode: use `normal` or `fsync`")),
+            other => Err(format!(
+                "`{other}` is not a durability mode: use `normal` or `fsync`"
+            )),
         }
     }
 }

@@ -67,13 +67,15 @@ fn authorize(guard: &Mutex<Guard>, ctx: AuthContext<'_>) -> Authorization {
         AuthAction::Transaction { operation } => {
             Some(Denial::Transaction(format!("{operation:?}").to_uppercase()))
         }
-        AuthAction::Savepoint { operation, .. } => Some(Denial::Transaction(match format!("{operation:?}").as_str() {
-            "Begin" => "SAVEPOINT".to_string(),
-            other => other.to_uppercase(),
-        })),
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
-            Some(Denial::Other("ATTACH and DETACH are not allowed: an object has one database".into()))
-        }
+        AuthAction::Savepoint { operation, .. } => Some(Denial::Transaction(
+            match format!("{operation:?}").as_str() {
+                "Begin" => "SAVEPOINT".to_string(),
+                other => other.to_uppercase(),
+            },
+        )),
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => Some(Denial::Other(
+            "ATTACH and DETACH are not allowed: an object has one database".into(),
+        )),
         AuthAction::Pragma { pragma_name, .. } => {
             let name = pragma_name.to_ascii_lowercase();
             (!ALLOWED_PRAGMAS.contains(&name.as_str())).then(|| {
@@ -175,7 +177,9 @@ impl std::fmt::Debug for Storage {
 fn sql_error(e: rusqlite::Error) -> Error {
     match e {
         rusqlite::Error::SqliteFailure(_, Some(message)) => Error::Sql { message },
-        rusqlite::Error::SqlInputError { msg, sql, offset, .. } => Error::Sql {
+        rusqlite::Error::SqlInputError {
+            msg, sql, offset, ..
+        } => Error::Sql {
             message: format!("{msg} (at byte {offset} of `{sql}`)"),
         },
         rusqlite::Error::InvalidParameterCount(given, expected) => Error::Sql {
@@ -257,7 +261,9 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
         Durability::Normal => "NORMAL",
         Durability::Fsync => "FULL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY;"))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY;"
+    ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -276,7 +282,8 @@ impl Storage {
         }));
         let hook = guard.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
-        let marker: String = conn.query_row("SELECT lower(hex(randomblob(8)))", [], |r| r.get(0))?;
+        let marker: String =
+            conn.query_row("SELECT lower(hex(randomblob(8)))", [], |r| r.get(0))?;
         Ok(Storage {
             conn,
             path: path.to_path_buf(),
@@ -404,7 +411,10 @@ impl Storage {
         }
         if !params.is_empty() && !bound {
             return Err(Error::Sql {
-                message: format!("{} parameters given, but no statement takes any", params.len()),
+                message: format!(
+                    "{} parameters given, but no statement takes any",
+                    params.len()
+                ),
             });
         }
         cursor.rows_written = written;
@@ -438,9 +448,8 @@ impl Storage {
         let mut stmt = self.conn.prepare_cached(&self.sql.kv_get)?;
         let mut out = Vec::new();
         for key in sorted {
-            let bytes: Option<Vec<u8>> = stmt
-                .query_row([key.as_bytes()], |r| r.get(0))
-                .optional()?;
+            let bytes: Option<Vec<u8>> =
+                stmt.query_row([key.as_bytes()], |r| r.get(0)).optional()?;
             if let Some(b) = bytes {
                 out.push((key.to_string(), decode(&b)?));
             }
@@ -574,8 +583,10 @@ impl Storage {
         for kind in ["trigger", "view", "table"] {
             for (_, name) in objects.iter().filter(|(t, _)| t == kind) {
                 let quoted = name.replace('"', "\"\"");
-                self.conn
-                    .execute_batch(&format!("DROP {} IF EXISTS \"{quoted}\"", kind.to_uppercase()))?;
+                self.conn.execute_batch(&format!(
+                    "DROP {} IF EXISTS \"{quoted}\"",
+                    kind.to_uppercase()
+                ))?;
             }
         }
         self.writes = true;
@@ -733,7 +744,9 @@ mod tests {
             ]
         );
         assert!(c.rows_read() >= 1);
-        let c = s.exec("UPDATE t SET b = b + 1; SELECT b FROM t", ()).unwrap();
+        let c = s
+            .exec("UPDATE t SET b = b + 1; SELECT b FROM t", ())
+            .unwrap();
         assert_eq!(c.one::<i64>().unwrap(), 8);
         let c = s.exec("INSERT INTO t(b) VALUES (1), (2), (3)", ()).unwrap();
         assert_eq!(c.rows_written(), 3);
@@ -754,7 +767,10 @@ mod tests {
             "END",
         ] {
             let e = s.exec(stmt, []).unwrap_err();
-            assert!(matches!(e, Error::TransactionStatement { .. }), "{stmt}: {e:?}");
+            assert!(
+                matches!(e, Error::TransactionStatement { .. }),
+                "{stmt}: {e:?}"
+            );
         }
         for stmt in [
             "SELECT * FROM _denizen_kv",
@@ -776,7 +792,10 @@ mod tests {
         let info = s.exec("PRAGMA table_info(t)", []).unwrap();
         assert_eq!(info.rows().len(), 1);
         let tables: Vec<String> = s
-            .exec("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name", [])
+            .exec(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+                [],
+            )
             .unwrap()
             .all()
             .unwrap();
@@ -793,28 +812,52 @@ mod tests {
         s.exec("INSERT INTO t VALUES (1)", []).unwrap();
         s.put("k", &1).unwrap();
         s.commit().unwrap();
-        assert_eq!(s.exec("SELECT count(*) FROM t", []).unwrap().one::<i64>().unwrap(), 1);
+        assert_eq!(
+            s.exec("SELECT count(*) FROM t", [])
+                .unwrap()
+                .one::<i64>()
+                .unwrap(),
+            1
+        );
     }
 
     #[test]
     fn kv_limits() {
         let (_d, mut s) = open();
         let long = "k".repeat(MAX_KEY_SIZE + 1);
-        assert!(matches!(s.put(&long, &1), Err(Error::KeyTooLarge { size: 2049, .. })));
-        assert!(matches!(s.get::<i64>(&long), Err(Error::KeyTooLarge { .. })));
+        assert!(matches!(
+            s.put(&long, &1),
+            Err(Error::KeyTooLarge { size: 2049, .. })
+        ));
+        assert!(matches!(
+            s.get::<i64>(&long),
+            Err(Error::KeyTooLarge { .. })
+        ));
         s.put(&"k".repeat(MAX_KEY_SIZE), &1).unwrap();
         let big = vec![1u8; MAX_VALUE_SIZE];
         assert!(matches!(s.put("v", &big), Err(Error::ValueTooLarge { .. })));
         let keys: Vec<String> = (0..129).map(|i| format!("k{i}")).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        assert!(matches!(s.get_many::<i64>(&refs), Err(Error::BatchTooLarge { size: 129, .. })));
-        assert!(matches!(s.delete_many(&refs), Err(Error::BatchTooLarge { .. })));
+        assert!(matches!(
+            s.get_many::<i64>(&refs),
+            Err(Error::BatchTooLarge { size: 129, .. })
+        ));
+        assert!(matches!(
+            s.delete_many(&refs),
+            Err(Error::BatchTooLarge { .. })
+        ));
         let entries: Vec<(&str, i64)> = refs.iter().map(|k| (*k, 1)).collect();
-        assert!(matches!(s.put_many(&entries), Err(Error::BatchTooLarge { .. })));
+        assert!(matches!(
+            s.put_many(&entries),
+            Err(Error::BatchTooLarge { .. })
+        ));
         s.put_many(&entries[..128]).unwrap();
         assert_eq!(s.get_many::<i64>(&refs[..128]).unwrap().len(), 128);
         assert_eq!(s.delete_many(&refs[..128]).unwrap(), 128);
-        assert!(matches!(s.get::<String>("k".repeat(MAX_KEY_SIZE).as_str()), Err(Error::Decode { .. })));
+        assert!(matches!(
+            s.get::<String>("k".repeat(MAX_KEY_SIZE).as_str()),
+            Err(Error::Decode { .. })
+        ));
     }
 
     #[test]
@@ -824,7 +867,11 @@ mod tests {
             s.put(k, &k.len()).unwrap();
         }
         let keys = |s: &mut Storage, o: ListOptions| -> Vec<String> {
-            s.list::<usize>(&o).unwrap().into_iter().map(|(k, _)| k).collect()
+            s.list::<usize>(&o)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
         };
         assert_eq!(
             keys(&mut s, ListOptions::default()),
@@ -855,11 +902,15 @@ mod tests {
         assert_eq!(keys(&mut s, rev), ["\u{10000}", "c", "b\u{ff}"]);
         assert!(s.delete("a").unwrap());
         assert!(!s.delete("a").unwrap());
-        s.exec("CREATE TABLE t(x); CREATE VIEW v AS SELECT * FROM t", []).unwrap();
+        s.exec("CREATE TABLE t(x); CREATE VIEW v AS SELECT * FROM t", [])
+            .unwrap();
         s.delete_all().unwrap();
         assert!(keys(&mut s, ListOptions::default()).is_empty());
         let left: i64 = s
-            .exec("SELECT count(*) FROM sqlite_master WHERE name IN ('t', 'v')", [])
+            .exec(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('t', 'v')",
+                [],
+            )
             .unwrap()
             .one()
             .unwrap();

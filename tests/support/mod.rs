@@ -116,7 +116,9 @@ fn spawn(data_dir: &Path, args: &[String]) -> (Child, String) {
         .expect("start denizen");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read address");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read address");
     let addr = line
         .trim()
         .strip_prefix("denizen listening on http://")

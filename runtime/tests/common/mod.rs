@@ -174,7 +174,11 @@ impl Message for SetAlarmIn {
     type Reply = SystemTime;
 }
 impl Handler<SetAlarmIn> for Probe {
-    async fn handle(&mut self, ctx: &mut Ctx<Self>, SetAlarmIn(ms): SetAlarmIn) -> Result<SystemTime> {
+    async fn handle(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        SetAlarmIn(ms): SetAlarmIn,
+    ) -> Result<SystemTime> {
         let at = SystemTime::now() + Duration::from_millis(ms);
         ctx.set_alarm(at)?;
         Ok(at)
@@ -192,7 +196,8 @@ impl Handler<GetAlarm> for Probe {
 }
 
 /// Runs a closure against the object's context (storage, sockets) and returns its result.
-pub struct With<R>(pub Box<dyn FnOnce(&mut Ctx<Probe>) -> Result<R> + Send>);
+pub type CtxFn<R> = Box<dyn FnOnce(&mut Ctx<Probe>) -> Result<R> + Send>;
+pub struct With<R>(pub CtxFn<R>);
 impl<R: Send + 'static> Message for With<R> {
     type Reply = R;
 }
