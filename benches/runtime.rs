@@ -102,6 +102,12 @@ fn env(durability: Durability, idle: Duration, capacity: usize) -> Env {
         .durability(durability)
         .idle_timeout(idle)
         .mailbox_capacity(capacity)
+        .max_open_objects(
+            std::env::var("OPEN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(denizen::Options::default().max_open_objects),
+        )
         .object_with("bench", move || Bench {
             starts: s.clone(),
             lateness: l.clone(),
@@ -140,25 +146,19 @@ async fn events_per_second(total: usize, callers: usize) -> f64 {
     for _ in 0..callers {
         let stub = ns.get_by_name("hot");
         tasks.push(tokio::spawn(async move {
-            // Pipelined: keep a window of calls in flight per caller.
-            let mut window: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
-                std::collections::VecDeque::with_capacity(64);
-            for _ in 0..per {
-                if window.len() == 64 {
-                    let f = window.pop_front().expect("window");
-                    f.await.expect("join").expect("call");
+            // Pipelined: a call is queued when made, so a window of calls is in flight.
+            for _ in 0..per / 64 {
+                let window: Vec<_> = (0..64).map(|_| stub.call(Nop)).collect();
+                for call in window {
+                    call.await.expect("call");
                 }
-                window.push_back(tokio::spawn(stub.call(Nop)));
-            }
-            for f in window {
-                f.await.expect("join").expect("call");
             }
         }));
     }
     for t in tasks {
         t.await.expect("join");
     }
-    let rate = (per * callers) as f64 / start.elapsed().as_secs_f64();
+    let rate = ((per / 64) * 64 * callers) as f64 / start.elapsed().as_secs_f64();
     e.runtime.shutdown().await;
     rate
 }
@@ -170,18 +170,15 @@ async fn writes_per_second(durability: Durability, total: usize) -> f64 {
     let stub = ns.get_by_name("writer");
     stub.call(Nop).await.expect("warm");
     let start = Instant::now();
-    let mut window: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>> =
-        std::collections::VecDeque::with_capacity(256);
-    for i in 0..total {
-        if window.len() == 256 {
-            let f = window.pop_front().expect("window");
-            f.await.expect("join").expect("put");
+    for chunk in 0..total / 256 {
+        let window: Vec<_> = (0..256)
+            .map(|i| stub.call(Put((chunk * 256 + i) as u64)))
+            .collect();
+        for call in window {
+            call.await.expect("put");
         }
-        window.push_back(tokio::spawn(stub.call(Put(i as u64))));
     }
-    for f in window {
-        f.await.expect("join").expect("put");
-    }
+    let total = total / 256 * 256;
     let rate = total as f64 / start.elapsed().as_secs_f64();
     e.runtime.shutdown().await;
     rate
@@ -249,7 +246,24 @@ async fn wake_latency(count: usize) -> Vec<Duration> {
 async fn alarm_lateness(count: usize) -> Vec<Duration> {
     let e = env(Durability::Normal, Duration::from_secs(60), 1024);
     let ns = e.runtime.namespace::<Bench>("bench").expect("ns");
-    let base = SystemTime::now() + Duration::from_secs(3);
+    // Create the objects first: this measures alarm delivery, not first-touch activation.
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let ns = ns.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (chunk..count).step_by(8) {
+                ns.get_by_name(&format!("alarm-{i}"))
+                    .call(Touch)
+                    .await
+                    .expect("touch");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    let setup = Instant::now();
+    let base = SystemTime::now() + Duration::from_secs(15);
     let mut tasks = Vec::new();
     for chunk in 0..8 {
         let ns = ns.clone();
@@ -266,6 +280,7 @@ async fn alarm_lateness(count: usize) -> Vec<Duration> {
     for t in tasks {
         t.await.expect("join");
     }
+    eprintln!("(arming {count} alarms took {:?})", setup.elapsed());
     assert!(
         SystemTime::now() < base,
         "setting the alarms took too long for this bench"
@@ -318,7 +333,7 @@ fn main() {
         if wanted("activations") {
             let mut v = Vec::new();
             for _ in 0..ROUNDS {
-                v.push(activations_per_second(10_000, 32).await);
+                v.push(activations_per_second(std::env::var("N").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000), 32).await);
             }
             println!("first-touch activations/s (file created): {:.0} (median of {ROUNDS})", median(v));
         }

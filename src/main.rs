@@ -72,7 +72,7 @@ struct ServeArgs {
     #[arg(long, env = "DENIZEN_MAILBOX_CAPACITY")]
     mailbox_capacity: Option<usize>,
     /// Objects kept in memory (each with its SQLite file open) before idle ones hibernate early
-    /// [default: 10000].
+    /// [default: 1000].
     #[arg(long, env = "DENIZEN_MAX_OPEN_OBJECTS")]
     max_open_objects: Option<usize>,
     /// Largest WebSocket message in bytes; bigger closes the socket with 1009 [default: 32 MiB].

@@ -1,6 +1,12 @@
 /// What can stop the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("serving HTTP failed: {0}; check that the listener is still open")]
+    /// The accept loop failed.
+    #[error(
+        "serving HTTP failed: {0}; check that the listener is still open and the process may accept connections"
+    )]
     Serve(#[source] std::io::Error),
+    /// A [`crate::Config`] value cannot work.
+    #[error("gateway config `{field}` {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
 }

@@ -1,37 +1,65 @@
 //! The front door of Denizen: HTTP and WebSockets to durable objects, on axum.
 //!
-//! Why it exists: a Durable Object is reached through a Worker that routes requests and holds
-//! WebSockets while the object sleeps. This crate is that piece: it routes
-//! `/objects/<namespace>/<name>[/rest]` to the object's `fetch`, hands WebSocket upgrades to the
-//! object to accept, and then owns each socket — the object can hibernate while its sockets stay
-//! open; a message wakes it; auto-responses and pings are answered without waking it.
+//! Why it exists: the runtime knows nothing of HTTP, and an object that hibernates cannot hold a
+//! TCP connection. In Cloudflare a Worker routes requests to Durable Objects and the platform
+//! keeps their WebSockets open while they sleep. This crate is that piece:
 //!
-//! Also: an authentication hook that sees every request and upgrade before any object does,
-//! server heartbeats that detect dead peers, a message size limit (close 1009), `/metrics` in
-//! Prometheus format (optionally behind a bearer token), `/healthz`, and graceful shutdown that
-//! finishes in-flight requests, closes sockets with 1001 and stops the runtime.
+//! - `/objects/<namespace>/<name>[/rest]` (any method) goes to the object's `fetch`, which sees
+//!   the path `/<rest>?<query>`; the original URI stays in the request's extensions as
+//!   [`axum::extract::OriginalUri`].
+//! - A WebSocket upgrade on the same route is offered to the object; if it accepts
+//!   (`ctx.accept_websocket` and a 101 answer) the gateway owns the socket from then on. The
+//!   object may hibernate; a message wakes it; auto-responses and pings are answered without
+//!   waking it.
+//! - An authentication hook sees every object request and upgrade before any object does.
+//! - Server heartbeats drop dead peers, oversized messages close only their socket (1009),
+//!   `/metrics` (Prometheus, optionally behind a bearer token), `/healthz`, and graceful shutdown
+//!   that finishes in-flight requests, closes sockets with 1001 and stops the runtime.
 //!
-//! ```no_run
+//! Errors become plain-text answers: unknown namespace 404, invalid id 400, overloaded object 503
+//! with `Retry-After`, shutting down 503, anything else 500.
+//!
+//! ```
 //! use denizen_gateway::{Config, Gateway, Rejection};
-//! use denizen_runtime::{DurableObject, Runtime};
+//! use denizen_runtime::{Ctx, DurableObject, Request, Response, Result, Runtime, http_util};
 //!
 //! #[derive(Default)]
-//! struct Room;
-//! impl DurableObject for Room {}
+//! struct Hello;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let runtime = Runtime::builder().data_dir("./data").object::<Room>("room").build()?;
+//! impl DurableObject for Hello {
+//!     async fn fetch(&mut self, ctx: &mut Ctx<Self>, _req: Request) -> Result<Response> {
+//!         let name = ctx.id().name().unwrap_or("stranger");
+//!         Ok(http_util::text(http::StatusCode::OK, &format!("hello, {name}\n")))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let runtime = Runtime::builder().data_dir(dir.path()).object::<Hello>("hello").build()?;
 //! let gateway = Gateway::new(runtime, Config::default()).with_auth(|parts| {
 //!     match parts.headers.get("authorization") {
 //!         Some(_) => Ok(()),
-//!         None => Err(Rejection::unauthorized("send a bearer token")),
+//!         None => Err(Rejection::unauthorized("send an Authorization header")),
 //!     }
 //! });
-//! // Mount your own routes beside the gateway's:
-//! let app = gateway.router().route("/hello", axum::routing::get(|| async { "hi" }));
+//! // Mount your own routes beside the gateway's: GET /objects/hello/ada → "hello, ada".
+//! let app = gateway.router().route("/hi", axum::routing::get(|| async { "hi\n" }));
+//!
+//! async fn serve(
+//!     gateway: Gateway,
+//!     app: axum::Router,
+//! ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//!     let ctrl_c = async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     };
+//!     gateway.serve_router(listener, app, ctrl_c).await?;
+//!     Ok(())
+//! }
+//! # let _ = serve; // not run here: it would wait for Ctrl-C
+//! # gateway.runtime().shutdown().await;
 //! # let _ = app;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
-//! gateway.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -47,12 +75,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, OriginalUri, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
 use denizen_runtime::{Error as RuntimeError, Runtime, Upgrade};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use percent_encoding::percent_decode_str;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -63,16 +92,24 @@ pub use metrics::Metrics;
 /// Gateway settings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Largest WebSocket message; a bigger one closes that socket with 1009. Default 32 MiB.
+    /// Largest incoming WebSocket message (and frame); a bigger one closes that socket with 1009.
+    /// Default 32 MiB, as in Durable Objects.
     pub max_message_size: usize,
     /// Largest HTTP request body forwarded to an object (413 beyond). Default 32 MiB.
     pub max_body_size: usize,
-    /// Ping interval; a peer silent for two intervals is considered dead. Default 30 s.
+    /// Ping interval; a peer silent for two intervals is dropped (1006 to the object).
+    /// Default 30 s; `None` disables heartbeats.
     pub heartbeat_interval: Option<Duration>,
-    /// When set, `/metrics` and `/admin/*` need `Authorization: Bearer <token>`.
+    /// When set, `/metrics` and `/admin`, `/admin/*` need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
-    /// How long shutdown waits for sockets to finish their close handshake. Default 5 s.
+    /// How long shutdown waits for sockets to finish their close handshakes. Default 5 s.
     pub shutdown_grace: Duration,
+    /// How long a closing socket waits for the peer's close frame. Default 5 s.
+    pub close_timeout: Duration,
+    /// Bytes tungstenite reads per syscall and keeps allocated per socket. Small keeps idle
+    /// sockets cheap (this buffer is most of what the gateway keeps per idle socket); big messages
+    /// still arrive, in more reads. Default 1 KiB.
+    pub socket_read_buffer: usize,
 }
 
 impl Default for Config {
@@ -83,29 +120,67 @@ impl Default for Config {
             heartbeat_interval: Some(Duration::from_secs(30)),
             admin_token: None,
             shutdown_grace: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
+            socket_read_buffer: 1024,
         }
     }
 }
 
-/// An authentication hook's refusal.
-#[derive(Clone, Debug)]
+impl Config {
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |field: &'static str, why: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: why.to_string(),
+            })
+        };
+        if self.max_message_size == 0 {
+            return bad("max_message_size", "must be at least 1 byte");
+        }
+        if self.heartbeat_interval.is_some_and(|d| d.is_zero()) {
+            return bad(
+                "heartbeat_interval",
+                "must be above zero; use None to disable heartbeats",
+            );
+        }
+        if self.socket_read_buffer == 0 {
+            return bad("socket_read_buffer", "must be at least 1 byte");
+        }
+        Ok(())
+    }
+}
+
+/// An authentication hook's refusal: answered as `status` with `message` as a text body.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
+    /// Usually 401 (who are you?) or 403 (not allowed).
     pub status: StatusCode,
     pub message: String,
 }
 
 impl Rejection {
-    pub fn unauthorized(message: impl Into<String>) -> Self {
+    /// A refusal with any status (use a 4xx).
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Rejection {
-            status: StatusCode::UNAUTHORIZED,
+            status,
             message: message.into(),
         }
     }
+
+    /// 401: the caller did not prove who it is.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Rejection::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: the caller is known but not allowed.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Rejection {
-            status: StatusCode::FORBIDDEN,
-            message: message.into(),
-        }
+        Rejection::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
     }
 }
 
@@ -116,16 +191,19 @@ struct Inner {
     config: Config,
     auth: Option<Arc<AuthHook>>,
     metrics: Arc<Metrics>,
+    /// Flips to `true` once: every socket task closes with 1001.
     shutdown: watch::Sender<bool>,
 }
 
-/// The HTTP and WebSocket front door for a [`Runtime`].
+/// The HTTP and WebSocket front door for a [`Runtime`]. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
 }
 
 impl Gateway {
+    /// A gateway in front of `runtime`. Nothing listens until [`Gateway::serve`] (or you serve
+    /// [`Gateway::router`] yourself).
     pub fn new(runtime: Runtime, config: Config) -> Self {
         Gateway {
             inner: Arc::new(Inner {
@@ -133,13 +211,14 @@ impl Gateway {
                 config,
                 auth: None,
                 metrics: Arc::new(Metrics::default()),
-                shutdown: watch::channel(false).0,
+                shutdown: watch::Sender::new(false),
             }),
         }
     }
 
-    /// Sets the hook that sees every object request and WebSocket upgrade first; an `Err`
-    /// answers with its status (a socket is refused before the upgrade).
+    /// Sets the hook that sees every object request and WebSocket upgrade first (headers,
+    /// method, URI; not the body). An `Err` is answered with its status and message, and for a
+    /// socket before the upgrade happens.
     pub fn with_auth(
         self,
         hook: impl Fn(&http::request::Parts) -> Result<(), Rejection> + Send + Sync + 'static,
@@ -160,20 +239,58 @@ impl Gateway {
         &self.inner.runtime
     }
 
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The gateway's own counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
-    /// The gateway's routes: `/objects/...`, `/metrics`, `/healthz`. Merge your own into it.
+    /// The gateway's routes: `/objects/<namespace>/<name>[/rest]`, `/metrics`, `/healthz`.
+    /// Add or merge your own; [`Gateway::serve_router`] serves the result (and guards `/admin`
+    /// routes you add with the admin token — see [`Gateway::guard_admin`] if you serve it
+    /// yourself).
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/objects/{*path}", any(object_route))
             .route("/metrics", get(metrics_route))
             .route("/healthz", get(|| async { "ok\n" }))
-            .with_state(self.inner.clone())
+            .with_state(self.inner.clone());
+        self.guard_admin(router)
     }
 
-    /// Serves [`Gateway::router`] until `shutdown` resolves, then shuts down gracefully.
+    /// Requires the admin token (when configured) on `/metrics`, `/admin` and `/admin/*` of
+    /// `router`, including routes an application added. [`Gateway::serve_router`] does this for
+    /// you; call it when you serve the router with your own `axum::serve`.
+    pub fn guard_admin(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(
+            self.inner.clone(),
+            admin_guard,
+        ))
+    }
+
+    /// Sends one request to an object, from a route of your own (for example
+    /// `/rooms/{name}` → namespace `chat`). Same behaviour as the `/objects` routes — auth hook,
+    /// error mapping, WebSocket upgrades — except that the object sees the request's URI
+    /// unchanged.
+    pub async fn forward(
+        &self,
+        namespace: &str,
+        name: &str,
+        req: axum::extract::Request,
+    ) -> Response {
+        let span = tracing::info_span!("object", namespace = %namespace, object = %name, method = %req.method());
+        let resp = forward(self.inner.clone(), req, namespace, name, None)
+            .instrument(span)
+            .await;
+        self.inner.metrics.count_status(resp.status());
+        resp
+    }
+
+    /// Serves [`Gateway::router`] until `shutdown` resolves, then shuts down gracefully (see
+    /// [`Gateway::serve_router`]).
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -182,40 +299,51 @@ impl Gateway {
         self.serve_router(listener, self.router(), shutdown).await
     }
 
-    /// Like [`Gateway::serve`] with an application's router (built from [`Gateway::router`]).
+    /// Serves an application's router (built from [`Gateway::router`]) until `shutdown`
+    /// resolves. Then: no new connections, in-flight HTTP requests finish, every WebSocket is
+    /// closed with 1001 "going away" (waiting up to `shutdown_grace` for the handshakes), and
+    /// the runtime finishes its queued events, commits and stops.
     pub async fn serve_router(
         &self,
         listener: tokio::net::TcpListener,
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        self.inner.config.validate()?;
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "gateway serving");
         let signal = self.inner.shutdown.clone();
-        axum::serve(listener, router)
+        let served = axum::serve(listener, self.guard_admin(router))
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: finishing requests, closing sockets with 1001");
                 // Sockets start their close handshakes while HTTP requests finish.
-                let _ = signal.send(true);
+                signal.send_replace(true);
             })
+            .await;
+        // Also on a serve error: never leave sockets or objects behind.
+        self.inner.shutdown.send_replace(true);
+        let grace = self.inner.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.inner.metrics.sockets_closed())
             .await
-            .map_err(Error::Serve)?;
-        let _ = self.inner.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
-        while self
-            .inner
-            .metrics
-            .websocket_connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            && tokio::time::Instant::now() < deadline
+            .is_err()
         {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tracing::warn!(
+                open = self
+                    .inner
+                    .metrics
+                    .websocket_connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "sockets still closing after the shutdown grace period; stopping anyway"
+            );
         }
         self.inner.runtime.shutdown().await;
-        Ok(())
+        tracing::info!("gateway stopped");
+        served.map_err(Error::Serve)
     }
 }
 
+/// A plain-text answer ending in a newline.
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     let mut body = body.into();
     if !body.ends_with('\n') {
@@ -240,6 +368,9 @@ fn error_response(e: &RuntimeError) -> Response {
         | RuntimeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "object request failed");
+    }
     let mut resp = text(status, e.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
         resp.headers_mut()
@@ -248,7 +379,7 @@ fn error_response(e: &RuntimeError) -> Response {
     resp
 }
 
-/// `<namespace>/<name>[/rest]`, percent-decoded; `rest` keeps its encoding.
+/// `<namespace>/<name>[/rest]`: namespace and name percent-decoded; `rest` keeps its encoding.
 fn split_path(path: &str) -> Option<(String, String, String)> {
     let mut parts = path.splitn(3, '/');
     let ns = parts.next().filter(|s| !s.is_empty())?;
@@ -263,7 +394,7 @@ fn split_path(path: &str) -> Option<(String, String, String)> {
     Some((decode(ns)?, decode(name)?, format!("/{rest}")))
 }
 
-fn is_upgrade(headers: &http::HeaderMap) -> bool {
+fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -271,46 +402,59 @@ fn is_upgrade(headers: &http::HeaderMap) -> bool {
 }
 
 async fn object_route(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> Response {
-    let path = req
-        .uri()
-        .path()
-        .strip_prefix("/objects/")
-        .unwrap_or_default()
-        .to_string();
-    let Some((namespace, name, rest)) = split_path(&path) else {
-        return text(
+    let path = req.uri().path().strip_prefix("/objects/").unwrap_or("");
+    let Some((namespace, name, rest)) = split_path(path) else {
+        let resp = text(
             StatusCode::NOT_FOUND,
             "address an object as /objects/<namespace>/<name>[/path]",
         );
+        inner.metrics.count_status(resp.status());
+        return resp;
     };
-    let span = tracing::info_span!("request", namespace = %namespace, object = %name, method = %req.method());
-    let resp = handle_object(inner.clone(), req, namespace, name, rest)
-        .instrument(span)
-        .await;
+    // The object sees its own path: /rest?query.
+    let object_uri = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest,
+    };
+    let span = tracing::info_span!("object", namespace = %namespace, object = %name, method = %req.method());
+    let resp = match object_uri.parse::<Uri>() {
+        Ok(uri) => {
+            forward(inner.clone(), req, &namespace, &name, Some(uri))
+                .instrument(span)
+                .await
+        }
+        Err(_) => text(
+            StatusCode::BAD_REQUEST,
+            "the request path is not a valid URI",
+        ),
+    };
     inner.metrics.count_status(resp.status());
     resp
 }
 
-async fn handle_object(
+/// One request to one object: auth hook, upgrade offer, error mapping. `object_uri` replaces the
+/// request's URI for the object (the original goes into the extensions either way).
+async fn forward(
     inner: Arc<Inner>,
     req: axum::extract::Request,
-    namespace: String,
-    name: String,
-    rest: String,
+    namespace: &str,
+    name: &str,
+    object_uri: Option<Uri>,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
     if let Some(auth) = &inner.auth
         && let Err(r) = auth(&parts)
     {
+        tracing::debug!(status = %r.status, "refused by the auth hook");
         return text(r.status, r.message);
     }
-    if !inner.runtime.has_namespace(&namespace) {
-        return error_response(&RuntimeError::UnknownNamespace(namespace));
+    if !inner.runtime.has_namespace(namespace) {
+        return error_response(&RuntimeError::UnknownNamespace(namespace.to_string()));
     }
     let upgrade = if is_upgrade(&parts.headers) {
         match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(ws) => Some(ws),
-            Err(rejection) => return rejection.into_response(),
+            Err(rejection) => return text(rejection.status(), rejection.body_text()),
         }
     } else {
         None
@@ -318,43 +462,27 @@ async fn handle_object(
     let body = if upgrade.is_some() {
         Bytes::new()
     } else {
-        match axum::body::to_bytes(body, inner.config.max_body_size).await {
+        match read_body(&parts.headers, body, inner.config.max_body_size).await {
             Ok(b) => b,
-            Err(_) => {
-                return text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request bodies are limited to {} bytes",
-                        inner.config.max_body_size
-                    ),
-                );
-            }
+            Err(resp) => return resp,
         }
     };
-    // The object sees its own path: /rest?query. The original URI stays in the extensions.
-    let uri = match parts.uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest,
-    };
+    let original = parts.uri.clone();
     let mut object_req = http::Request::new(body);
-    *object_req.method_mut() = parts.method.clone();
-    *object_req.headers_mut() = parts.headers.clone();
+    *object_req.method_mut() = parts.method;
+    *object_req.uri_mut() = object_uri.unwrap_or(parts.uri);
     *object_req.version_mut() = parts.version;
-    match uri.parse() {
-        Ok(u) => *object_req.uri_mut() = u,
-        Err(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "the request path is not a valid URI",
-            );
-        }
-    }
-    object_req
-        .extensions_mut()
-        .insert(axum::extract::OriginalUri(parts.uri.clone()));
+    *object_req.headers_mut() = parts.headers;
+    // Whatever the application's middleware attached (a user id, say) travels on to the object.
+    *object_req.extensions_mut() = parts.extensions;
+    object_req.extensions_mut().insert(OriginalUri(original));
 
     let Some(ws) = upgrade else {
-        return match inner.runtime.fetch(&namespace, &name, object_req).await {
+        return match inner.runtime.fetch(namespace, name, object_req).await {
+            Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the object answered 101 to a request that is not a WebSocket upgrade",
+            ),
             Ok(resp) => {
                 let (p, b) = resp.into_parts();
                 Response::from_parts(p, Body::from(b))
@@ -362,15 +490,26 @@ async fn handle_object(
             Err(e) => error_response(&e),
         };
     };
+    upgrade_socket(inner, ws, object_req, namespace, name).await
+}
 
+/// Offers the socket to the object; on acceptance answers 101 and spawns the socket's task.
+async fn upgrade_socket(
+    inner: Arc<Inner>,
+    ws: WebSocketUpgrade,
+    mut object_req: denizen_runtime::Request,
+    namespace: &str,
+    name: &str,
+) -> Response {
     let (offer, outgoing) = Upgrade::new();
     object_req.extensions_mut().insert(offer.clone());
-    let resp = match inner.runtime.fetch(&namespace, &name, object_req).await {
+    let resp = match inner.runtime.fetch(namespace, name, object_req).await {
         Ok(resp) => resp,
         Err(e) => return error_response(&e),
     };
     let accepted = offer.accepted();
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The object refused the socket (or accepted it and changed its mind): plain HTTP.
         if let Some(handle) = accepted {
             handle.forget();
         }
@@ -383,35 +522,113 @@ async fn handle_object(
             "the object answered 101 without accepting the socket (call ctx.accept_websocket)",
         );
     };
+    tracing::debug!(socket = handle.id(), "websocket accepted");
+    let (object_parts, _) = resp.into_parts();
+    let mut ws = ws;
+    // The object picks the subprotocol by answering with the header, as in Durable Objects.
+    if let Some(p) = object_parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+    {
+        ws = ws.protocols([p.to_owned()]);
+    }
     let task = socket::SocketTask {
         handle: handle.clone(),
         outgoing,
         heartbeat: inner.config.heartbeat_interval,
+        close_timeout: inner.config.close_timeout,
         shutdown: inner.shutdown.subscribe(),
         metrics: inner.metrics.clone(),
     };
-    let max = inner.config.max_message_size;
-    ws.max_message_size(max)
+    let max = inner.config.max_message_size.max(1);
+    let mut resp = ws
+        .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
+        // Small, fixed buffers: an idle socket must cost a few KiB, not tungstenite's default
+        // 128 KiB. Writes go straight to the socket (each send is flushed anyway).
+        .read_buffer_size(inner.config.socket_read_buffer.max(1))
         .write_buffer_size(0)
         .on_failed_upgrade(move |e| {
-            tracing::warn!(error = %e, "websocket upgrade failed");
-            if handle.closed(1006, "upgrade failed".into(), false).is_err() {
+            tracing::warn!(error = %e, "websocket upgrade failed after the object accepted it");
+            if handle
+                .closed(socket::code::ABNORMAL, "upgrade failed".into(), false)
+                .is_err()
+            {
                 handle.forget();
             }
         })
-        .on_upgrade(move |socket| task.run(socket).in_current_span())
+        .on_upgrade(move |socket| task.run(socket).in_current_span());
+    // Headers the object set on its 101 (cookies, say) go out with the handshake.
+    for (k, v) in &object_parts.headers {
+        if !resp.headers().contains_key(k) && !is_handshake_header(k) {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    resp
 }
 
-async fn metrics_route(State(inner): State<Arc<Inner>>, req: axum::extract::Request) -> Response {
-    if let Some(token) = &inner.config.admin_token {
+fn is_handshake_header(name: &header::HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ]
+    .contains(name)
+}
+
+/// The whole body, bounded: 413 past `max`, 400 if the client broke off.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn admin_guard(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    let guarded = path == "/metrics" || path == "/admin" || path.starts_with("/admin/");
+    if guarded && let Some(token) = &inner.config.admin_token {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
             let mut resp = text(
                 StatusCode::UNAUTHORIZED,
                 "this route needs Authorization: Bearer <admin token>",
@@ -421,14 +638,28 @@ async fn metrics_route(State(inner): State<Arc<Inner>>, req: axum::extract::Requ
             return resp;
         }
     }
+    next.run(req).await
+}
+
+async fn metrics_route(State(inner): State<Arc<Inner>>) -> Response {
     let mut body = inner.runtime.metrics().render_prometheus();
+    if !body.is_empty() && !body.ends_with('\n') {
+        body.push('\n');
+    }
     inner.metrics.render(&mut body);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::split_path;
+    use super::*;
 
     #[test]
     fn paths_split_and_decode() {
@@ -444,8 +675,65 @@ mod tests {
             split_path("a/b/c/d%2F"),
             Some(("a".into(), "b".into(), "/c/d%2F".into()))
         );
+        assert_eq!(
+            split_path("a/b/"),
+            Some(("a".into(), "b".into(), "/".into()))
+        );
         assert_eq!(split_path("counter"), None);
         assert_eq!(split_path("counter/"), None);
         assert_eq!(split_path("/x"), None);
+        assert_eq!(split_path("a/%FF"), None);
+    }
+
+    #[test]
+    fn runtime_errors_map_to_statuses() {
+        let overloaded = error_response(&RuntimeError::Overloaded {
+            namespace: "chat".into(),
+            id: "abc".into(),
+            capacity: 4,
+        });
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overloaded.headers()[header::RETRY_AFTER], "1");
+        let cases = [
+            (RuntimeError::UnknownNamespace("x".into()), 404),
+            (
+                RuntimeError::InvalidId {
+                    namespace: "x".into(),
+                    reason: "bad".into(),
+                },
+                400,
+            ),
+            (RuntimeError::ShuttingDown, 503),
+            (RuntimeError::Unavailable, 503),
+            (
+                RuntimeError::Panicked {
+                    message: "boom".into(),
+                },
+                500,
+            ),
+            (RuntimeError::msg("app error"), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(error_response(&e).status().as_u16(), status, "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(Config::default().validate().is_ok());
+        let zero_beat = Config {
+            heartbeat_interval: Some(Duration::ZERO),
+            ..Config::default()
+        };
+        let err = zero_beat.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_interval"), "{err}");
     }
 }

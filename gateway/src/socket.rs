@@ -1,11 +1,15 @@
 //! One task per WebSocket: it outlives the object's instance, so the object can hibernate while
 //! the connection stays open.
+//!
+//! The task is a single `select!` over the peer, the object's outgoing queue, the heartbeat and
+//! the shutdown signal — no second task, no per-socket buffers beyond tungstenite's own (sized
+//! small in `lib.rs`), so an idle socket costs a few KiB.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
 use denizen_runtime::{Frame, Outgoing, SocketHandle};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -16,12 +20,14 @@ pub(crate) struct SocketTask {
     pub(crate) handle: SocketHandle,
     pub(crate) outgoing: mpsc::UnboundedReceiver<Outgoing>,
     pub(crate) heartbeat: Option<Duration>,
+    pub(crate) close_timeout: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Close codes (RFC 6455 §7.4.1).
-mod code {
+pub(crate) mod code {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const NO_STATUS: u16 = 1005;
@@ -37,18 +43,38 @@ struct End {
     code: u16,
     reason: String,
     clean: bool,
-    /// A close frame we still owe the peer.
-    send: Option<(u16, String)>,
+    /// The handshake still to do on the wire.
+    wire: Wire,
+}
+
+enum Wire {
+    /// The peer closed first: tungstenite queued the echo of its close frame; one more read
+    /// flushes it.
+    EchoPeerClose,
+    /// We close: send this frame, then wait (bounded) for the peer's answer.
+    SendClose(u16, String),
+    /// The connection is already gone.
+    Nothing,
 }
 
 impl End {
+    /// We close the socket with `code`; the object hears the same code, not clean.
     fn ours(code: u16, reason: impl Into<String>) -> Self {
         let reason = reason.into();
         End {
             code,
-            reason: reason.clone(),
+            wire: Wire::SendClose(code, reason.clone()),
+            reason,
             clean: false,
-            send: Some((code, reason)),
+        }
+    }
+
+    fn lost(reason: impl Into<String>) -> Self {
+        End {
+            code: code::ABNORMAL,
+            reason: reason.into(),
+            clean: false,
+            wire: Wire::Nothing,
         }
     }
 }
@@ -58,79 +84,101 @@ fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(c)) => End::ours(code::TOO_BIG, c.to_string()),
-        Some(tungstenite::Error::Protocol(p)) => End::ours(code::PROTOCOL_ERROR, p.to_string()),
+        Some(tungstenite::Error::Protocol(p)) => match p {
+            // The peer vanished: nobody to send a close frame to.
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => {
+                End::lost("the peer closed the connection without a close frame")
+            }
+            _ => End::ours(code::PROTOCOL_ERROR, p.to_string()),
+        },
         Some(tungstenite::Error::Utf8(_)) => {
             End::ours(code::INVALID_DATA, "invalid UTF-8 in a text frame")
         }
-        _ => End {
-            code: code::ABNORMAL,
-            reason: inner.to_string(),
-            clean: false,
-            send: None,
-        },
+        _ => End::lost(inner.to_string()),
     }
 }
 
 impl SocketTask {
     pub(crate) async fn run(mut self, mut socket: WebSocket) {
-        self.metrics.websocket_connections.fetch_add(1, Relaxed);
+        self.metrics.socket_opened();
+        tracing::debug!(socket = self.handle.id(), "websocket open");
         let end = self.pump(&mut socket).await;
-        if let Some((code, reason)) = end.send {
-            // Best effort: the peer may already be gone.
-            let frame = CloseFrame {
-                code,
-                reason: truncate(&reason).into(),
-            };
-            let _ = socket.send(Message::Close(Some(frame))).await;
+        match end.wire {
+            Wire::EchoPeerClose => self.drain(&mut socket).await,
+            Wire::SendClose(code, ref reason) => {
+                let frame = CloseFrame {
+                    code: sendable(code),
+                    reason: truncate(reason).into(),
+                };
+                // Best effort: the peer may already be gone.
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                    self.drain(&mut socket).await;
+                }
+            }
+            Wire::Nothing => {}
         }
-        self.metrics.websocket_connections.fetch_sub(1, Relaxed);
+        drop(socket);
+        self.metrics.socket_closed();
+        tracing::debug!(socket = self.handle.id(), code = end.code, reason = %end.reason, clean = end.clean, "websocket closed");
         if let Err(e) = self.handle.closed(end.code, end.reason, end.clean) {
-            // The object cannot be told (the runtime is stopping): drop the socket from its list.
-            tracing::debug!(socket = self.handle.id(), error = %e, "close not delivered");
+            // The object cannot be told (overloaded, or the runtime is stopping): drop the socket
+            // from its registry so it is never listed as open again.
+            tracing::debug!(socket = self.handle.id(), error = %e, "close not delivered to the object");
             self.handle.forget();
         }
     }
 
+    /// Reads until the peer's side of the close handshake is done (or `close_timeout`), which
+    /// also flushes the close echo tungstenite queued.
+    async fn drain(&self, socket: &mut WebSocket) {
+        let _ = tokio::time::timeout(self.close_timeout, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
+    }
+
     async fn pump(&mut self, socket: &mut WebSocket) -> End {
-        let beat = self.heartbeat.unwrap_or(Duration::from_secs(3600));
-        let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
-        let mut last_seen = Instant::now();
         if *self.shutdown.borrow() {
             return End::ours(code::GOING_AWAY, "server shutting down");
         }
+        // A zero interval would make tokio's interval panic; treat it as "no heartbeat".
+        let heartbeat = self.heartbeat.filter(|d| !d.is_zero());
+        let beat = heartbeat.unwrap_or(Duration::from_secs(3600));
+        let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
         loop {
             tokio::select! {
                 incoming = socket.recv() => {
                     last_seen = Instant::now();
                     let frame = match incoming {
-                        Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_string()),
+                        Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_owned()),
                         Some(Ok(Message::Binary(b))) => Frame::Binary(b),
+                        // tungstenite queued the pong; the next recv() flushes it. The object
+                        // is never woken for pings.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(frame))) => {
                             let (code, reason) = frame
-                                .map(|f| (f.code, f.reason.as_str().to_string()))
+                                .map(|f| (f.code, f.reason.as_str().to_owned()))
                                 .unwrap_or((code::NO_STATUS, String::new()));
-                            return End { code, reason, clean: true, send: None };
+                            return End { code, reason, clean: true, wire: Wire::EchoPeerClose };
                         }
                         Some(Err(e)) => return read_error(e),
-                        None => {
-                            return End {
-                                code: code::ABNORMAL,
-                                reason: "connection lost".into(),
-                                clean: false,
-                                send: None,
-                            };
-                        }
+                        None => return End::lost("connection lost"),
                     };
                     match self.handle.message(frame) {
                         Ok(_) => {}
                         Err(e) if e.is_overloaded() => {
+                            tracing::warn!(socket = self.handle.id(), error = %e, "closing socket: object overloaded");
                             return End::ours(code::TRY_AGAIN_LATER, "the object is overloaded; reconnect later");
                         }
                         Err(e) if e.is_retryable() => {
                             return End::ours(code::GOING_AWAY, e.to_string());
                         }
-                        Err(e) => return End::ours(code::INTERNAL_ERROR, e.to_string()),
+                        Err(e) => {
+                            tracing::warn!(socket = self.handle.id(), error = %e, "closing socket: message not delivered");
+                            return End::ours(code::INTERNAL_ERROR, e.to_string());
+                        }
                     }
                 }
                 out = self.outgoing.recv() => {
@@ -138,28 +186,22 @@ impl SocketTask {
                         Some(Outgoing::Frame(Frame::Text(t))) => Message::Text(t.into()),
                         Some(Outgoing::Frame(Frame::Binary(b))) => Message::Binary(b),
                         Some(Outgoing::Close { code, reason }) => {
-                            let mut end = End::ours(code, reason);
-                            end.clean = true;
-                            return end;
+                            // The object closed it: a normal, clean end from its point of view.
+                            return End { code, reason: reason.clone(), clean: true, wire: Wire::SendClose(code, reason) };
                         }
-                        // The object forgot the socket (it failed while accepting it).
+                        // The registry dropped the socket (the object failed while accepting it).
                         None => return End::ours(code::INTERNAL_ERROR, "the object dropped this socket"),
                     };
                     if let Err(e) = socket.send(msg).await {
-                        return End { code: code::ABNORMAL, reason: e.to_string(), clean: false, send: None };
+                        return End::lost(e.to_string());
                     }
                 }
-                _ = ticker.tick(), if self.heartbeat.is_some() => {
-                    if last_seen.elapsed() > beat * 2 {
-                        return End {
-                            code: code::ABNORMAL,
-                            reason: "heartbeat timeout: the peer stopped answering pings".into(),
-                            clean: false,
-                            send: None,
-                        };
+                _ = ticker.tick(), if heartbeat.is_some() => {
+                    if last_seen.elapsed() >= beat * 2 {
+                        return End::lost("heartbeat timeout: the peer stopped answering pings");
                     }
-                    if socket.send(Message::Ping(bytes::Bytes::from_static(b"denizen"))).await.is_err() {
-                        return End { code: code::ABNORMAL, reason: "connection lost".into(), clean: false, send: None };
+                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return End::lost("connection lost");
                     }
                 }
                 _ = self.shutdown.changed() => {
@@ -170,14 +212,44 @@ impl SocketTask {
     }
 }
 
+/// Codes 1005, 1006 and 1015 (and unassigned ones) must never appear on the wire; an object that
+/// asks for one gets 1000 instead of a protocol violation toward its client.
+fn sendable(code: u16) -> u16 {
+    match code {
+        1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+        _ => {
+            tracing::warn!(code, "close code cannot be sent on the wire; sending 1000");
+            code::NORMAL
+        }
+    }
+}
+
 /// Close reasons are limited to 123 bytes by the protocol.
-fn truncate(reason: &str) -> String {
+fn truncate(reason: &str) -> &str {
     if reason.len() <= 123 {
-        return reason.to_string();
+        return reason;
     }
     let mut end = 123;
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    reason[..end].to_string()
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sendable, truncate};
+
+    #[test]
+    fn close_codes_and_reasons_fit_the_wire() {
+        assert_eq!(sendable(1000), 1000);
+        assert_eq!(sendable(4000), 4000);
+        assert_eq!(sendable(1006), 1000);
+        assert_eq!(sendable(1005), 1000);
+        assert_eq!(sendable(999), 1000);
+        let long = "é".repeat(100);
+        let t = truncate(&long);
+        assert!(t.len() <= 123 && long.starts_with(t));
+        assert_eq!(truncate("bye"), "bye");
+    }
 }

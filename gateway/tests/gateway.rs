@@ -1,5 +1,6 @@
-//! The gateway on 127.0.0.1:0 in front of a tiny echo object.
+//! The gateway on 127.0.0.1:0 in front of a tiny echo object, driven by real clients.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use denizen_gateway::{Config, Gateway, Rejection};
@@ -9,24 +10,51 @@ use denizen_runtime::{
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Echoes HTTP requests and socket messages. Sockets: `?tag=x` tags them, `?auto` sets the
+/// ping → pong auto-response, `?refuse` answers 403 instead of accepting. Messages:
+/// `all:<text>` broadcasts, `close` closes with 4000 "bye", anything else is echoed.
 #[derive(Default)]
-struct Echo;
+struct Echo {
+    last_close: Option<String>,
+}
 
 impl DurableObject for Echo {
     async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+        let query = req.uri().query().unwrap_or("").to_string();
         if req.extensions().get::<Upgrade>().is_some() {
-            ctx.accept_websocket(&req, &["echo"])?;
+            if query.contains("refuse") {
+                return Ok(http_util::text(StatusCode::FORBIDDEN, "no sockets here\n"));
+            }
+            let tag = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("tag="))
+                .unwrap_or("echo")
+                .to_string();
+            ctx.accept_websocket(&req, &[tag.as_str()])?;
+            if query.contains("auto") {
+                ctx.set_auto_response(Some(("ping", "pong")))?;
+            }
             return Ok(http_util::switching_protocols());
         }
-        let body = format!(
-            "{} {} {} {}",
-            req.method(),
-            req.uri(),
-            ctx.id().name().unwrap_or("-"),
-            String::from_utf8_lossy(req.body())
-        );
+        let body = match req.uri().path() {
+            "/sockets" => ctx.get_websockets(None).len().to_string(),
+            "/last-close" => self.last_close.clone().unwrap_or_default(),
+            _ => format!(
+                "{} {} {} {}",
+                req.method(),
+                req.uri(),
+                ctx.id().name().unwrap_or("-"),
+                String::from_utf8_lossy(req.body())
+            ),
+        };
         Ok(http_util::text(StatusCode::OK, &body))
     }
 
@@ -36,27 +64,60 @@ impl DurableObject for Echo {
         ws: WebSocket,
         frame: Frame,
     ) -> Result<()> {
-        ctx.send(ws, frame);
+        match frame.as_text() {
+            Some("close") => ctx.close(ws, 4000, "bye"),
+            Some("tags") => {
+                let tags = ctx.tags(ws).join(",");
+                ctx.send(ws, tags);
+            }
+            Some(t) if t.starts_with("all:") => {
+                let text = t["all:".len()..].to_string();
+                ctx.broadcast(None, text, None);
+            }
+            _ => ctx.send(ws, frame),
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &mut self,
+        _ctx: &mut Ctx<Self>,
+        _ws: WebSocket,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    ) -> Result<()> {
+        self.last_close = Some(format!("{code} {reason} {was_clean}"));
         Ok(())
     }
 }
 
 struct Server {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
+    runtime: Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
-async fn start(config: Config, auth: bool) -> Server {
+#[derive(Default)]
+struct Options {
+    config: Config,
+    auth: bool,
+    idle_timeout: Option<Duration>,
+}
+
+async fn start(options: Options) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
+    let mut builder = Runtime::builder()
         .data_dir(dir.path())
-        .object::<Echo>("echo")
-        .build()
-        .unwrap();
-    let mut gateway = Gateway::new(runtime, config);
-    if auth {
+        .object::<Echo>("echo");
+    if let Some(t) = options.idle_timeout {
+        builder = builder.idle_timeout(t);
+    }
+    let runtime = builder.build().unwrap();
+    let mut gateway = Gateway::new(runtime.clone(), options.config);
+    if options.auth {
         gateway = gateway.with_auth(|parts| {
             match parts.headers.get("x-key").and_then(|v| v.to_str().ok()) {
                 Some("open-sesame") => Ok(()),
@@ -65,12 +126,27 @@ async fn start(config: Config, auth: bool) -> Server {
             }
         });
     }
+    // An application route next to the gateway's, under /admin: guarded by the admin token.
+    // And a route of its own that forwards to an object, URI unchanged.
+    let forwarder = gateway.clone();
+    let app = gateway
+        .router()
+        .route("/admin/ping", axum::routing::get(|| async { "pong\n" }))
+        .route(
+            "/rooms/{name}",
+            axum::routing::any(
+                move |axum::extract::Path(name): axum::extract::Path<String>,
+                      req: axum::extract::Request| async move {
+                    forwarder.forward("echo", &name, req).await
+                },
+            ),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         gateway
-            .serve(listener, async move {
+            .serve_router(listener, app, async move {
                 let _ = rx.await;
             })
             .await
@@ -78,6 +154,7 @@ async fn start(config: Config, auth: bool) -> Server {
     });
     Server {
         addr,
+        runtime,
         stop: Some(tx),
         done,
         _dir: dir,
@@ -85,8 +162,8 @@ async fn start(config: Config, auth: bool) -> Server {
 }
 
 /// A bare HTTP/1.1 exchange: returns (status, body).
-async fn http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+async fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{head}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -102,9 +179,65 @@ async fn http(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, Strin
     (status, body)
 }
 
+async fn connect(addr: SocketAddr, path: &str) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The next data or close message (pongs and pings skipped), within 10 s.
+async fn next(ws: &mut Client) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                other => panic!("socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no message within 10 s")
+}
+
+/// The close code the server sent, reading until it arrives; then reads on, which makes
+/// tungstenite send the close reply and completes the handshake.
+async fn close_code(ws: &mut Client) -> (u16, String) {
+    let close = match next(ws).await {
+        Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    assert!(
+        matches!(end, Ok(None)),
+        "the connection should end after the handshake: {end:?}"
+    );
+    close
+}
+
+/// Polls `cond` until it holds, failing after 10 s.
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = http(addr, &format!("GET {path} HTTP/1.1"), "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
 #[tokio::test]
 async fn routes_requests_with_their_own_path() {
-    let server = start(Config::default(), false).await;
+    let server = start(Options::default()).await;
     let (status, body) = http(
         server.addr,
         "POST /objects/echo/ada%20l/a/b?x=1 HTTP/1.1",
@@ -115,21 +248,64 @@ async fn routes_requests_with_their_own_path() {
     assert_eq!(body, "POST /a/b?x=1 ada l hi");
     let (status, body) = http(server.addr, "GET /objects/echo/bob HTTP/1.1", "").await;
     assert_eq!((status, body.as_str()), (200, "GET / bob "));
+    let (status, body) = http(server.addr, "PUT /objects/echo/bob?q HTTP/1.1", "x").await;
+    assert_eq!((status, body.as_str()), (200, "PUT /?q bob x"));
     let (status, body) = http(server.addr, "GET /objects/nope/bob HTTP/1.1", "").await;
     assert_eq!(status, 404);
-    assert!(body.contains("nope"));
+    assert!(body.contains("nope") && body.ends_with('\n'), "{body}");
     let (status, _) = http(server.addr, "GET /objects/echo HTTP/1.1", "").await;
     assert_eq!(status, 404);
     let (status, body) = http(server.addr, "GET /healthz HTTP/1.1", "").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = http(server.addr, "GET /rooms/kitchen?x=2 HTTP/1.1", "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "GET /rooms/kitchen?x=2 kitchen ")
+    );
+    // Unguarded without an admin token.
+    let (status, _) = http(server.addr, "GET /admin/ping HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let server = start(Options {
+        config: Config {
+            max_body_size: 16,
+            ..Config::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = http(
+        server.addr,
+        "POST /objects/echo/a HTTP/1.1",
+        &"x".repeat(17),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    let (status, _) = http(
+        server.addr,
+        "POST /objects/echo/a HTTP/1.1",
+        &"x".repeat(16),
+    )
+    .await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn auth_hook_sees_requests_and_upgrades_first() {
-    let server = start(Config::default(), true).await;
+    let server = start(Options {
+        auth: true,
+        ..Options::default()
+    })
+    .await;
     let (status, body) = http(server.addr, "GET /objects/echo/a HTTP/1.1", "").await;
     assert_eq!(status, 401);
-    assert!(body.contains("send x-key"));
+    assert_eq!(body, "send x-key\n");
+    // Refused before the namespace is even looked up.
+    let (status, _) = http(server.addr, "GET /objects/nope/a HTTP/1.1", "").await;
+    assert_eq!(status, 401);
     let (status, _) = http(
         server.addr,
         "GET /objects/echo/a HTTP/1.1\r\nx-key: nope",
@@ -144,11 +320,15 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
     )
     .await;
     assert_eq!(status, 200);
-    // A socket is refused before the upgrade.
+    // A socket is refused before the upgrade: the handshake gets a plain 401.
     let err = tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/a", server.addr))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("401"), "{err}");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected an HTTP 401, got {other}"),
+    }
+    assert_eq!(server.runtime.live_objects(), 1, "only the allowed GET ran");
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         format!("ws://{}/objects/echo/a", server.addr),
     )
@@ -157,19 +337,19 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
         .insert("x-key", "open-sesame".parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     ws.send(Message::Text("hello".into())).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::Text("hello".into())
-    );
+    assert_eq!(next(&mut ws).await, Message::Text("hello".into()));
 }
 
 #[tokio::test]
-async fn metrics_need_the_admin_token() {
-    let config = Config {
-        admin_token: Some("s3cret".into()),
-        ..Config::default()
-    };
-    let server = start(config, false).await;
+async fn metrics_and_admin_routes_need_the_admin_token() {
+    let server = start(Options {
+        config: Config {
+            admin_token: Some("s3cret".into()),
+            ..Config::default()
+        },
+        ..Options::default()
+    })
+    .await;
     let (status, _) = http(server.addr, "GET /metrics HTTP/1.1", "").await;
     assert_eq!(status, 401);
     let (status, _) = http(
@@ -179,6 +359,18 @@ async fn metrics_need_the_admin_token() {
     )
     .await;
     assert_eq!(status, 401);
+    let (status, _) = http(server.addr, "GET /admin/ping HTTP/1.1", "").await;
+    assert_eq!(status, 401);
+    let (status, body) = http(
+        server.addr,
+        "GET /admin/ping HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "pong\n"));
+    // Object routes are not admin routes.
+    let (status, _) = http(server.addr, "GET /objects/echo/m HTTP/1.1", "").await;
+    assert_eq!(status, 200);
     let (status, body) = http(
         server.addr,
         "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret",
@@ -186,79 +378,261 @@ async fn metrics_need_the_admin_token() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(body.contains("denizen_live_objects"));
-    assert!(body.contains("denizen_gateway_websocket_connections"));
+    assert!(body.contains("denizen_live_objects"), "{body}");
+    assert!(
+        body.contains("denizen_gateway_websocket_connections 0"),
+        "{body}"
+    );
+    assert!(
+        body.contains("denizen_gateway_http_requests_total{class=\"2xx\"} 1"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn websockets_echo_broadcast_and_close_both_ways() {
+    let server = start(Options::default()).await;
+    let mut a = connect(server.addr, "/objects/echo/room?tag=red").await;
+    let mut b = connect(server.addr, "/objects/echo/room?tag=blue").await;
+    a.send(Message::Text("hi".into())).await.unwrap();
+    assert_eq!(next(&mut a).await, Message::Text("hi".into()));
+    b.send(Message::Binary(vec![0, 1, 2].into())).await.unwrap();
+    assert_eq!(next(&mut b).await, Message::Binary(vec![0, 1, 2].into()));
+    a.send(Message::Text("tags".into())).await.unwrap();
+    assert_eq!(next(&mut a).await, Message::Text("red".into()));
+    a.send(Message::Text("all:news".into())).await.unwrap();
+    assert_eq!(next(&mut a).await, Message::Text("news".into()));
+    assert_eq!(next(&mut b).await, Message::Text("news".into()));
+    assert_eq!(
+        get_text(server.addr, "/objects/echo/room/sockets").await,
+        "2"
+    );
+
+    // The object closes a socket: the client sees its code, the registry drops it.
+    a.send(Message::Text("close".into())).await.unwrap();
+    assert_eq!(close_code(&mut a).await, (4000, "bye".into()));
+    until("closed socket leaves the registry", || async {
+        get_text(server.addr, "/objects/echo/room/sockets").await == "1"
+    })
+    .await;
+
+    // The client closes: the object hears its code, cleanly.
+    b.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    // The server echoes the close frame (the handshake completes).
+    assert_eq!(close_code(&mut b).await, (1000, "done".into()));
+    until("the object hears the close", || async {
+        get_text(server.addr, "/objects/echo/room/last-close").await == "1000 done true"
+    })
+    .await;
+    assert_eq!(
+        get_text(server.addr, "/objects/echo/room/sockets").await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn large_messages_arrive_whole() {
+    let server = start(Options::default()).await;
+    let mut ws = connect(server.addr, "/objects/echo/big").await;
+    let payload: Vec<u8> = (0..4 << 20).map(|i: u32| i as u8).collect();
+    ws.send(Message::Binary(payload.clone().into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws).await, Message::Binary(payload.into()));
+    // Through a route of the application's own, too.
+    let mut ws = connect(server.addr, "/rooms/big").await;
+    ws.send(Message::Text("via forward".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::Text("via forward".into()));
+}
+
+#[tokio::test]
+async fn an_object_may_refuse_a_socket() {
+    let server = start(Options::default()).await;
+    let err =
+        tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/r?refuse", server.addr))
+            .await
+            .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 403),
+        other => panic!("expected an HTTP 403, got {other}"),
+    }
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/objects/nope/r", server.addr))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 404),
+        other => panic!("expected an HTTP 404, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_too_big_closes_only_its_socket() {
+    let server = start(Options {
+        config: Config {
+            max_message_size: 1024,
+            ..Config::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut big = connect(server.addr, "/objects/echo/limits").await;
+    let mut small = connect(server.addr, "/objects/echo/limits").await;
+    big.send(Message::Text("x".repeat(1024).into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut big).await, Message::Text("x".repeat(1024).into()));
+    big.send(Message::Binary(vec![7u8; 4096].into()))
+        .await
+        .unwrap();
+    // The rest of the oversized frame is never read (that is the point of the limit), so the
+    // stream cannot be parsed further: the server sends 1009 and drops the connection.
+    match next(&mut big).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1009),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    small
+        .send(Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut small).await, Message::Text("still here".into()));
+    until("the closed socket leaves the registry", || async {
+        get_text(server.addr, "/objects/echo/limits/sockets").await == "1"
+    })
+    .await;
+    assert!(
+        get_text(server.addr, "/objects/echo/limits/last-close")
+            .await
+            .starts_with("1009 ")
+    );
+}
+
+/// Opens a socket by hand, for frames no well-behaved client would send.
+async fn raw_socket(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Read exactly the response head, byte by byte, so no frame bytes are swallowed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tcp
+}
+
+#[tokio::test]
+async fn protocol_errors_close_with_1002() {
+    let server = start(Options::default()).await;
+    let mut tcp = raw_socket(server.addr, "/objects/echo/proto").await;
+    // An unmasked text frame: clients must mask theirs.
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut frame = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut frame))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame[0], 0x88, "a close frame");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1002);
+}
+
+#[tokio::test]
+async fn auto_responses_and_pings_do_not_wake_a_hibernated_object() {
+    let server = start(Options {
+        idle_timeout: Some(Duration::from_millis(100)),
+        ..Options::default()
+    })
+    .await;
+    let mut ws = connect(server.addr, "/objects/echo/sleepy?auto").await;
+    let runtime = server.runtime.clone();
+    until("the object hibernates", || {
+        let runtime = runtime.clone();
+        async move { runtime.live_objects() == 0 }
+    })
+    .await;
+    ws.send(Message::Text("ping".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::Text("pong".into()));
+    ws.send(Message::Ping(vec![9].into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(pong, Some(Ok(Message::Pong(ref p))) if p.as_ref() == [9]),
+        "{pong:?}"
+    );
+    assert_eq!(server.runtime.live_objects(), 0, "still asleep");
+    // Any other message wakes it.
+    ws.send(Message::Text("wake".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::Text("wake".into()));
 }
 
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
-    let mut server = start(Config::default(), false).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/s", server.addr))
-            .await
-            .unwrap();
+    let mut server = start(Options::default()).await;
+    let mut ws = connect(server.addr, "/objects/echo/s").await;
     ws.send(Message::Binary(vec![1, 2].into())).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::Binary(vec![1, 2].into())
-    );
+    assert_eq!(next(&mut ws).await, Message::Binary(vec![1, 2].into()));
     server.stop.take().unwrap().send(()).unwrap();
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(close, Some(1001));
+    assert_eq!(close_code(&mut ws).await.0, 1001);
     tokio::time::timeout(Duration::from_secs(10), server.done)
         .await
         .unwrap()
         .unwrap();
+    // Stopped: no more connections.
+    assert!(TcpStream::connect(server.addr).await.is_err());
 }
 
 #[tokio::test]
 async fn silent_peers_are_dropped_by_the_heartbeat() {
-    let config = Config {
-        heartbeat_interval: Some(Duration::from_millis(100)),
-        ..Config::default()
-    };
-    let server = start(config, false).await;
+    let server = start(Options {
+        config: Config {
+            heartbeat_interval: Some(Duration::from_millis(100)),
+            ..Config::default()
+        },
+        ..Options::default()
+    })
+    .await;
     // A raw socket that never reads, so it never answers pings.
-    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(
-        b"GET /objects/echo/h HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let metric = |addr| async move {
-        let (_, body) = http(addr, "GET /metrics HTTP/1.1", "").await;
-        body.lines()
-            .find_map(|l| l.strip_prefix("denizen_websockets "))
-            .unwrap()
-            .trim()
-            .parse::<i64>()
-            .unwrap()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(server.addr).await != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "socket never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    while metric(server.addr).await != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dead peer never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let tcp = raw_socket(server.addr, "/objects/echo/h").await;
+    assert_eq!(get_text(server.addr, "/objects/echo/h/sockets").await, "1");
+    until("the dead peer is dropped", || async {
+        get_text(server.addr, "/objects/echo/h/sockets").await == "0"
+    })
+    .await;
+    assert_eq!(
+        get_text(server.addr, "/objects/echo/h/last-close").await,
+        "1006 heartbeat timeout: the peer stopped answering pings false"
+    );
+    // A live client answers pings and stays.
+    let mut ws = connect(server.addr, "/objects/echo/h2").await;
+    for i in 0..3 {
+        // Each round trip spans pings; tungstenite answers them while reading.
+        let frames = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut pings = 0;
+            while pings < 3 {
+                if let Some(Ok(Message::Ping(_))) = ws.next().await {
+                    pings += 1;
+                }
+            }
+        });
+        frames.await.unwrap();
+        ws.send(Message::Text(format!("m{i}").into()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut ws).await, Message::Text(format!("m{i}").into()));
     }
     drop(tcp);
 }

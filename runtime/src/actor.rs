@@ -317,11 +317,26 @@ impl<O: DurableObject> State<O> {
     /// Opens the database and builds the instance (running `on_start`) if needed.
     async fn ensure_started(&mut self) -> Result<()> {
         if self.ctx.is_none() {
-            self.ctx = Some(
-                Ctx::open(&self.ns, &self.id).map_err(|e| Error::StartFailed {
-                    message: e.to_string(),
-                })?,
+            // Creating a database is slow blocking file I/O: it runs on the blocking pool, so
+            // many first touches overlap. Reopening one (a wake) is quick and stays inline.
+            let path = denizen_storage::object_path(
+                &self.ns.shared.options.data_dir,
+                &self.ns.name,
+                &self.id.to_hex(),
             );
+            let opened = if path.exists() {
+                Ctx::open(&self.ns, &self.id)
+            } else {
+                let (ns, id) = (self.ns.clone(), self.id.clone());
+                tokio::task::spawn_blocking(move || Ctx::open(&ns, &id))
+                    .await
+                    .map_err(|e| Error::StartFailed {
+                        message: format!("opening the database panicked: {e}"),
+                    })?
+            };
+            self.ctx = Some(opened.map_err(|e| Error::StartFailed {
+                message: e.to_string(),
+            })?);
         }
         if self.instance.is_none() {
             let Some(ctx) = self.ctx.as_mut() else {

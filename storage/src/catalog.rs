@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Durability;
 use crate::error::{Error, Result};
-use crate::storage::open_connection;
+use crate::storage::{Sharing, open_connection};
 
 /// One object as the catalog remembers it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -49,8 +49,10 @@ impl Catalog {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let conn = open_connection(&data_dir.join("catalog.sqlite"), durability)?;
-        conn.execute_batch(
+        let conn = open_connection(
+            &data_dir.join("catalog.sqlite"),
+            durability,
+            Sharing::Shared,
             "CREATE TABLE IF NOT EXISTS objects(
                 namespace TEXT NOT NULL,
                 id TEXT NOT NULL,

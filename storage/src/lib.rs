@@ -87,18 +87,15 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// Where an object's database lives. The id (a keyed hash) shards the directories; the object's
-/// name never reaches the filesystem.
+/// Where an object's database lives: `<data_dir>/objects/<namespace>/<id[0..2]>/<id>.sqlite`.
+/// The id (a keyed hash) shards the 256 directories; the object's name never reaches the
+/// filesystem.
 pub fn object_path(data_dir: &Path, namespace: &str, id_hex: &str) -> PathBuf {
-    let (a, b) = match (id_hex.get(0..2), id_hex.get(2..4)) {
-        (Some(a), Some(b)) => (a, b),
-        _ => ("xx", "xx"),
-    };
+    let shard = id_hex.get(0..2).unwrap_or("xx");
     data_dir
         .join("objects")
         .join(namespace)
-        .join(a)
-        .join(b)
+        .join(shard)
         .join(format!("{id_hex}.sqlite"))
 }
 

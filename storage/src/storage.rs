@@ -242,7 +242,23 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
+/// Who may open a database besides its owner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// One owner (an object's database: one instance per id). SQLite keeps the WAL index in
+    /// memory and holds the file lock, so there is no `-shm` file, no mmap and no lock traffic.
+    Exclusive,
+    /// Readable by other processes while open (the catalog, read by the CLI).
+    Shared,
+}
+
+/// Opens a database in WAL mode, runs `init` (schema) and then applies `durability`.
+pub(crate) fn open_connection(
+    path: &Path,
+    durability: Durability,
+    sharing: Sharing,
+    init: &str,
+) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -256,26 +272,129 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    if sharing == Sharing::Exclusive {
+        // Must precede the first WAL access for the index to live in heap memory.
+        conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))?;
+    }
     let sync = match durability {
-        Durability::Normal => "NORMAL",
+        Durability::Normal => {
+            // Creating a file, switching it to WAL and writing the first WAL header would fsync
+            // the file, the WAL and the directory. `normal` promises survival of a process crash,
+            // which never loses writes the OS already has, so setup runs without fsync.
+            conn.execute_batch("PRAGMA synchronous=OFF")?;
+            "NORMAL"
+        }
         Durability::Fsync => "FULL",
     };
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch(init)?;
     conn.execute_batch(&format!(
         "PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY;"
     ))?;
+    // Closing (hibernation) leaves the WAL in place instead of checkpointing it: the commits in
+    // it are already as durable as the mode promises, and a wake then reuses it. SQLite still
+    // checkpoints as the WAL grows.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+const OBJECT_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS _denizen_kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+     CREATE TABLE IF NOT EXISTS _denizen_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;";
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The bytes of an empty object database (WAL mode, internal tables), built once per process.
+/// Creating an object then costs one file write instead of SQLite's journal switch and schema
+/// transactions.
+fn empty_database(near: &Path) -> Result<&'static [u8]> {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    static BUILDING: Mutex<()> = Mutex::new(());
+    if let Some(image) = IMAGE.get() {
+        return Ok(image);
+    }
+    // One builder; the others wait for its image.
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(image) = IMAGE.get() {
+        return Ok(image);
+    }
+    let dir = near.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let nonce: u64 = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    let tmp = dir.join(format!(".denizen-empty-{nonce:016x}.sqlite"));
+    let built = (|| -> Result<Vec<u8>> {
+        let conn = Connection::open(&tmp)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+        conn.execute_batch(OBJECT_SCHEMA)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        drop(conn);
+        std::fs::read(&tmp).map_err(io_error(&tmp))
+    })();
+    let _ = remove_files(&tmp);
+    let image = built?;
+    Ok(IMAGE.get_or_init(|| image))
+}
+
+fn remove_files(path: &Path) -> Result<()> {
+    crate::remove_object_files(path)
+}
+
+/// Writes the empty database image to `path` atomically: a crash leaves either no file or a
+/// complete one.
+fn create_database_file(path: &Path, durability: Durability) -> Result<()> {
+    use std::io::Write;
+    let image = empty_database(path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(image).map_err(io_error(&tmp))?;
+    if durability == Durability::Fsync {
+        file.sync_all().map_err(io_error(&tmp))?;
+    }
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io_error(path))?;
+    if durability == Durability::Fsync
+        && let Some(dir) = path.parent()
+    {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir))?;
+    }
+    Ok(())
 }
 
 impl Storage {
     /// Opens (creating it if needed) the database at `path` in WAL mode.
     pub fn open(path: &Path, durability: Durability) -> Result<Storage> {
-        let conn = open_connection(path, durability)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS _denizen_kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS _denizen_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;",
-        )?;
+        if !path.exists() {
+            create_database_file(path, durability)?;
+        }
+        // The write creates the WAL file during setup, which runs without fsync in `normal` mode.
+        let setup = format!(
+            "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
+        );
+        let conn = open_connection(path, durability, Sharing::Exclusive, &setup)?;
+        // With exclusive locking the WAL index is rebuilt from the WAL on every open (wake), so
+        // the WAL is kept small: checkpoint at 256 pages and trim the file to 1 MiB.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576;")?;
         let guard = Arc::new(Mutex::new(Guard {
             enabled: false,
             denial: None,

@@ -1,0 +1,351 @@
+//! Gateway benchmarks over real sockets on 127.0.0.1. The server runs in a child process (this
+//! binary, re-run in server mode), so its memory is measured apart from the clients'.
+//!
+//! `cargo bench --bench gateway` (all) or `cargo bench --bench gateway -- echo` (names matching).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use denizen::{
+    Ctx, DurableObject, Frame, Request, Response, Result, Runtime, Upgrade, WebSocket, http_util,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
+
+/// Echoes every frame back to its sender.
+#[derive(Default)]
+struct Echo;
+
+impl DurableObject for Echo {
+    async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+        if req.extensions().get::<Upgrade>().is_some() {
+            ctx.accept_websocket(&req, &[])?;
+            return Ok(http_util::switching_protocols());
+        }
+        Ok(http_util::text(denizen::http::StatusCode::OK, "echo\n"))
+    }
+
+    async fn websocket_message(
+        &mut self,
+        ctx: &mut Ctx<Self>,
+        ws: WebSocket,
+        frame: Frame,
+    ) -> Result<()> {
+        ctx.send(ws, frame);
+        Ok(())
+    }
+}
+
+/// Server mode: the example apps plus `echo`, idle timeout from the environment.
+fn serve() {
+    let idle_ms: u64 = std::env::var("DENIZEN_BENCH_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = denizen::apps::register(
+            Runtime::builder()
+                .data_dir(dir.path())
+                .idle_timeout(Duration::from_millis(idle_ms)),
+        )
+        .object::<Echo>("echo")
+        .build()
+        .expect("runtime");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("addr"));
+        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Config::default());
+        gateway
+            .serve(listener, std::future::pending())
+            .await
+            .expect("serve");
+    });
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(idle_ms: u64) -> Server {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .env(SERVER_ENV, "1")
+            .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address");
+        Server {
+            child,
+            addr: line.trim().to_string(),
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let mut conn = Http::connect(&self.addr).await;
+        let body = conn.request("GET", "/metrics").await.1;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal keep-alive HTTP/1.1 client: the client must cost little next to the server.
+struct Http {
+    reader: TokioBufReader<TcpStream>,
+    host: String,
+}
+
+impl Http {
+    async fn connect(addr: &str) -> Http {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        Http {
+            reader: TokioBufReader::new(tcp),
+            host: addr.to_string(),
+        }
+    }
+
+    async fn request(&mut self, method: &str, path: &str) -> (u16, String) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.host
+        );
+        self.reader
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .expect("write");
+        let mut status_line = String::new();
+        self.reader
+            .read_line(&mut status_line)
+            .await
+            .expect("status");
+        let status = status_line
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await.expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Requests/s from `connections` keep-alive connections, each request a path from `path(i)`.
+async fn http_rate(
+    server: &Server,
+    connections: usize,
+    total: usize,
+    path: impl Fn(usize) -> String + Clone + Send + 'static,
+) -> f64 {
+    let per = total / connections;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let addr = server.addr.clone();
+        let path = path.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Http::connect(&addr).await;
+            for i in 0..per {
+                let (status, _) = conn.request("POST", &path(c * per + i)).await;
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    (per * connections) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn ws(
+    addr: &str,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .expect("websocket")
+        .0
+}
+
+async fn next_text(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) -> String {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+async fn wait_metric(server: &Server, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.metric(name).await != value {
+        assert!(Instant::now() < deadline, "{name} never reached {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+fn main() {
+    if std::env::var(SERVER_ENV).is_ok() {
+        serve();
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        if wanted("http") {
+            let mut v = Vec::new();
+            for round in 0..5 {
+                let server = Server::start(60_000);
+                let name = format!("/objects/counter/hot-{round}/increment");
+                v.push(http_rate(&server, 16, 40_000, move |_| name.clone()).await);
+            }
+            println!("HTTP requests/s into one object (one SQLite write each, 16 connections): {:.0} (median of 5)", median(v));
+        }
+        if wanted("first-touch") {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let server = Server::start(60_000);
+                v.push(http_rate(&server, 16, 10_000, |i| format!("/objects/counter/obj-{i}/increment")).await);
+            }
+            println!("first touch of 10,000 distinct objects over HTTP: {:.0}/s (median of 3)", median(v));
+        }
+        if wanted("echo") {
+            let server = Server::start(60_000);
+            let mut socket = ws(&server.addr, "/objects/echo/e").await;
+            let mut samples = Vec::with_capacity(20_000);
+            for i in 0..21_000 {
+                let start = Instant::now();
+                socket.send(Message::Text(format!("m{i}").into())).await.expect("send");
+                next_text(&mut socket).await;
+                if i >= 1_000 {
+                    samples.push(start.elapsed());
+                }
+            }
+            samples.sort();
+            println!(
+                "WebSocket echo round trip: p50 {:.3} ms, p99 {:.3} ms (20,000 sequential messages)",
+                percentile(&samples, 0.5).as_secs_f64() * 1e3,
+                percentile(&samples, 0.99).as_secs_f64() * 1e3
+            );
+        }
+        if wanted("wake") {
+            let server = Server::start(200);
+            let rooms = 300;
+            let mut sockets = Vec::new();
+            for r in 0..rooms {
+                let mut s = ws(&server.addr, &format!("/objects/chat/room-{r}?user=u")).await;
+                next_text(&mut s).await; // history
+                sockets.push(s);
+            }
+            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            let mut samples = Vec::new();
+            for s in sockets.iter_mut() {
+                let start = Instant::now();
+                s.send(Message::Text("wake up".into())).await.expect("send");
+                next_text(s).await;
+                samples.push(start.elapsed());
+            }
+            samples.sort();
+            println!(
+                "first message to a hibernated chat room answered: p50 {:.3} ms, p99 {:.3} ms ({rooms} rooms)",
+                percentile(&samples, 0.5).as_secs_f64() * 1e3,
+                percentile(&samples, 0.99).as_secs_f64() * 1e3
+            );
+        }
+        if wanted("memory") {
+            let server = Server::start(200);
+            let count = 10_000;
+            // Warm up allocator and runtime with a few sockets first.
+            let mut sockets = Vec::with_capacity(count);
+            for r in 0..100 {
+                sockets.push(ws(&server.addr, &format!("/objects/echo/warm-{r}")).await);
+            }
+            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            let before = server.rss_kib();
+            for r in 0..count {
+                sockets.push(ws(&server.addr, &format!("/objects/echo/room-{}", r % 100)).await);
+            }
+            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            let after = server.rss_kib();
+            println!(
+                "memory per idle hibernated WebSocket, {count} open: {:.2} KiB (server RSS {} → {} KiB)",
+                (after.saturating_sub(before)) as f64 / count as f64,
+                before,
+                after
+            );
+        }
+    });
+}
