@@ -102,6 +102,9 @@ struct NsEntry {
 }
 
 /// State shared by every namespace and object of one runtime.
+/// Minimum time between two scans for least recently used objects.
+const TRIM_SPACING_MS: u64 = 50;
+
 pub(crate) struct Shared {
     pub(crate) options: Options,
     pub(crate) secret: [u8; 32],
@@ -114,6 +117,7 @@ pub(crate) struct Shared {
     shutting_down: AtomicBool,
     started: Instant,
     last_trim_ms: AtomicU64,
+    trim_deferred: AtomicBool,
 }
 
 impl Shared {
@@ -148,7 +152,7 @@ impl Shared {
 
     /// Past the bound on open objects, asks the least recently used ones to hibernate, down to
     /// 80% of the bound. Evictions land asynchronously, so a scan runs at most every 50 ms.
-    pub(crate) fn check_open_bound(&self) {
+    pub(crate) fn check_open_bound(self: &Arc<Self>) {
         let bound = self.options.max_open_objects.max(1);
         // The gauge counts started instances; the one being activated is not in it yet.
         let live = usize::try_from(self.metrics.live_objects.load(Relaxed)).unwrap_or(0);
@@ -157,11 +161,17 @@ impl Shared {
         }
         let now = self.clock_ms();
         let last = self.last_trim_ms.load(Relaxed);
-        if now.saturating_sub(last) < 50
-            || self
-                .last_trim_ms
-                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
-                .is_err()
+        // A scan walks every live object, so scans are spaced out; evictions from the last one
+        // are still in flight. A skipped scan is retried once the spacing has passed, so the
+        // bound holds even when activations stop right after a burst.
+        if now.saturating_sub(last) < TRIM_SPACING_MS {
+            self.defer_trim(TRIM_SPACING_MS - now.saturating_sub(last));
+            return;
+        }
+        if self
+            .last_trim_ms
+            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+            .is_err()
         {
             return;
         }
@@ -178,6 +188,23 @@ impl Shared {
         for (_, evict) in all.into_iter().take(excess) {
             evict();
         }
+    }
+
+    fn defer_trim(self: &Arc<Self>, after_ms: u64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.trim_deferred.swap(true, Relaxed) {
+            return;
+        }
+        let shared = self.clone();
+        handle.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms + 1)).await;
+            shared.trim_deferred.store(false, Relaxed);
+            if !shared.is_shutting_down() {
+                shared.check_open_bound();
+            }
+        });
     }
 
     /// Records activity in the catalog in the background (batched).
@@ -388,6 +415,7 @@ impl Builder {
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
             last_trim_ms: AtomicU64::new(0),
+            trim_deferred: AtomicBool::new(false),
         });
         {
             let mut map = shared.namespaces.write().unwrap_or_else(|e| e.into_inner());
