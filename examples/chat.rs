@@ -29,10 +29,10 @@ async fn main() -> Result<()> {
         .context("opening the data directory")?;
     // The hook sees every request and upgrade before any room does.
     let gateway = Gateway::new(runtime, Config::default()).with_auth(|parts| {
-        let named = parts
-            .uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("user=") && kv.len() > 5));
+        let named = parts.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.starts_with("user=") && kv.len() > 5)
+        });
         if named {
             Ok(())
         } else {
@@ -47,7 +47,10 @@ async fn main() -> Result<()> {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8789").await?;
-    eprintln!("chat example on ws://{}/rooms/<room>?user=<name>", listener.local_addr()?);
+    eprintln!(
+        "chat example on ws://{}/rooms/<room>?user=<name>",
+        listener.local_addr()?
+    );
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -31,10 +31,12 @@ async fn main() -> Result<()> {
     // `POST /hits/<page>` counts a page hit: the object sees the request at `/increment`.
     let app = gateway.router().route(
         "/hits/{page}",
-        post(move |Path(page): Path<String>, mut req: Request| async move {
-            *req.uri_mut() = http::Uri::from_static("/increment");
-            forwarder.forward("counter", &page, req).await
-        }),
+        post(
+            move |Path(page): Path<String>, mut req: Request| async move {
+                *req.uri_mut() = http::Uri::from_static("/increment");
+                forwarder.forward("counter", &page, req).await
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8788").await?;
     eprintln!("counter example on http://{}", listener.local_addr()?);
