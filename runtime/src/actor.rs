@@ -141,6 +141,8 @@ pub(crate) enum Event<O: DurableObject> {
     },
     /// A `wait_until` future (or a panicked task) finished.
     BackgroundDone,
+    /// Only opens the object: its alarm is due soon.
+    Warm,
     /// Not counted by the gate: sent by the actor's own idle timer.
     IdleCheck,
     /// Not counted by the gate: too many databases are open; hibernate now if idle.
@@ -393,6 +395,12 @@ impl<O: DurableObject> State<O> {
     }
 
     async fn process(&mut self, event: Event<O>) {
+        if let Event::Warm = event {
+            if let Err(error) = self.ensure_started().await {
+                tracing::warn!(error = %error, "object failed to start ahead of its alarm");
+            }
+            return;
+        }
         self.ns.shared.metrics.events.fetch_add(1, Relaxed);
         if let Event::BackgroundDone = event {
             if let Some(ctx) = self.ctx.as_mut() {
@@ -458,7 +466,11 @@ impl<O: DurableObject> State<O> {
                 }
             }
             Event::Alarm { at_ms, retry_count } => self.run_alarm(at_ms, retry_count).await,
-            Event::BackgroundDone | Event::IdleCheck | Event::Evict | Event::Stop(_) => {}
+            Event::BackgroundDone
+            | Event::Warm
+            | Event::IdleCheck
+            | Event::Evict
+            | Event::Stop(_) => {}
         }
     }
 

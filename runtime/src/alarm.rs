@@ -3,8 +3,12 @@
 //! The object's own database is the truth; the catalog row and this in-memory index are a
 //! superset of it, written before the object commits, so a crash can cause a spurious wake-up
 //! (which the object ignores) but never a lost alarm.
+//!
+//! A hibernated object needs its database opened before its alarm handler can run, so objects are
+//! woken [`WARM_LEAD_MS`] ahead of their alarm while there is room under the open-object bound;
+//! the alarm itself is still delivered at its time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -14,6 +18,9 @@ use crate::ctx::now_ms;
 use crate::runtime::Shared;
 
 type Key = (Arc<str>, [u8; 32]);
+
+/// How long before its alarm a hibernated object is woken.
+pub(crate) const WARM_LEAD_MS: i64 = 500;
 
 pub(crate) enum Op {
     Set {
@@ -31,52 +38,147 @@ pub(crate) fn key(namespace: &str, id: [u8; 32]) -> Key {
 }
 
 pub(crate) async fn run(shared: Weak<Shared>, mut ops: mpsc::UnboundedReceiver<Op>) {
-    let mut by_time: BTreeMap<(i64, Key), u32> = BTreeMap::new();
-    let mut by_key: HashMap<Key, i64> = HashMap::new();
+    let mut index = Index::default();
     loop {
-        let next = by_time.keys().next().map(|(at, _)| *at);
+        let next = index.next_wake();
         let wait = next.map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)));
         tokio::select! {
             op = ops.recv() => {
                 let Some(op) = op else { break };
-                apply(op, &mut by_time, &mut by_key);
+                index.apply(op);
                 // Drain a burst of updates before looking at the clock again.
                 while let Ok(op) = ops.try_recv() {
-                    apply(op, &mut by_time, &mut by_key);
+                    index.apply(op);
                 }
             }
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
                 let Some(shared) = shared.upgrade() else { break };
                 let now = now_ms();
-                while let Some(entry) = by_time.first_entry() {
-                    if entry.key().0 > now {
-                        break;
-                    }
-                    let ((at_ms, key), retry_count) = entry.remove_entry();
-                    by_key.remove(&key);
+                while let Some((at_ms, key, retry_count)) = index.pop_due(now) {
                     shared.deliver_alarm(&key.0, key.1, at_ms, retry_count);
+                }
+                while let Some(key) = index.pop_warm(now) {
+                    shared.warm_for_alarm(&key.0, key.1);
                 }
             }
         }
     }
 }
 
-fn apply(op: Op, by_time: &mut BTreeMap<(i64, Key), u32>, by_key: &mut HashMap<Key, i64>) {
-    match op {
-        Op::Set {
-            key,
+/// Pending alarms by time and by object, and the ones whose object has not been woken yet.
+#[derive(Default)]
+struct Index {
+    by_time: BTreeMap<(i64, Key), u32>,
+    by_key: HashMap<Key, i64>,
+    unwarmed: BTreeSet<(i64, Key)>,
+}
+
+impl Index {
+    fn next_wake(&self) -> Option<i64> {
+        let due = self.by_time.keys().next().map(|(at, _)| *at);
+        let warm = self.unwarmed.first().map(|(at, _)| at - WARM_LEAD_MS);
+        match (due, warm) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn pop_due(&mut self, now: i64) -> Option<(i64, Key, u32)> {
+        let entry = self.by_time.first_entry()?;
+        if entry.key().0 > now {
+            return None;
+        }
+        let ((at_ms, key), retry_count) = entry.remove_entry();
+        self.by_key.remove(&key);
+        self.unwarmed.remove(&(at_ms, key.clone()));
+        Some((at_ms, key, retry_count))
+    }
+
+    fn pop_warm(&mut self, now: i64) -> Option<Key> {
+        let (at_ms, _) = self.unwarmed.first()?;
+        if at_ms - WARM_LEAD_MS > now {
+            return None;
+        }
+        self.unwarmed.pop_first().map(|(_, key)| key)
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Set {
+                key,
+                at_ms,
+                retry_count,
+            } => {
+                self.remove(&key);
+                self.by_key.insert(key.clone(), at_ms);
+                self.unwarmed.insert((at_ms, key.clone()));
+                self.by_time.insert((at_ms, key), retry_count);
+            }
+            Op::Delete { key } => self.remove(&key),
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(old) = self.by_key.remove(key) {
+            let entry = (old, key.clone());
+            self.by_time.remove(&entry);
+            self.unwarmed.remove(&entry);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(index: &mut Index, n: u8, at_ms: i64) {
+        index.apply(Op::Set {
+            key: key("ns", [n; 32]),
             at_ms,
-            retry_count,
-        } => {
-            if let Some(old) = by_key.insert(key.clone(), at_ms) {
-                by_time.remove(&(old, key.clone()));
-            }
-            by_time.insert((at_ms, key), retry_count);
-        }
-        Op::Delete { key } => {
-            if let Some(old) = by_key.remove(&key) {
-                by_time.remove(&(old, key));
-            }
-        }
+            retry_count: 0,
+        });
+    }
+
+    #[test]
+    fn objects_are_warmed_ahead_and_alarms_fire_at_their_time() {
+        let mut index = Index::default();
+        set(&mut index, 1, 10_000);
+        set(&mut index, 2, 20_000);
+        assert_eq!(index.next_wake(), Some(10_000 - WARM_LEAD_MS));
+        assert!(index.pop_warm(10_000 - WARM_LEAD_MS - 1).is_none());
+        assert_eq!(
+            index.pop_warm(10_000 - WARM_LEAD_MS),
+            Some(key("ns", [1; 32]))
+        );
+        assert!(index.pop_warm(10_000 - WARM_LEAD_MS).is_none());
+        assert_eq!(index.next_wake(), Some(10_000));
+        assert!(index.pop_due(9_999).is_none());
+        let (at, k, _) = index.pop_due(10_000).unwrap();
+        assert_eq!((at, k), (10_000, key("ns", [1; 32])));
+        assert_eq!(index.next_wake(), Some(20_000 - WARM_LEAD_MS));
+    }
+
+    #[test]
+    fn moving_or_deleting_an_alarm_replaces_it_everywhere() {
+        let mut index = Index::default();
+        set(&mut index, 1, 10_000);
+        set(&mut index, 1, 30_000);
+        assert_eq!(index.by_time.len(), 1);
+        assert_eq!(index.unwarmed.len(), 1);
+        assert_eq!(index.next_wake(), Some(30_000 - WARM_LEAD_MS));
+        index.apply(Op::Delete {
+            key: key("ns", [1; 32]),
+        });
+        assert_eq!(index.next_wake(), None);
+        assert!(index.unwarmed.is_empty());
+    }
+
+    #[test]
+    fn an_alarm_that_fires_unwarmed_leaves_nothing_behind() {
+        let mut index = Index::default();
+        set(&mut index, 1, 10_000);
+        assert!(index.pop_due(10_000).is_some());
+        assert!(index.unwarmed.is_empty());
+        assert_eq!(index.next_wake(), None);
     }
 }

@@ -411,6 +411,8 @@ pub(crate) trait AnyNamespace: Send + Sync {
     fn fetch_by_id(self: Arc<Self>, id: &str, req: Request)
     -> BoxFuture<'static, Result<Response>>;
     fn deliver_alarm(self: Arc<Self>, id: [u8; 32], at_ms: i64, retry_count: u32) -> Result<()>;
+    /// Opens the object if it is hibernated; nothing else.
+    fn warm(self: Arc<Self>, id: [u8; 32]) -> Result<()>;
     fn live(&self, id: &[u8; 32]) -> bool;
     fn live_count(&self) -> usize;
     fn collect_lru(&self, out: &mut Vec<LruEntry>);
@@ -444,6 +446,13 @@ impl<O: DurableObject> AnyNamespace for NsInner<O> {
             Event::Alarm { at_ms, retry_count },
             true,
         )
+    }
+
+    fn warm(self: Arc<Self>, id: [u8; 32]) -> Result<()> {
+        if self.is_live(&id) {
+            return Ok(());
+        }
+        self.send(&ObjectId::from_bytes(id), Event::Warm, false)
     }
 
     fn live(&self, id: &[u8; 32]) -> bool {

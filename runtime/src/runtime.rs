@@ -262,6 +262,23 @@ impl Shared {
         });
     }
 
+    /// Opens a hibernated object shortly before its alarm, if that evicts nobody.
+    pub(crate) fn warm_for_alarm(&self, namespace: &str, id: [u8; 32]) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let bound = self.options.max_open_objects.max(1);
+        let live = usize::try_from(self.metrics.live_objects.load(Relaxed)).unwrap_or(usize::MAX);
+        if live >= bound - bound / 5 {
+            return;
+        }
+        if let Ok(ns) = self.erased(namespace)
+            && let Err(e) = ns.warm(id)
+        {
+            tracing::debug!(namespace, error = %e, "object not woken ahead of its alarm");
+        }
+    }
+
     pub(crate) fn deliver_alarm(
         &self,
         namespace: &str,
