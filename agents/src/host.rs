@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use denizen_runtime::{
-    AlarmInfo, Builder, Ctx, DurableObject, Error, Frame, Request, Response, Result, Upgrade,
-    WebSocket, http_util,
+    AlarmInfo, Builder, Ctx, DurableObject, Error, Frame, Handler, Message, Request, Response,
+    Result, Upgrade, WebSocket, http_util,
 };
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -512,5 +512,45 @@ impl<A: Agent> DurableObject for AgentHost<A> {
         self.run_due(cx).await?;
         rearm(cx)?;
         Ok(())
+    }
+}
+
+/// Calls a plain callable method from the server side (another object, a route, a test):
+/// `stub.call(Call::new("increment", json!([5])))`. The method's result, or its error, comes
+/// back as the call's result; state changes it makes are broadcast as usual.
+pub struct Call {
+    pub method: String,
+    pub args: Vec<Value>,
+}
+
+impl Call {
+    /// `args` must be a JSON array (anything else is passed as the only argument).
+    pub fn new(method: &str, args: Value) -> Self {
+        let args = match args {
+            Value::Array(a) => a,
+            other => vec![other],
+        };
+        Call {
+            method: method.to_string(),
+            args,
+        }
+    }
+}
+
+impl Message for Call {
+    type Reply = Value;
+}
+
+impl<A: Agent> Handler<Call> for AgentHost<A> {
+    async fn handle(&mut self, cx: &mut Ctx<Self>, call: Call) -> Result<Value> {
+        let methods = self.methods.clone();
+        match methods.callables.get(&call.method) {
+            Some(Callable::Plain(f)) => f(&mut self.agent, cx, call.args).await,
+            Some(Callable::Streaming(_)) => Err(Error::msg(format!(
+                "Method {} streams its result; call it over a WebSocket",
+                call.method
+            ))),
+            None => Err(Error::msg(format!("Method {} does not exist", call.method))),
+        }
     }
 }

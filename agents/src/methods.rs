@@ -62,8 +62,14 @@ impl<A: Agent> Default for Methods<A> {
 }
 
 fn parse_args<T: DeserializeOwned>(args: Vec<Value>) -> Result<T> {
-    serde_json::from_value(Value::Array(args))
-        .map_err(|e| Error::msg(format!("invalid arguments: {e}")))
+    let empty = args.is_empty();
+    serde_json::from_value(Value::Array(args)).or_else(|e| {
+        // `()` (a method without arguments) reads from JSON null, not from `[]`.
+        if empty && let Ok(unit) = serde_json::from_value(Value::Null) {
+            return Ok(unit);
+        }
+        Err(Error::msg(format!("invalid arguments: {e}")))
+    })
 }
 
 impl<A: Agent> Methods<A> {
