@@ -294,15 +294,7 @@ impl<A: Agent> AgentHost<A> {
             }
             cx.commit()?;
         }
-        let due: Vec<(
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<i64>,
-            i64,
-        )> = cx
+        let due: Vec<DueSchedule> = cx
             .storage()
             .exec(
                 "SELECT id, callback, payload, type, cron, interval_ms, attempts
@@ -310,7 +302,16 @@ impl<A: Agent> AgentHost<A> {
                 (now, budget.max(1) as i64),
             )?
             .all()?;
-        for (id, callback, payload, kind, cron, interval_ms, attempts) in due {
+        for DueSchedule {
+            id,
+            callback,
+            payload,
+            kind,
+            cron,
+            interval_ms,
+            attempts,
+        } in due
+        {
             let outcome = self.run_task(cx, &callback, &payload).await?;
             // The schedule may have been cancelled (or replaced) by the task itself.
             let still_there: Option<i64> = cx
@@ -411,6 +412,19 @@ impl<A: Agent> AgentHost<A> {
             }
         }
     }
+}
+
+/// A schedule row due to run.
+#[derive(serde::Deserialize)]
+struct DueSchedule {
+    id: String,
+    callback: String,
+    payload: String,
+    #[serde(rename = "type")]
+    kind: String,
+    cron: Option<String>,
+    interval_ms: Option<i64>,
+    attempts: i64,
 }
 
 fn record_failure<A: Agent>(
