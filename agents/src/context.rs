@@ -30,6 +30,9 @@ pub(crate) struct ConnMeta {
     pub protocol: bool,
     /// Per-connection state set by the agent.
     pub state: Option<Value>,
+    /// Refused by `on_connect` and closing: its frames are ignored.
+    #[serde(default)]
+    pub refused: bool,
 }
 
 impl ConnMeta {
@@ -409,8 +412,12 @@ impl<A: Agent> AgentContext<A> for Context<A> {
     }
 }
 
+/// The agents layer's record of a socket; `None` for sockets it did not accept or refused.
 pub(crate) fn meta<A: Agent>(cx: &Context<A>, ws: WebSocket) -> Option<ConnMeta> {
-    cx.attachment::<ConnMeta>(ws).ok().flatten()
+    cx.attachment::<ConnMeta>(ws)
+        .ok()
+        .flatten()
+        .filter(|m| !m.refused)
 }
 
 pub(crate) fn store_state<A: Agent>(cx: &mut Context<A>, value: &Value) -> Result<()> {

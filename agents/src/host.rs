@@ -110,17 +110,23 @@ impl<A: Agent> AgentHost<A> {
             query,
         };
         let ws = cx.accept_websocket(&req, &[])?;
-        let mut conn_meta = ConnMeta {
+        let conn_meta = ConnMeta {
             id,
             readonly: false,
             protocol: true,
             state: None,
+            refused: false,
         };
+        // Set first, so on_connect may already give the connection a state of its own.
+        cx.set_attachment(ws, &conn_meta)?;
         let conn = conn_meta.connection(ws);
         let decision = self.agent.on_connect(cx, &conn, &info).await?;
+        let mut conn_meta = meta(cx, ws).unwrap_or(conn_meta);
         match decision {
             Connect::Reject(reason) => {
                 tracing::debug!(connection = %conn.id, %reason, "connection rejected");
+                conn_meta.refused = true;
+                cx.set_attachment(ws, &conn_meta)?;
                 cx.close(ws, 4001, &reason);
                 return Ok(http_util::switching_protocols());
             }

@@ -40,11 +40,39 @@ pub(crate) enum Callable<A: Agent> {
 /// The methods of an agent type: what clients may call (by name, with a JSON array of
 /// arguments) and what schedules and the queue may run (by name, with a JSON payload).
 ///
-/// ```ignore
-/// fn methods(m: &mut Methods<Self>) {
-///     m.callable("increment", |a, cx, (n,): (i64,)| Box::pin(a.increment(cx, n)));
-///     m.streaming("count_to", |a, cx, stream, (n,): (u32,)| Box::pin(a.count_to(cx, stream, n)));
-///     m.task("tick", |a, cx, (): ()| Box::pin(a.tick(cx)));
+/// ```
+/// use denizen_agents::{Agent, AgentContext, Context, Methods, StreamingResponse};
+/// use denizen_runtime::Result;
+///
+/// struct Clock;
+///
+/// impl Clock {
+///     async fn add(&mut self, cx: &mut Context<Self>, n: i64) -> Result<i64> {
+///         let total = cx.state()? + n;
+///         cx.set_state(&total)?;
+///         Ok(total)
+///     }
+///     async fn count(&mut self, cx: &mut Context<Self>, s: StreamingResponse, n: u32) -> Result<()> {
+///         for i in 0..n {
+///             s.send(cx, i)?;
+///         }
+///         s.end(cx, "done")
+///     }
+///     async fn tick(&mut self, cx: &mut Context<Self>) -> Result<()> {
+///         self.add(cx, 1).await.map(drop)
+///     }
+/// }
+///
+/// impl Agent for Clock {
+///     type State = i64;
+///     fn initial_state(&self) -> i64 {
+///         0
+///     }
+///     fn methods(m: &mut Methods<Self>) {
+///         m.callable("add", |a, cx, (n,): (i64,)| Box::pin(a.add(cx, n)));
+///         m.streaming("count", |a, cx, s, (n,): (u32,)| Box::pin(a.count(cx, s, n)));
+///         m.task("tick", |a, cx, (): ()| Box::pin(a.tick(cx)));
+///     }
 /// }
 /// ```
 pub struct Methods<A: Agent> {

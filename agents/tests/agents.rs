@@ -132,12 +132,33 @@ impl Agent for Probe {
         Ok(())
     }
 
+    async fn on_message(
+        &mut self,
+        cx: &mut Context<Self>,
+        conn: &Connection,
+        frame: Frame,
+    ) -> Result<()> {
+        if frame.as_text() == Some("whoami") {
+            let mine: Option<Value> = cx.connection_state(conn)?;
+            cx.send_json(conn, &json!({ "type": "me", "id": conn.id, "state": mine }))?;
+            return Ok(());
+        }
+        cx.send(
+            conn.ws,
+            denizen_agents::protocol::unhandled_frame_error(&frame),
+        );
+        Ok(())
+    }
+
     async fn on_connect(
         &mut self,
-        _cx: &mut Context<Self>,
-        _conn: &Connection,
+        cx: &mut Context<Self>,
+        conn: &Connection,
         info: &ConnectInfo,
     ) -> Result<Connect> {
+        if let Some(user) = info.param("user") {
+            cx.set_connection_state(conn, &json!({ "user": user }))?;
+        }
         Ok(match (info.param("role"), info.param("token")) {
             (_, Some("bad")) => Connect::Reject("bad token".into()),
             (Some("viewer"), _) => Connect::ReadOnly,
@@ -334,6 +355,25 @@ async fn handshake_state_sync_and_bad_frames() {
     );
     assert_eq!(a.rpc("5", "get", json!([])).await["result"], 8);
     assert!(a.is_quiet());
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_state_survives_hibernation() {
+    let h = harness(0, Duration::from_millis(30));
+    let mut ann = Client::connect(&h, "h", "_pk=ann-1&user=ann").await;
+    ann.handshake().await;
+    let ns = h.ns.clone();
+    wait_for("hibernation", move || {
+        let ns = ns.clone();
+        async move { ns.live_count() == 0 }
+    })
+    .await;
+    ann.send("whoami");
+    assert_eq!(
+        ann.json().await,
+        json!({"type":"me","id":"ann-1","state":{"user":"ann"}})
+    );
     h.runtime.shutdown().await;
 }
 
