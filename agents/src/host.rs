@@ -110,18 +110,24 @@ impl<A: Agent> AgentHost<A> {
             query,
         };
         let ws = cx.accept_websocket(&req, &[])?;
+        // Set first, so on_connect may already give the connection a state of its own; without
+        // the protocol flag until the handshake, so broadcasts made in on_connect skip it (it
+        // gets the current state in its handshake instead).
         let conn_meta = ConnMeta {
             id,
             readonly: false,
-            protocol: true,
+            protocol: false,
             state: None,
             refused: false,
         };
-        // Set first, so on_connect may already give the connection a state of its own.
         cx.set_attachment(ws, &conn_meta)?;
-        let conn = conn_meta.connection(ws);
+        let conn = Connection {
+            protocol: true,
+            ..conn_meta.connection(ws)
+        };
         let decision = self.agent.on_connect(cx, &conn, &info).await?;
         let mut conn_meta = meta(cx, ws).unwrap_or(conn_meta);
+        conn_meta.protocol = true;
         match decision {
             Connect::Reject(reason) => {
                 tracing::debug!(connection = %conn.id, %reason, "connection rejected");
@@ -212,6 +218,9 @@ impl<A: Agent> AgentHost<A> {
         let _enter = span.enter();
         let outcome: Result<Option<Value>> = match callable {
             Callable::Plain(f) => guarded(f(&mut self.agent, cx, args)).await.map(Some),
+            Callable::FromConnection(f) => guarded(f(&mut self.agent, cx, conn.clone(), args))
+                .await
+                .map(Some),
             Callable::Streaming(f) => {
                 let closed = Arc::new(AtomicBool::new(false));
                 let stream = StreamingResponse {
@@ -566,6 +575,10 @@ impl<A: Agent> Handler<Call> for AgentHost<A> {
         let methods = self.methods.clone();
         match methods.callables.get(&call.method) {
             Some(Callable::Plain(f)) => f(&mut self.agent, cx, call.args).await,
+            Some(Callable::FromConnection(_)) => Err(Error::msg(format!(
+                "Method {} needs the calling connection; call it over a WebSocket",
+                call.method
+            ))),
             Some(Callable::Streaming(_)) => Err(Error::msg(format!(
                 "Method {} streams its result; call it over a WebSocket",
                 call.method

@@ -10,11 +10,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::agent::{Agent, Context};
+use crate::agent::{Agent, Connection, Context};
 use crate::protocol;
 
 type CallFn<A> = Box<
     dyn for<'a> Fn(&'a mut A, &'a mut Context<A>, Vec<Value>) -> BoxFuture<'a, Result<Value>>
+        + Send
+        + Sync,
+>;
+type ConnCallFn<A> = Box<
+    dyn for<'a> Fn(
+            &'a mut A,
+            &'a mut Context<A>,
+            Connection,
+            Vec<Value>,
+        ) -> BoxFuture<'a, Result<Value>>
         + Send
         + Sync,
 >;
@@ -34,6 +44,7 @@ type TaskFn<A> = Box<
 
 pub(crate) enum Callable<A: Agent> {
     Plain(CallFn<A>),
+    FromConnection(ConnCallFn<A>),
     Streaming(StreamFn<A>),
 }
 
@@ -126,6 +137,38 @@ impl<A: Agent> Methods<A> {
         });
         self.callables
             .insert(name.to_string(), Callable::Plain(call));
+        self
+    }
+
+    /// Like [`callable`](Methods::callable), but the method also gets the calling
+    /// [`Connection`] (its id, its read-only flag; its own state through
+    /// `cx.connection_state`): the place for per-connection authorization.
+    pub fn callable_from<Args, R, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        Args: DeserializeOwned,
+        R: Serialize + 'static,
+        F: for<'a> Fn(&'a mut A, &'a mut Context<A>, Connection, Args) -> BoxFuture<'a, Result<R>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let call: ConnCallFn<A> =
+            Box::new(
+                move |agent, cx, conn, args| match parse_args::<Args>(args) {
+                    Ok(args) => {
+                        let fut = f(agent, cx, conn, args);
+                        Box::pin(async move {
+                            let out = fut.await?;
+                            serde_json::to_value(out).map_err(|e| {
+                                Error::msg(format!("could not encode the result: {e}"))
+                            })
+                        })
+                    }
+                    Err(e) => Box::pin(async move { Err(e) }),
+                },
+            );
+        self.callables
+            .insert(name.to_string(), Callable::FromConnection(call));
         self
     }
 

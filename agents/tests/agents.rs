@@ -117,6 +117,12 @@ impl Agent for Probe {
                 s.end(cx, "end")
             })
         });
+        m.callable_from("whoami", |_, cx, conn, (): ()| {
+            Box::pin(async move {
+                let mine: Option<Value> = cx.connection_state(&conn)?;
+                Ok(json!({ "id": conn.id, "readonly": conn.readonly, "state": mine }))
+            })
+        });
         m.task("note", |a, cx, note: String| Box::pin(a.note(cx, note)));
         m.task("flaky", |a, cx, note: String| Box::pin(a.flaky(cx, note)));
     }
@@ -373,6 +379,22 @@ async fn connection_state_survives_hibernation() {
     assert_eq!(
         ann.json().await,
         json!({"type":"me","id":"ann-1","state":{"user":"ann"}})
+    );
+    // A callable that asks for its caller sees the same connection.
+    let me = ann.rpc("1", "whoami", json!([])).await;
+    assert_eq!(
+        me["result"],
+        json!({"id":"ann-1","readonly":false,"state":{"user":"ann"}})
+    );
+    let over_stub =
+        h.ns.get_by_name("h")
+            .call(Call::new("whoami", json!([])))
+            .await;
+    assert!(
+        over_stub
+            .unwrap_err()
+            .to_string()
+            .contains("calling connection")
     );
     h.runtime.shutdown().await;
 }
