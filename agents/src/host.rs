@@ -17,6 +17,9 @@ use crate::methods::{Callable, Methods, StreamingResponse};
 use crate::protocol::{self, Incoming};
 use crate::schedule::{self, BATCH, Retry, new_id, next_cron, now_ms};
 
+/// Longest accepted connection id (`?_pk=`), in bytes.
+pub const MAX_CONNECTION_ID: usize = 256;
+
 /// The durable object hosting an agent of type `A`. Registered with
 /// [`AgentBuilder::agent`]; its namespace is the agent's class in
 /// `/agents/<class>/<name>` and its name the instance.
@@ -104,6 +107,15 @@ impl<A: Agent> AgentHost<A> {
             }
         }
         let id = pk.filter(|p| !p.is_empty()).unwrap_or_else(new_id);
+        if id.len() > MAX_CONNECTION_ID {
+            let ws = cx.accept_websocket(&req, &[])?;
+            cx.close(
+                ws,
+                1008,
+                &format!("the connection id (_pk) is limited to {MAX_CONNECTION_ID} bytes"),
+            );
+            return Ok(http_util::switching_protocols());
+        }
         let info = ConnectInfo {
             uri: req.uri().clone(),
             headers: req.headers().clone(),

@@ -71,7 +71,7 @@ mod schedule;
 pub use agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 pub use context::AgentContext;
 pub use error::{Error, Result};
-pub use host::{AgentBuilder, AgentHost, Call};
+pub use host::{AgentBuilder, AgentHost, Call, MAX_CONNECTION_ID};
 pub use methods::{Methods, StreamingResponse};
 pub use schedule::{
     Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When,

@@ -76,6 +76,11 @@ impl Agent for Probe {
         m.callable("cron", |_, cx, (expr, note): (String, String)| {
             Box::pin(async move { Ok(cx.schedule(expr.as_str(), "note", &note)?) })
         });
+        m.callable("every_ms", |_, cx, (ms, note): (u64, String)| {
+            Box::pin(
+                async move { Ok(cx.schedule_every(Duration::from_millis(ms), "note", &note)?) },
+            )
+        });
         m.callable("cancel", |_, cx, (id,): (String,)| {
             Box::pin(async move { Ok(cx.cancel_schedule(&id)?) })
         });
@@ -439,6 +444,13 @@ async fn readonly_connections_and_rejected_state_changes() {
             reason: "bad token".into()
         }
     );
+    // An oversized connection id is refused for good (1008).
+    let long = "x".repeat(300);
+    let mut too_long = Client::connect(&h, "r", &format!("_pk={long}")).await;
+    assert!(matches!(
+        too_long.next().await,
+        Outgoing::Close { code: 1008, .. }
+    ));
     // A raw connection gets no protocol frames; its frames go to on_message.
     let mut raw = Client::connect(&h, "r", "_pk=raw&role=raw").await;
     raw.send(r#"{"type":"rpc","id":"1","method":"get","args":[]}"#);
@@ -541,11 +553,22 @@ async fn cron_rearms_and_cancel_removes() {
         json!(false)
     );
     call(&h, "c", "in_ms", json!([300, "note", "kept"])).await;
-    wait_for("two cron runs and the kept one-shot", || async {
-        let log = log(&h, "c").await;
-        log.iter().filter(|n| *n == "tick").count() >= 2 && log.contains(&"kept".to_string())
-    })
+    let every: Schedule =
+        serde_json::from_value(call(&h, "c", "every_ms", json!([150, "every"])).await).unwrap();
+    wait_for(
+        "two cron runs, two interval runs and the kept one-shot",
+        || async {
+            let log = log(&h, "c").await;
+            log.iter().filter(|n| *n == "tick").count() >= 2
+                && log.iter().filter(|n| *n == "every").count() >= 2
+                && log.contains(&"kept".to_string())
+        },
+    )
     .await;
+    assert_eq!(
+        call(&h, "c", "cancel", json!([every.id])).await,
+        json!(true)
+    );
     let log = log(&h, "c").await;
     assert!(!log.contains(&"cancelled".to_string()), "{log:?}");
     let schedules: Vec<Schedule> =
