@@ -80,6 +80,9 @@ pub enum Source {
 ///
 /// Handlers run one at a time, like every durable object's; their writes (state included)
 /// commit together when they return, before anything they sent leaves.
+///
+/// The agents layer owns the object's alarm (schedules and the queue share it): use
+/// `cx.schedule(..)` rather than `cx.set_alarm(..)`.
 pub trait Agent: Send + Sized + 'static {
     /// The synced state: any JSON value, replaced as a whole by `set_state`.
     type State: Serialize + DeserializeOwned + Send + 'static;
