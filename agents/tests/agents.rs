@@ -161,6 +161,19 @@ impl Agent for Probe {
         Ok(())
     }
 
+    async fn on_close(
+        &mut self,
+        cx: &mut Context<Self>,
+        conn: &Connection,
+        code: u16,
+        _reason: &str,
+        _was_clean: bool,
+    ) -> Result<()> {
+        let note = format!("closed {} {code}", conn.id);
+        cx.sql("INSERT INTO log(note) VALUES (?)", (note.as_str(),))?;
+        Ok(())
+    }
+
     async fn on_connect(
         &mut self,
         cx: &mut Context<Self>,
