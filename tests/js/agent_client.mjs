@@ -158,6 +158,9 @@ async function restart() {
   const a = client();
   await ready(a.c);
   assert.deepEqual(a.c.state, { count: Number(expected) }, "state after restart");
+  // The ticking schedule was declared on every wake (several hibernations, a restart): still one.
+  const schedules = await a.c.call("schedules", []);
+  assert.deepEqual(schedules.map((s) => s.callback), ["tick"]);
   a.c.close();
   return { count: Number(expected) };
 }
