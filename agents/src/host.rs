@@ -483,6 +483,9 @@ impl<A: Agent> DurableObject for AgentHost<A> {
                 .map_err(|e| Error::msg(format!("could not encode the initial state: {e}")))?;
             store_state(cx, &initial)?;
         }
+        // Keep-alive text pings some clients send are answered without waking the agent; an
+        // agent that wants them in on_message clears this in its on_start.
+        cx.set_auto_response(Some(("ping", "pong")))?;
         self.agent.on_start(cx).await?;
         // A wake re-arms whatever is due, whether or not on_start declared anything.
         rearm(cx)?;

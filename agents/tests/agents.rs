@@ -354,6 +354,8 @@ async fn handshake_state_sync_and_bad_frames() {
     assert_eq!(b.json().await["state"]["value"], 8);
 
     // Garbage and unknown types get an error frame; the connection keeps working.
+    a.send("ping");
+    assert_eq!(a.next().await, Outgoing::Frame(Frame::Text("pong".into())));
     a.send("{not json");
     let err = a.json().await;
     assert_eq!(err["type"], "cf_agent_error");
