@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "no task `{0}` is registered on this agent; register it in `Agent::methods` with `methods.task(..)` before scheduling or queueing it"
+        "no task or plain callable `{0}` is registered on this agent; register it in `Agent::methods` (`methods.task(..)`) before scheduling or queueing it"
     )]
     UnknownTask(String),
     #[error(

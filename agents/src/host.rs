@@ -420,18 +420,29 @@ impl<A: Agent> AgentHost<A> {
     ) -> Result<std::result::Result<(), String>> {
         cx.commit()?;
         let methods = self.methods.clone();
-        let Some(task) = methods.tasks.get(callback) else {
-            return Ok(Err(format!(
-                "no task `{callback}` is registered on this agent (was it renamed?)"
-            )));
-        };
         let payload: Value = match serde_json::from_str(payload) {
             Ok(p) => p,
             Err(e) => return Ok(Err(format!("stored payload is not JSON: {e}"))),
         };
         let span = tracing::debug_span!("task", task = %callback);
         let _enter = span.enter();
-        match guarded(task(&mut self.agent, cx, payload)).await {
+        let run = match (methods.tasks.get(callback), methods.callables.get(callback)) {
+            (Some(task), _) => task(&mut self.agent, cx, payload),
+            (None, Some(Callable::Plain(f))) => {
+                let args = match payload {
+                    Value::Array(args) => args,
+                    other => vec![other],
+                };
+                let fut = f(&mut self.agent, cx, args);
+                Box::pin(async move { fut.await.map(drop) })
+            }
+            _ => {
+                return Ok(Err(format!(
+                    "no task `{callback}` is registered on this agent (was it renamed?)"
+                )));
+            }
+        };
+        match guarded(run).await {
             Ok(()) => Ok(Ok(())),
             Err(e) => {
                 cx.rollback()?;

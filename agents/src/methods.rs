@@ -226,9 +226,11 @@ impl<A: Agent> Methods<A> {
         self
     }
 
-    /// Whether a task of that name is registered.
+    /// Whether schedules and the queue can run `name`: a task, or a plain callable (which then
+    /// gets the payload as its argument array, or as its only argument when it is not an array).
     pub fn has_task(&self, name: &str) -> bool {
         self.tasks.contains_key(name)
+            || matches!(self.callables.get(name), Some(Callable::Plain(_)))
     }
 
     /// The names of the callable methods, sorted.

@@ -70,7 +70,7 @@ impl Agent for Probe {
         m.callable("get", |_, cx, (): ()| {
             Box::pin(async move { Ok(cx.state()?.value) })
         });
-        m.callable("in_ms", |_, cx, (ms, task, note): (u64, String, String)| {
+        m.callable("in_ms", |_, cx, (ms, task, note): (u64, String, Value)| {
             Box::pin(async move { Ok(cx.schedule(Duration::from_millis(ms), &task, &note)?) })
         });
         m.callable("cron", |_, cx, (expr, note): (String, String)| {
@@ -522,7 +522,7 @@ async fn failing_methods_roll_back_and_streams_send_chunks() {
         unknown
             .unwrap_err()
             .to_string()
-            .contains("no task `no_such_task`")
+            .contains("`no_such_task` is registered")
     );
     h.runtime.shutdown().await;
 }
@@ -606,6 +606,12 @@ async fn queue_runs_in_order_after_the_current_event() {
     })
     .await;
     assert_eq!(log(&h, "q").await, ["a", "b", "c", "d"]);
+    // A plain callable is a schedule target too: the payload is its argument array.
+    call(&h, "q", "in_ms", json!([0, "set", 41])).await;
+    wait_for("the scheduled call", || async {
+        call(&h, "q", "get", json!([])).await == json!(41)
+    })
+    .await;
     h.runtime.shutdown().await;
 }
 
