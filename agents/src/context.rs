@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::methods::Methods;
 use crate::protocol;
 use crate::schedule::{
-    Failure, MAX_INTERVAL, QueueItem, Schedule, ScheduleKind, ScheduleOptions, When, new_id,
+    Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When, new_id,
     next_cron, now_ms, to_ms,
 };
 
@@ -173,6 +173,9 @@ pub trait AgentContext<A: Agent> {
     /// Appends `task(payload)` to the agent's queue: queued tasks run in order, one event each
     /// batch, right after the current event. Returns the item's id.
     fn queue<P: Serialize>(&mut self, task: &str, payload: &P) -> Result<String>;
+    /// [`queue`](AgentContext::queue) with its own retry policy.
+    fn queue_with<P: Serialize>(&mut self, task: &str, payload: &P, retry: Retry)
+    -> Result<String>;
     /// Removes a queued item that has not run yet.
     fn dequeue(&mut self, id: &str) -> Result<bool>;
     /// The queued items, in the order they will run.
@@ -279,7 +282,7 @@ impl<A: Agent> AgentContext<A> for Context<A> {
                 (ScheduleKind::Cron { cron: expr }, time, true)
             }
         };
-        insert_schedule::<A>(self, task, payload, kind, time, idempotent)
+        insert_schedule::<A>(self, task, payload, kind, time, idempotent, options.retry)
     }
 
     fn schedule_every<P: Serialize>(
@@ -299,6 +302,7 @@ impl<A: Agent> AgentContext<A> for Context<A> {
             ScheduleKind::Interval { interval_ms: ms },
             now_ms().saturating_add(ms),
             true,
+            None,
         )
     }
 
@@ -339,14 +343,30 @@ impl<A: Agent> AgentContext<A> for Context<A> {
     }
 
     fn queue<P: Serialize>(&mut self, task: &str, payload: &P) -> Result<String> {
+        self.queue_with(task, payload, Retry::default())
+    }
+
+    fn queue_with<P: Serialize>(
+        &mut self,
+        task: &str,
+        payload: &P,
+        retry: Retry,
+    ) -> Result<String> {
         if !methods_of::<A>().has_task(task) {
             return Err(Error::UnknownTask(task.to_string()));
         }
         let payload = serde_json::to_string(payload)?;
         let id = new_id();
         self.storage().exec(
-            "INSERT INTO cf_agents_queues(id, callback, payload, created_at) VALUES (?, ?, ?, ?)",
-            (id.as_str(), task, payload.as_str(), now_ms()),
+            "INSERT INTO cf_agents_queues(id, callback, payload, retry, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+            (
+                id.as_str(),
+                task,
+                payload.as_str(),
+                opt(Retry::encode(Some(retry))),
+                now_ms(),
+            ),
         )?;
         rearm(self)?;
         Ok(id)
@@ -454,6 +474,7 @@ fn insert_schedule<A: Agent>(
     kind: ScheduleKind,
     time: i64,
     idempotent: bool,
+    retry: Option<Retry>,
 ) -> Result<Schedule> {
     if !methods_of::<A>().has_task(task) {
         return Err(Error::UnknownTask(task.to_string()));
@@ -497,8 +518,8 @@ fn insert_schedule<A: Agent>(
     let id = new_id();
     cx.storage().exec(
         "INSERT INTO cf_agents_schedules
-            (id, callback, payload, type, time, delay_ms, cron, interval_ms, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, callback, payload, type, time, delay_ms, cron, interval_ms, retry, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         denizen_runtime::params![
             id.as_str(),
             task,
@@ -508,6 +529,7 @@ fn insert_schedule<A: Agent>(
             opt(delay_ms),
             opt(cron),
             opt(interval_ms),
+            opt(Retry::encode(retry)),
             now_ms()
         ],
     )?;

@@ -284,14 +284,23 @@ impl<A: Agent> AgentHost<A> {
         let now = now_ms();
         let mut budget = BATCH;
         // The queue first, strictly in order: an item waiting for a retry holds the ones behind.
-        let items: Vec<(String, String, String, i64, i64)> = cx
+        let items: Vec<DueItem> = cx
             .storage()
             .exec(
-                "SELECT id, callback, payload, attempts, not_before FROM cf_agents_queues ORDER BY seq LIMIT ?",
+                "SELECT id, callback, payload, attempts, not_before, retry
+                 FROM cf_agents_queues ORDER BY seq LIMIT ?",
                 (BATCH as i64,),
             )?
             .all()?;
-        for (id, callback, payload, attempts, not_before) in items {
+        for DueItem {
+            id,
+            callback,
+            payload,
+            attempts,
+            not_before,
+            retry,
+        } in items
+        {
             if not_before > now {
                 break;
             }
@@ -304,7 +313,7 @@ impl<A: Agent> AgentHost<A> {
                 }
                 Err(error) => {
                     let attempts = attempts + 1;
-                    let retry = Retry::default();
+                    let retry = Retry::decode(retry.as_deref());
                     if attempts < i64::from(retry.max_attempts) {
                         tracing::warn!(task = %callback, attempts, %error, "queued task failed; retrying");
                         cx.storage().exec(
@@ -324,7 +333,7 @@ impl<A: Agent> AgentHost<A> {
         let due: Vec<DueSchedule> = cx
             .storage()
             .exec(
-                "SELECT id, callback, payload, type, cron, interval_ms, attempts
+                "SELECT id, callback, payload, type, cron, interval_ms, attempts, retry
                  FROM cf_agents_schedules WHERE time <= ? ORDER BY time, created_at, id LIMIT ?",
                 (now, budget.max(1) as i64),
             )?
@@ -337,6 +346,7 @@ impl<A: Agent> AgentHost<A> {
             cron,
             interval_ms,
             attempts,
+            retry,
         } in due
         {
             let outcome = self.run_task(cx, &callback, &payload).await?;
@@ -378,7 +388,7 @@ impl<A: Agent> AgentHost<A> {
                 },
                 Err(error) => {
                     let attempts = attempts + 1;
-                    let retry = Retry::default();
+                    let retry = Retry::decode(retry.as_deref());
                     if attempts < i64::from(retry.max_attempts) {
                         tracing::warn!(task = %callback, attempts, %error, "scheduled task failed; retrying");
                         cx.storage().exec(
@@ -463,6 +473,18 @@ struct DueSchedule {
     cron: Option<String>,
     interval_ms: Option<i64>,
     attempts: i64,
+    retry: Option<String>,
+}
+
+/// A queue item.
+#[derive(serde::Deserialize)]
+struct DueItem {
+    id: String,
+    callback: String,
+    payload: String,
+    attempts: i64,
+    not_before: i64,
+    retry: Option<String>,
 }
 
 fn record_failure<A: Agent>(

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS cf_agents_schedules (
     interval_ms INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    retry TEXT,
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cf_agents_schedules_time ON cf_agents_schedules(time);
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS cf_agents_queues (
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
+    retry TEXT,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cf_agents_failures (
@@ -110,6 +112,18 @@ impl Default for Retry {
 }
 
 impl Retry {
+    /// The stored form (a JSON column), `None` for the default.
+    pub(crate) fn encode(retry: Option<Retry>) -> Option<String> {
+        retry.and_then(|r| serde_json::to_string(&r).ok())
+    }
+
+    /// Reads the stored form; anything unreadable means the default.
+    pub(crate) fn decode(stored: Option<&str>) -> Retry {
+        stored
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn delay_ms(&self, attempts: u32) -> i64 {
         let base = self.base_delay.as_millis() as f64
             * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
@@ -126,6 +140,8 @@ pub struct ScheduleOptions {
     /// Reuse an existing schedule with the same task, timing kind and payload instead of adding
     /// one. Cron schedules and `schedule_every` are always idempotent.
     pub idempotent: bool,
+    /// How a failing run is retried; [`Retry::default`] when `None`.
+    pub retry: Option<Retry>,
 }
 
 /// The kind of a schedule, as in the Agents SDK.

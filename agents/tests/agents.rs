@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use denizen_agents::{
     Agent, AgentBuilder, AgentContext, AgentHost, Call, Connect, ConnectInfo, Connection, Context,
-    Failure, Methods, Schedule, Source,
+    Failure, Methods, Retry, Schedule, ScheduleOptions, Source,
 };
 use denizen_runtime::{
     Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, SocketHandle, Upgrade, http,
@@ -76,6 +76,21 @@ impl Agent for Probe {
         m.callable("cron", |_, cx, (expr, note): (String, String)| {
             Box::pin(async move { Ok(cx.schedule(expr.as_str(), "note", &note)?) })
         });
+        m.callable(
+            "once_ms",
+            |_, cx, (ms, task, note): (u64, String, Value)| {
+                Box::pin(async move {
+                    let options = ScheduleOptions {
+                        idempotent: false,
+                        retry: Some(Retry {
+                            max_attempts: 1,
+                            ..Retry::default()
+                        }),
+                    };
+                    Ok(cx.schedule_with(Duration::from_millis(ms), &task, &note, options)?)
+                })
+            },
+        );
         m.callable("every_ms", |_, cx, (ms, note): (u64, String)| {
             Box::pin(
                 async move { Ok(cx.schedule_every(Duration::from_millis(ms), "note", &note)?) },
@@ -653,5 +668,19 @@ async fn failing_tasks_are_retried_then_recorded() {
         2,
         "the one-shot is gone after its last attempt"
     );
+
+    // Its own retry policy: one attempt only.
+    call(&h, "t", "once_ms", json!([0, "flaky", "once"])).await;
+    wait_for("the second failure record", || async {
+        let f: Vec<Failure> =
+            serde_json::from_value(call(&h, "t", "failures", json!([])).await).unwrap();
+        f.len() == 2
+    })
+    .await;
+    let failures: Vec<Failure> =
+        serde_json::from_value(call(&h, "t", "failures", json!([])).await).unwrap();
+    assert_eq!(failures[1].attempts, 1);
+    assert_eq!(failures[1].payload, json!("once"));
+    assert_eq!(h.flaky_runs.load(Ordering::SeqCst), 4);
     h.runtime.shutdown().await;
 }
