@@ -252,9 +252,9 @@ impl<A: Agent> AgentHost<A> {
                 }
             }
         };
+        // A read-only connection may call methods, but not ones that change the state.
         let outcome = match outcome {
-            Ok(v) if conn.readonly && state_text(cx)? != before => {
-                let _ = v;
+            Ok(_) if conn.readonly && state_text(cx)? != before => {
                 Err(Error::msg("Connection is readonly"))
             }
             other => other,
