@@ -2,8 +2,9 @@
 //!
 //! Every named object gets one single-threaded mailbox and its own SQLite file; idle objects
 //! hibernate while the gateway keeps their WebSockets open; alarms wake them on time. This facade
-//! re-exports the runtime (objects, stubs, contexts, storage), the gateway (HTTP and WebSockets)
-//! and the example apps that `denizen serve` hosts.
+//! re-exports the runtime (objects, stubs, contexts, storage), the gateway (HTTP and WebSockets),
+//! the agents layer (`denizen::agent`, mounted at `/agents/...` by [`agents::routes`]) and the
+//! example apps that `denizen serve` hosts.
 //!
 //! ```
 //! use denizen::{Ctx, DurableObject, Request, Response, Result, Runtime, http_util};
@@ -31,7 +32,10 @@
 //! # }
 //! ```
 
+pub mod agents;
 pub mod apps;
+
+pub use denizen_agents as agent;
 
 pub use denizen_gateway as gateway;
 pub use denizen_runtime::*;

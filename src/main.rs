@@ -261,9 +261,12 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         let addr = listener.local_addr()?;
         // The first line on stdout names the address (tests start the server on port 0).
         println!("denizen listening on http://{addr}");
-        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat");
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent");
         let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
-        gateway.serve(listener, shutdown_signal()).await?;
+        let app = gateway
+            .router()
+            .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS));
+        gateway.serve_router(listener, app, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -1,2 +1,78 @@
-//! Agents on Denizen: durable objects with synced state, callable RPC, schedules, a queue, and
-//! durable workflows.
+//! Agents on Denizen: durable objects with synced state, callable RPC, schedules and a queue,
+//! spoken to with the Agents SDK wire protocol so the official JavaScript `agents` client
+//! (`AgentClient`, `useAgent`) connects unchanged.
+//!
+//! Why it exists: Cloudflare's Agents SDK is the common way to build per-user stateful agents on
+//! Durable Objects. This crate gives the same model on the Denizen runtime: implement [`Agent`],
+//! declare its methods one line each, register it with [`AgentBuilder::agent`], and mount
+//! `/agents/<class>/<name>` in front of it (the `denizen` crate does, with its gateway).
+//!
+//! - **State**: typed, persisted in the agent's SQLite (`cf_agents_state`), sent to every client
+//!   on connect and on every change; a client's change is validated, persisted and broadcast to
+//!   the other clients.
+//! - **Callables**: `{"type":"rpc"}` frames call declared methods with JSON arguments; errors
+//!   become RPC errors (and roll back the method's writes); streaming methods send chunks.
+//! - **Schedules and queue**: many schedules (delay, time, cron, interval) and a FIFO queue share
+//!   the object's one alarm, persist, survive restarts, never duplicate on wake, and retry failing
+//!   tasks with backoff before recording them in `cf_agents_failures`.
+//!
+//! ```
+//! use denizen_agents::{Agent, AgentBuilder, AgentContext, Context, Methods};
+//! use denizen_runtime::{Result, Runtime};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Default)]
+//! struct Counter;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct State {
+//!     count: i64,
+//! }
+//!
+//! impl Counter {
+//!     async fn increment(&mut self, cx: &mut Context<Self>, n: i64) -> Result<i64> {
+//!         let mut state = cx.state()?;
+//!         state.count += n;
+//!         cx.set_state(&state)?;
+//!         Ok(state.count)
+//!     }
+//! }
+//!
+//! impl Agent for Counter {
+//!     type State = State;
+//!     fn initial_state(&self) -> State {
+//!         State { count: 0 }
+//!     }
+//!     fn methods(m: &mut Methods<Self>) {
+//!         m.callable("increment", |a, cx, (n,): (i64,)| Box::pin(a.increment(cx, n)));
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! let runtime = Runtime::builder()
+//!     .data_dir(dir.path())
+//!     .agent::<Counter>("counter")
+//!     .build()?;
+//! # runtime.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod agent;
+mod context;
+mod error;
+mod host;
+mod methods;
+pub mod protocol;
+mod schedule;
+
+pub use agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
+pub use context::AgentContext;
+pub use error::{Error, Result};
+pub use host::{AgentBuilder, AgentHost, Call, MAX_CONNECTION_ID};
+pub use methods::{Methods, StreamingResponse};
+pub use schedule::{
+    Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When,
+};

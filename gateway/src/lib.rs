@@ -313,6 +313,13 @@ impl Gateway {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "gateway serving");
         let signal = self.inner.shutdown.clone();
+        // Small frames go out at once: with Nagle's algorithm a second small write (a state
+        // frame, then the RPC reply) waits for the peer's delayed ACK, about 40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, self.guard_admin(router))
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -380,6 +380,14 @@ impl<O: DurableObject> Ctx<O> {
         Ok(())
     }
 
+    /// Discards the writes made since the last commit and the messages and tasks held behind
+    /// them, without failing the event: the handler goes on from the last committed state. Layers
+    /// that report a failure to a caller (an RPC error frame) use it after [`Ctx::commit`] so the
+    /// failed part leaves nothing behind while the report is still sent.
+    pub fn rollback(&mut self) -> Result<()> {
+        self.abort()
+    }
+
     pub(crate) fn commit_writes(&mut self) -> Result<()> {
         let shared = self.ns.shared.clone();
         let alarm = if self.alarm_dirty {

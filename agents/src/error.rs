@@ -1,0 +1,45 @@
+//! The agents layer's errors.
+
+/// Result with the agents layer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in the agents layer itself. Handlers return the runtime's error type
+/// (`denizen_runtime::Error`); these convert into it with `?`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no task or plain callable `{0}` is registered on this agent; register it in `Agent::methods` (`methods.task(..)`) before scheduling or queueing it"
+    )]
+    UnknownTask(String),
+    #[error(
+        "`{expression}` is not a cron expression: {reason}; use five fields (`*/5 * * * *`) or six with seconds first"
+    )]
+    InvalidCron { expression: String, reason: String },
+    #[error("cron expression `{0}` has no future occurrence")]
+    CronExhausted(String),
+    #[error("a schedule interval must be between 1 ms and 30 days, got {0:?}")]
+    InvalidInterval(std::time::Duration),
+    #[error("could not encode or decode agent data as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "the agent's state row is missing; it is created by the agent's on_start, do not delete it"
+    )]
+    StateMissing,
+    #[error(transparent)]
+    Runtime(#[from] denizen_runtime::Error),
+}
+
+impl From<denizen_runtime::storage::Error> for Error {
+    fn from(e: denizen_runtime::storage::Error) -> Self {
+        Error::Runtime(e.into())
+    }
+}
+
+impl From<Error> for denizen_runtime::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Runtime(e) => e,
+            other => denizen_runtime::Error::custom(other),
+        }
+    }
+}

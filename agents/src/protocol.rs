@@ -1,0 +1,175 @@
+//! The Agents SDK wire protocol (`agents@0.32.0`, "cf-websocket"): JSON text frames.
+
+use denizen_runtime::Frame;
+use serde_json::{Value, json};
+
+pub const IDENTITY: &str = "cf_agent_identity";
+pub const STATE: &str = "cf_agent_state";
+pub const STATE_ERROR: &str = "cf_agent_state_error";
+pub const MCP_SERVERS: &str = "cf_agent_mcp_servers";
+pub const RPC: &str = "rpc";
+/// Our answer to a frame the agent could not use (not JSON, unknown type, malformed protocol
+/// frame). The JS client passes it to plain `message` listeners.
+pub const ERROR: &str = "cf_agent_error";
+
+pub fn identity(name: &str, agent: &str, state_follows: bool) -> Value {
+    let mut v = json!({ "type": IDENTITY, "name": name, "agent": agent });
+    if state_follows {
+        v["stateFollows"] = Value::Bool(true);
+    }
+    v
+}
+
+pub fn state(state: &Value) -> Value {
+    json!({ "type": STATE, "state": state })
+}
+
+pub fn state_error(error: &str) -> Value {
+    json!({ "type": STATE_ERROR, "error": error })
+}
+
+/// The MCP server list: the agents layer has no MCP client of its own, so it is empty.
+pub fn mcp_servers() -> Value {
+    json!({
+        "type": MCP_SERVERS,
+        "mcp": { "prompts": [], "resources": [], "servers": {}, "tools": [] }
+    })
+}
+
+/// A success frame; a `None` (or JSON null) result is left out, which the client reads as
+/// `undefined`.
+pub fn rpc_result(id: &str, result: Option<Value>, done: bool) -> Value {
+    let mut v = json!({ "type": RPC, "id": id, "success": true, "done": done });
+    if let Some(result) = result.filter(|r| !r.is_null()) {
+        v["result"] = result;
+    }
+    v
+}
+
+pub fn rpc_error(id: &str, error: &str) -> Value {
+    json!({ "type": RPC, "id": id, "success": false, "error": error })
+}
+
+pub fn error(message: &str) -> Value {
+    json!({ "type": ERROR, "error": message })
+}
+
+/// A parsed client frame.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// `{"type":"cf_agent_state","state":..}`
+    State(Value),
+    /// `{"type":"rpc","id":"..","method":"..","args":[..]}`
+    Rpc {
+        id: String,
+        method: String,
+        args: Vec<Value>,
+    },
+    /// Anything else (binary, not JSON, another type): the agent's `on_message` gets it.
+    Other,
+}
+
+/// Recognises protocol frames exactly as the JS server does: a state frame needs a `state` key,
+/// an RPC frame a string `id`, a string `method` and an array `args`.
+pub fn parse(frame: &Frame) -> Incoming {
+    let Some(text) = frame.as_text() else {
+        return Incoming::Other;
+    };
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+        return Incoming::Other;
+    };
+    match map.get("type").and_then(Value::as_str) {
+        Some(STATE) => match map.remove("state") {
+            Some(state) => Incoming::State(state),
+            None => Incoming::Other,
+        },
+        Some(RPC) => match (map.remove("id"), map.remove("method"), map.remove("args")) {
+            (Some(Value::String(id)), Some(Value::String(method)), Some(Value::Array(args))) => {
+                Incoming::Rpc { id, method, args }
+            }
+            _ => Incoming::Other,
+        },
+        _ => Incoming::Other,
+    }
+}
+
+/// The error frame the default `on_message` answers with.
+pub fn unhandled_frame_error(frame: &Frame) -> String {
+    let message = match frame {
+        Frame::Binary(_) => "binary frames are not part of the agent protocol".to_string(),
+        Frame::Text(text) => match serde_json::from_str::<Value>(text) {
+            Err(e) => format!("the frame is not valid JSON ({e}); send JSON objects with a `type`"),
+            Ok(v) => match v.get("type").and_then(Value::as_str) {
+                Some(RPC) => "malformed rpc frame: it needs a string `id`, a string `method` and an array `args`".to_string(),
+                Some(STATE) => "malformed cf_agent_state frame: it needs a `state`".to_string(),
+                Some(t) => format!("unknown message type `{t}`: this agent handles `rpc` and `cf_agent_state`"),
+                None => "the frame has no `type`: this agent handles `rpc` and `cf_agent_state`".to_string(),
+            },
+        },
+    };
+    error(&message).to_string()
+}
+
+/// The JS client's `camelCaseToKebabCase`: `CounterAgent`, `counter-agent` and `COUNTER_AGENT`
+/// all become `counter-agent`.
+pub fn kebab_case(name: &str) -> String {
+    if name.chars().any(|c| c.is_alphabetic()) && !name.chars().any(|c| c.is_lowercase()) {
+        return name.to_lowercase().replace('_', "-");
+    }
+    let mut out = String::with_capacity(name.len() + 4);
+    for c in name.chars() {
+        if c.is_uppercase() {
+            out.push('-');
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    let out = out.strip_prefix('-').unwrap_or(&out).replace('_', "-");
+    out.strip_suffix('-').unwrap_or(&out).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kebab_case_matches_the_js_client() {
+        assert_eq!(kebab_case("CounterAgent"), "counter-agent");
+        assert_eq!(kebab_case("counter-agent"), "counter-agent");
+        assert_eq!(kebab_case("COUNTER_AGENT"), "counter-agent");
+        assert_eq!(kebab_case("myAgent"), "my-agent");
+    }
+
+    #[test]
+    fn frames_are_recognised_like_the_js_server_does() {
+        let rpc = Frame::Text(r#"{"type":"rpc","id":"1","method":"m","args":[5]}"#.into());
+        assert_eq!(
+            parse(&rpc),
+            Incoming::Rpc {
+                id: "1".into(),
+                method: "m".into(),
+                args: vec![json!(5)]
+            }
+        );
+        let bad_args = Frame::Text(r#"{"type":"rpc","id":"1","method":"m","args":5}"#.into());
+        assert_eq!(parse(&bad_args), Incoming::Other);
+        let state = Frame::Text(r#"{"type":"cf_agent_state","state":{"a":1}}"#.into());
+        assert_eq!(parse(&state), Incoming::State(json!({"a":1})));
+        assert_eq!(parse(&Frame::Text("{nope".into())), Incoming::Other);
+        assert!(unhandled_frame_error(&Frame::Text("{nope".into())).contains("not valid JSON"));
+        assert!(unhandled_frame_error(&Frame::Text(r#"{"type":"x"}"#.into())).contains("`x`"));
+    }
+
+    #[test]
+    fn results_leave_out_null_and_keep_key_order() {
+        assert_eq!(
+            rpc_result("a", Some(json!(3)), true).to_string(),
+            r#"{"done":true,"id":"a","result":3,"success":true,"type":"rpc"}"#
+        );
+        assert_eq!(
+            rpc_result("a", Some(Value::Null), true).to_string(),
+            r#"{"done":true,"id":"a","success":true,"type":"rpc"}"#
+        );
+    }
+}

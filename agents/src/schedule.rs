@@ -1,0 +1,265 @@
+//! Schedules and the queue, multiplexed onto the object's one alarm.
+//!
+//! Both live in the agent's own SQLite file, so they survive hibernation, restarts and crashes.
+//! After every change the alarm is set to the earliest due item (or deleted when there is
+//! none), and `on_start` does the same, so a wake never loses one. A queued item makes the alarm
+//! due at once: the queue runs as the next event after the current one, in insertion order.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// A recurring interval is at most this long (as in the Agents SDK).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Tasks handled per alarm before the agent lets other events in (the rest run right after).
+pub(crate) const BATCH: usize = 64;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cf_agents_schedules (
+    id TEXT PRIMARY KEY NOT NULL,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    type TEXT NOT NULL CHECK(type IN ('scheduled', 'delayed', 'cron', 'interval')),
+    time INTEGER NOT NULL,
+    delay_ms INTEGER,
+    cron TEXT,
+    interval_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    retry TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cf_agents_schedules_time ON cf_agents_schedules(time);
+CREATE TABLE IF NOT EXISTS cf_agents_queues (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    retry TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cf_agents_failures (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at INTEGER NOT NULL
+)";
+
+/// When a schedule runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Once, after this delay.
+    Delay(Duration),
+    /// Once, at this time.
+    At(SystemTime),
+    /// At every occurrence of a cron expression (UTC): five fields (`min hour dom mon dow`) or
+    /// six with seconds first.
+    Cron(String),
+}
+
+impl From<Duration> for When {
+    fn from(d: Duration) -> Self {
+        When::Delay(d)
+    }
+}
+impl From<SystemTime> for When {
+    fn from(t: SystemTime) -> Self {
+        When::At(t)
+    }
+}
+impl From<&str> for When {
+    fn from(cron: &str) -> Self {
+        When::Cron(cron.to_string())
+    }
+}
+impl From<String> for When {
+    fn from(cron: String) -> Self {
+        When::Cron(cron)
+    }
+}
+
+/// How a failing task is retried before it is recorded as a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Runs in all, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Retry {
+    /// As in the Agents SDK: 3 attempts, 100 ms doubling up to 3 s.
+    fn default() -> Self {
+        Retry {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Retry {
+    /// The stored form (a JSON column), `None` for the default.
+    pub(crate) fn encode(retry: Option<Retry>) -> Option<String> {
+        retry.and_then(|r| serde_json::to_string(&r).ok())
+    }
+
+    /// Reads the stored form; anything unreadable means the default.
+    pub(crate) fn decode(stored: Option<&str>) -> Retry {
+        stored
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn delay_ms(&self, attempts: u32) -> i64 {
+        let base = self.base_delay.as_millis() as f64
+            * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
+        let capped = base.min(self.max_delay.as_millis() as f64);
+        // ±20% jitter so many agents failing together do not retry together.
+        let jitter = rand::rng().random_range(0.8..1.2);
+        (capped * jitter) as i64
+    }
+}
+
+/// Options of [`AgentContext::schedule_with`](crate::AgentContext::schedule_with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScheduleOptions {
+    /// Reuse an existing schedule with the same task, timing kind and payload instead of adding
+    /// one. Cron schedules and `schedule_every` are always idempotent.
+    pub idempotent: bool,
+    /// How a failing run is retried; [`Retry::default`] when `None`.
+    pub retry: Option<Retry>,
+}
+
+/// The kind of a schedule, as in the Agents SDK.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Scheduled,
+    Delayed { delay_ms: i64 },
+    Cron { cron: String },
+    Interval { interval_ms: i64 },
+}
+
+/// A pending schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub id: String,
+    /// The task it runs.
+    pub callback: String,
+    pub payload: Value,
+    #[serde(flatten)]
+    pub kind: ScheduleKind,
+    /// Next run, epoch milliseconds.
+    pub time: i64,
+    /// Failed runs of the current occurrence (retries pending).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A queued task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueItem {
+    pub id: String,
+    pub callback: String,
+    pub payload: Value,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A task that failed all its attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The schedule's or queue item's id.
+    pub id: String,
+    /// `schedule` or `queue`.
+    pub kind: String,
+    pub callback: String,
+    pub payload: Value,
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: i64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+pub(crate) fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+pub(crate) fn new_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Parses a cron expression (five fields, or six/seven with seconds first).
+pub(crate) fn parse_cron(expression: &str) -> Result<cron::Schedule> {
+    let fields = expression.split_whitespace().count();
+    let full = if fields == 5 {
+        format!("0 {expression}")
+    } else {
+        expression.to_string()
+    };
+    cron::Schedule::from_str(&full).map_err(|e| Error::InvalidCron {
+        expression: expression.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The first occurrence strictly after `after_ms`.
+pub(crate) fn next_cron(expression: &str, after_ms: i64) -> Result<i64> {
+    let schedule = parse_cron(expression)?;
+    let after: DateTime<Utc> =
+        DateTime::from_timestamp_millis(after_ms).unwrap_or(DateTime::UNIX_EPOCH);
+    schedule
+        .after(&after)
+        .next()
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| Error::CronExhausted(expression.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_field_cron_runs_on_the_minute() {
+        let t = next_cron("*/5 * * * *", 0).unwrap();
+        assert_eq!(t, 5 * 60 * 1000);
+        let t = next_cron("* * * * * *", 1500).unwrap();
+        assert_eq!(t, 2000);
+        assert!(matches!(
+            next_cron("not cron", 0),
+            Err(Error::InvalidCron { .. })
+        ));
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let r = Retry::default();
+        assert!(r.delay_ms(1) <= 120);
+        assert!(r.delay_ms(10) <= 3600);
+        assert!(r.delay_ms(10) >= 2400);
+    }
+}
