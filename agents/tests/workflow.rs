@@ -1,0 +1,509 @@
+//! The workflow engine in process: journaling, retries, sleeps, events, operator actions,
+//! determinism and many instances.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use denizen_agents::workflow::{
+    self, Backoff, Client, Error, Event, Status, StepConfig, StepError, StepState, Workflow,
+    Workflows,
+};
+use denizen_runtime::Runtime;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Serialize, Deserialize, Clone, Default)]
+#[serde(default)]
+struct Plan {
+    /// Attempts of step `work` that fail before one succeeds.
+    fail_times: u32,
+    retries: u32,
+    delay_ms: u64,
+    backoff: Backoff,
+    non_retryable: bool,
+    sleep_ms: u64,
+    /// (event type, timeout ms)
+    wait: Option<(String, u64)>,
+    /// Extra steps after `work`, each counted.
+    extra_steps: u32,
+}
+
+/// Counts how often each (instance, step) closure ran.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Calls {
+    fn bump(&self, key: String) -> u32 {
+        let mut map = self.0.lock().unwrap();
+        let n = map.entry(key).or_default();
+        *n += 1;
+        *n
+    }
+    fn get(&self, key: &str) -> u32 {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Script {
+    calls: Calls,
+}
+
+impl Workflow for Script {
+    type Params = Plan;
+    type Output = Value;
+
+    async fn run(&self, event: Event<Plan>, step: workflow::Step) -> workflow::Result<Value> {
+        let plan = event.payload.clone();
+        let config = StepConfig::retries(
+            plan.retries,
+            Duration::from_millis(plan.delay_ms),
+            plan.backoff,
+        );
+        let calls = self.calls.clone();
+        let id = event.id.clone();
+        let attempt: u32 = step
+            .run("work", &config, || {
+                let n = calls.bump(format!("{id}/work"));
+                let plan = plan.clone();
+                async move {
+                    if n <= plan.fail_times {
+                        if plan.non_retryable {
+                            Err(StepError::non_retryable(format!(
+                                "bad input on attempt {n}"
+                            )))
+                        } else {
+                            Err(StepError::retryable(format!("flaky on attempt {n}")))
+                        }
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await?;
+        for i in 0..plan.extra_steps {
+            let calls = calls.clone();
+            let key = format!("{id}/extra-{i}");
+            step.run(&format!("extra-{i}"), &StepConfig::default(), || {
+                calls.bump(key.clone());
+                async { Ok(()) }
+            })
+            .await?;
+        }
+        if plan.sleep_ms > 0 {
+            step.sleep("nap", Duration::from_millis(plan.sleep_ms))
+                .await?;
+        }
+        let event = match &plan.wait {
+            Some((kind, timeout_ms)) => {
+                match step
+                    .wait_for_event::<Value>("approval", kind, Duration::from_millis(*timeout_ms))
+                    .await
+                {
+                    Ok(v) => v,
+                    Err(Error::EventTimeout { .. }) => json!("timed out"),
+                    Err(e) => return Err(e),
+                }
+            }
+            None => Value::Null,
+        };
+        Ok(json!({ "attempt": attempt, "event": event }))
+    }
+}
+
+/// The same workflow with its first step renamed: a replay of an older journal must fail.
+struct Renamed;
+
+impl Workflow for Renamed {
+    type Params = Plan;
+    type Output = Value;
+    async fn run(&self, _event: Event<Plan>, step: workflow::Step) -> workflow::Result<Value> {
+        step.run("work-renamed", &StepConfig::default(), || async { Ok(1) })
+            .await?;
+        Ok(Value::Null)
+    }
+}
+
+fn start<W: Workflow>(dir: &Path, idle: Duration, w: W) -> (Runtime, Client<W>) {
+    let workflows = Workflows::new().add("script", w);
+    let runtime = workflows
+        .register(Runtime::builder().data_dir(dir).idle_timeout(idle))
+        .build()
+        .unwrap();
+    let client = workflow::client::<W>(&runtime, "script").unwrap();
+    (runtime, client)
+}
+
+async fn wait_status<W: Workflow>(
+    c: &Client<W>,
+    id: &str,
+    want: Status,
+) -> workflow::InstanceStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status(id).await.unwrap();
+        if s.status == want {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {want}; status {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_backoff_then_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), script.clone());
+    for (id, backoff, delays) in [
+        ("exp", Backoff::Exponential, [20, 40, 80]),
+        ("lin", Backoff::Linear, [20, 40, 60]),
+        ("const", Backoff::Constant, [20, 20, 20]),
+    ] {
+        let plan = Plan {
+            fail_times: 3,
+            retries: 5,
+            delay_ms: 20,
+            backoff,
+            ..Plan::default()
+        };
+        c.create(Some(id), &plan).await.unwrap();
+        let s = c.wait_final(id).await.unwrap();
+        assert_eq!(s.status, Status::Complete, "{s:?}");
+        assert_eq!(s.output.as_ref().unwrap()["attempt"], 4);
+        assert_eq!(script.calls.get(&format!("{id}/work")), 4);
+        let recorded: Vec<i64> = s.steps[0].attempts.iter().map(|a| a.delay_ms).collect();
+        // Recorded delays are the chosen ones (give or take the millisecond of bookkeeping).
+        for (got, want) in recorded.iter().zip(delays) {
+            assert!(
+                (*got - want).abs() <= 2,
+                "{id}: delays {recorded:?}, want {delays:?}"
+            );
+        }
+        assert_eq!(recorded.len(), 3);
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_and_non_retryable_errors_leave_the_instance_errored() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), script.clone());
+    let exhausted = Plan {
+        fail_times: 10,
+        retries: 2,
+        delay_ms: 5,
+        ..Plan::default()
+    };
+    c.create(Some("exhausted"), &exhausted).await.unwrap();
+    let s = c.wait_final("exhausted").await.unwrap();
+    assert_eq!(s.status, Status::Errored);
+    assert_eq!(
+        script.calls.get("exhausted/work"),
+        3,
+        "1 attempt + 2 retries"
+    );
+    assert!(
+        s.error.as_deref().unwrap().contains("flaky on attempt 3"),
+        "{s:?}"
+    );
+    assert_eq!(s.steps[0].state, StepState::Failed);
+
+    let fatal = Plan {
+        fail_times: 10,
+        retries: 5,
+        delay_ms: 5,
+        non_retryable: true,
+        ..Plan::default()
+    };
+    c.create(Some("fatal"), &fatal).await.unwrap();
+    let s = c.wait_final("fatal").await.unwrap();
+    assert_eq!(s.status, Status::Errored);
+    assert_eq!(
+        script.calls.get("fatal/work"),
+        1,
+        "a non-retryable error stops at once"
+    );
+    assert!(
+        s.error
+            .as_deref()
+            .unwrap()
+            .contains("bad input on attempt 1")
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_retry_delays_suspend_the_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_millis(100), script.clone());
+    let plan = Plan {
+        fail_times: 1,
+        retries: 1,
+        delay_ms: 1500,
+        ..Plan::default()
+    };
+    c.create(Some("slow"), &plan).await.unwrap();
+    let ns = rt
+        .namespace::<workflow::Instance<Script>>("workflow-script")
+        .unwrap();
+    let started = Instant::now();
+    // The instance leaves memory while it waits for its retry.
+    while ns.live_count() != 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never hibernated"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(script.calls.get("slow/work"), 1);
+    let s = c.wait_final("slow").await.unwrap();
+    assert_eq!(s.status, Status::Complete, "{s:?}");
+    assert_eq!(script.calls.get("slow/work"), 2);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_deliver_payloads_time_out_and_are_kept_until_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), Script::default());
+    let waits = |timeout_ms| Plan {
+        wait: Some(("approved".into(), timeout_ms)),
+        ..Plan::default()
+    };
+
+    c.create(Some("payload"), &waits(60_000)).await.unwrap();
+    wait_status(&c, "payload", Status::Waiting).await;
+    c.send_event("payload", "other", &json!(1)).await.unwrap();
+    c.send_event("payload", "approved", &json!({"by": "ada"}))
+        .await
+        .unwrap();
+    let s = c.wait_final("payload").await.unwrap();
+    assert_eq!(s.output.unwrap()["event"], json!({"by": "ada"}));
+    assert_eq!(s.pending_events, 1, "the `other` event is still there");
+
+    c.create(Some("timeout"), &waits(200)).await.unwrap();
+    let s = c.wait_final("timeout").await.unwrap();
+    assert_eq!(s.status, Status::Complete);
+    assert_eq!(s.output.unwrap()["event"], "timed out");
+    assert_eq!(s.steps[1].state, StepState::Failed);
+
+    // Sent while the instance is still sleeping, before it waits: not lost.
+    let early = Plan {
+        sleep_ms: 300,
+        ..waits(60_000)
+    };
+    c.create(Some("early"), &early).await.unwrap();
+    c.send_event("early", "approved", &json!("early bird"))
+        .await
+        .unwrap();
+    let s = c.wait_final("early").await.unwrap();
+    assert_eq!(s.output.unwrap()["event"], "early bird");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_instances_leave_memory_and_resume_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_millis(100), script.clone());
+    let plan = Plan {
+        sleep_ms: 1500,
+        extra_steps: 2,
+        ..Plan::default()
+    };
+    c.create(Some("sleeper"), &plan).await.unwrap();
+    let s = wait_status(&c, "sleeper", Status::Sleeping).await;
+    assert_eq!(s.steps.last().unwrap().state, StepState::Sleeping);
+    let ns = rt
+        .namespace::<workflow::Instance<Script>>("workflow-script")
+        .unwrap();
+    let t = Instant::now();
+    while ns.live_count() != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "sleeping instance stayed in memory"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rt.shutdown().await;
+    drop(rt);
+
+    let (rt, c) = start(dir.path(), Duration::from_millis(100), script.clone());
+    let s = c.wait_final("sleeper").await.unwrap();
+    assert_eq!(s.status, Status::Complete, "{s:?}");
+    let nap = s.steps.iter().find(|s| s.name == "nap").unwrap();
+    assert!(
+        nap.finished_ms.unwrap() >= nap.wake_ms.unwrap(),
+        "woke on time, not early"
+    );
+    for key in ["sleeper/work", "sleeper/extra-0", "sleeper/extra-1"] {
+        assert_eq!(
+            script.calls.get(key),
+            1,
+            "{key} ran once across the restart"
+        );
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_terminate_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), script.clone());
+    let waits = Plan {
+        wait: Some(("go".into(), 60_000)),
+        ..Plan::default()
+    };
+    c.create(Some("p"), &waits).await.unwrap();
+    wait_status(&c, "p", Status::Waiting).await;
+    assert_eq!(c.pause("p").await.unwrap().status, Status::Paused);
+    c.send_event("p", "go", &json!("while paused"))
+        .await
+        .unwrap();
+    // Paused: the event waits; nothing runs.
+    assert_eq!(c.status("p").await.unwrap().status, Status::Paused);
+    assert!(matches!(
+        c.pause("p").await,
+        Err(Error::InvalidState { .. })
+    ));
+    c.resume("p").await.unwrap();
+    let s = c.wait_final("p").await.unwrap();
+    assert_eq!(s.output.unwrap()["event"], "while paused");
+    assert_eq!(script.calls.get("p/work"), 1);
+
+    c.create(Some("t"), &waits).await.unwrap();
+    wait_status(&c, "t", Status::Waiting).await;
+    assert_eq!(c.terminate("t").await.unwrap().status, Status::Terminated);
+    assert!(matches!(
+        c.send_event("t", "go", &json!(1)).await,
+        Err(Error::InvalidState { .. })
+    ));
+    assert!(matches!(
+        c.resume("t").await,
+        Err(Error::InvalidState { .. })
+    ));
+
+    // Restart runs from scratch: the step runs again, the old event is gone.
+    c.restart("p").await.unwrap();
+    wait_status(&c, "p", Status::Waiting).await;
+    assert_eq!(script.calls.get("p/work"), 2);
+    c.send_event("p", "go", &json!("second")).await.unwrap();
+    let s = c.wait_final("p").await.unwrap();
+    assert_eq!(s.output.unwrap()["event"], "second");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_does_not_match_the_journal_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), Script::default());
+    let plan = Plan {
+        sleep_ms: 60_000,
+        ..Plan::default()
+    };
+    c.create(Some("d"), &plan).await.unwrap();
+    wait_status(&c, "d", Status::Sleeping).await;
+    rt.shutdown().await;
+    drop(rt);
+
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), Renamed);
+    // Wake it now (resume replays the run from its journal).
+    c.pause("d").await.unwrap();
+    c.resume("d").await.unwrap();
+    let s = c.wait_final("d").await.unwrap();
+    assert_eq!(s.status, Status::Errored);
+    let error = s.error.unwrap();
+    assert!(
+        error.contains("does not match its journal") && error.contains("work-renamed"),
+        "{error}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_instances_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), script.clone());
+    let plan = Plan {
+        extra_steps: 2,
+        sleep_ms: 50,
+        ..Plan::default()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let (c, plan) = (c.clone(), plan.clone());
+        tasks.push(tokio::spawn(async move {
+            c.create(Some(&format!("i{i}")), &plan).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut done = 0;
+    for i in 0..1000 {
+        let s = c.wait_final(&format!("i{i}")).await.unwrap();
+        assert_eq!(s.status, Status::Complete, "{s:?}");
+        done += 1;
+    }
+    assert_eq!(done, 1000);
+    assert_eq!(c.list().unwrap().len(), 1000);
+    for i in 0..1000 {
+        assert_eq!(script.calls.get(&format!("i{i}/extra-1")), 1);
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = Workflows::new().add("script", Script::default());
+    let rt = workflows
+        .register(Runtime::builder().data_dir(dir.path()))
+        .build()
+        .unwrap();
+    let registry = workflows.bind(&rt).unwrap();
+    let err = registry
+        .create("nope", Default::default(), json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::UnknownWorkflow("nope".into()));
+    let err = registry.status("script", "ghost").await.unwrap_err();
+    assert!(matches!(err, Error::UnknownInstance { .. }), "{err}");
+    let err = registry
+        .create("script", Default::default(), json!({"fail_times": "many"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidParams(_)), "{err}");
+    let bad_id = workflow::CreateOptions {
+        id: Some("no spaces".into()),
+        notify: None,
+    };
+    let err = registry
+        .create("script", bad_id, json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidId(_)), "{err}");
+    let id = registry
+        .create("script", Default::default(), json!({}))
+        .await
+        .unwrap();
+    let dup = workflow::CreateOptions {
+        id: Some(id.clone()),
+        notify: None,
+    };
+    let err = registry.create("script", dup, json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    // Nothing was created for the unknown instance.
+    assert_eq!(registry.list("script").unwrap(), vec![id]);
+    rt.shutdown().await;
+}
