@@ -32,6 +32,8 @@
 //! ```
 
 pub mod apps;
+pub mod workflows_http;
 
+pub use denizen_agents as agents;
 pub use denizen_gateway as gateway;
 pub use denizen_runtime::*;

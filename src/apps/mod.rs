@@ -1,12 +1,14 @@
-//! The example apps `denizen serve` hosts: a counter and a chat room. Each is an ordinary durable
-//! object, the way an application writes its own.
+//! The example apps `denizen serve` hosts: a counter, a chat room, and the workflows `approval`
+//! and `pipeline`. Each is ordinary application code, the way an application writes its own.
 
 pub mod chat;
 pub mod counter;
+pub mod workflows;
 
 use denizen_runtime::Builder;
 
-/// Registers every example app under its namespace (`counter`, `chat`).
+/// Registers every example object under its namespace (`counter`, `chat`); the example
+/// workflows register through [`workflows::workflows`].
 pub fn register(builder: Builder) -> Builder {
     builder
         .object::<counter::Counter>("counter")
