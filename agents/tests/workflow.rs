@@ -507,3 +507,119 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(registry.list("script").unwrap(), vec![id]);
     rt.shutdown().await;
 }
+
+/// An object (standing in for an agent) that starts a workflow and records what it is told.
+#[derive(Default)]
+struct Watcher;
+
+struct StartJob(Plan);
+impl denizen_runtime::Message for StartJob {
+    type Reply = workflow::Result<String>;
+}
+
+struct Seen;
+impl denizen_runtime::Message for Seen {
+    type Reply = Vec<Value>;
+}
+
+impl denizen_runtime::DurableObject for Watcher {
+    async fn on_start(
+        &mut self,
+        ctx: &mut denizen_runtime::Ctx<Self>,
+    ) -> denizen_runtime::Result<()> {
+        ctx.storage().exec(
+            "CREATE TABLE IF NOT EXISTS seen(n INTEGER PRIMARY KEY, body TEXT)",
+            [],
+        )?;
+        Ok(())
+    }
+
+    async fn fetch(
+        &mut self,
+        ctx: &mut denizen_runtime::Ctx<Self>,
+        req: denizen_runtime::Request,
+    ) -> denizen_runtime::Result<denizen_runtime::Response> {
+        assert_eq!(req.uri().path(), workflow::NOTIFY_PATH);
+        let body = String::from_utf8_lossy(req.body()).to_string();
+        ctx.storage()
+            .exec("INSERT INTO seen(body) VALUES (?)", (body,))?;
+        Ok(denizen_runtime::http_util::text(
+            denizen_runtime::http::StatusCode::OK,
+            "ok",
+        ))
+    }
+}
+
+impl denizen_runtime::Handler<StartJob> for Watcher {
+    async fn handle(
+        &mut self,
+        ctx: &mut denizen_runtime::Ctx<Self>,
+        msg: StartJob,
+    ) -> denizen_runtime::Result<workflow::Result<String>> {
+        let client = match workflow::client::<Script>(&ctx.runtime(), "script") {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let options = workflow::CreateOptions {
+            id: None,
+            notify: Some(workflow::NotifyTarget {
+                namespace: ctx.namespace().to_string(),
+                name: ctx.id().name().unwrap_or_default().to_string(),
+            }),
+        };
+        Ok(client.create_with(options, &msg.0).await)
+    }
+}
+
+impl denizen_runtime::Handler<Seen> for Watcher {
+    async fn handle(
+        &mut self,
+        ctx: &mut denizen_runtime::Ctx<Self>,
+        _: Seen,
+    ) -> denizen_runtime::Result<Vec<Value>> {
+        let rows: Vec<String> = ctx
+            .storage()
+            .exec("SELECT body FROM seen ORDER BY n", [])?
+            .all()?;
+        Ok(rows
+            .iter()
+            .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_starts_a_workflow_and_hears_its_progress_and_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = Workflows::new().add("script", Script::default());
+    let rt = workflows
+        .register(
+            Runtime::builder()
+                .data_dir(dir.path())
+                .object::<Watcher>("watcher"),
+        )
+        .build()
+        .unwrap();
+    let watcher = rt.namespace::<Watcher>("watcher").unwrap().get_by_name("w");
+    let plan = Plan {
+        extra_steps: 1,
+        ..Plan::default()
+    };
+    let id = watcher.call(StartJob(plan)).await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let mut seen = watcher.call(Seen).await.unwrap();
+        seen.sort_by_key(|v| v["seq"].as_u64());
+        if seen.iter().any(|v| v["status"] == "complete") {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "no completion heard: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let steps: Vec<&str> = seen.iter().filter_map(|v| v["step"].as_str()).collect();
+    assert_eq!(steps, vec!["work", "extra-0"], "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["id"], id.as_str());
+    assert_eq!(last["output"]["attempt"], 1);
+    rt.shutdown().await;
+}

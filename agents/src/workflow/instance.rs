@@ -130,6 +130,7 @@ fn unknown<W: Workflow>(ctx: &Ctx<Instance<W>>) -> Error {
 
 #[derive(Serialize)]
 struct Notification<'a> {
+    seq: u64,
     workflow: &'a str,
     id: &'a str,
     status: Status,
@@ -145,11 +146,14 @@ struct Notification<'a> {
 pub const NOTIFY_PATH: &str = "/_workflow/event";
 
 /// Tells the notify target (if any) about progress or completion, after this event commits.
-fn notify<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &InstanceRecord, step: Option<&str>) {
+/// Call it before saving `rec` (it numbers the notification).
+fn notify<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &mut InstanceRecord, step: Option<&str>) {
     let Some(target) = rec.notify.clone() else {
         return;
     };
+    rec.notify_seq += 1;
     let body = Notification {
+        seq: rec.notify_seq,
         workflow: &rec.workflow,
         id: &rec.id,
         status: rec.status,
@@ -307,7 +311,7 @@ impl<W: Workflow> Instance<W> {
                 }
                 info.next_attempt_ms = None;
                 info.finished_ms = Some(now);
-                notify(ctx, &rec, Some(&call.name));
+                notify(ctx, &mut rec, Some(&call.name));
                 if paused {
                     StepReply::Suspend
                 } else {
@@ -425,8 +429,8 @@ impl<W: Workflow> Instance<W> {
             // The step that suspended set the status and the alarm.
             Outcome::Suspended => return Ok(()),
         }
+        notify(ctx, &mut rec, None);
         save(ctx, &mut rec)?;
-        notify(ctx, &rec, None);
         Ok(())
     }
 
@@ -461,8 +465,8 @@ impl<W: Workflow> Instance<W> {
                 rec.status = Status::Terminated;
                 rec.generation += 1;
                 ctx.delete_alarm()?;
+                notify(ctx, &mut rec, None);
                 save(ctx, &mut rec)?;
-                notify(ctx, &rec, None);
             }
             Action::Restart => {
                 for s in load_steps(ctx.storage())? {
@@ -533,6 +537,7 @@ impl<W: Workflow> Handler<Create> for Instance<W> {
             created_ms: now,
             updated_ms: now,
             notify: msg.notify,
+            notify_seq: 0,
         };
         self.start_run(ctx, &mut rec)
             .map_err(denizen_runtime::Error::msg)?;

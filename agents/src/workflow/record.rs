@@ -170,6 +170,9 @@ pub(crate) struct InstanceRecord {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub notify: Option<NotifyTarget>,
+    /// Notifications sent so far (each carries its number: they may arrive out of order).
+    #[serde(default)]
+    pub notify_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
