@@ -49,12 +49,13 @@ fn reply<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
         .into_response()
 }
 
-fn body_json(body: &Bytes) -> Result<Value, Response> {
+/// The body as JSON (an empty body is `null`).
+fn body_json(body: &Bytes) -> Result<Value, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
     serde_json::from_slice(body)
-        .map_err(|e| error(Error::InvalidParams(format!("the body is not JSON: {e}"))))
+        .map_err(|e| Error::InvalidParams(format!("the body is not JSON: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -70,7 +71,7 @@ async fn create(
 ) -> Response {
     let params = match body_json(&body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return error(e),
     };
     let options = CreateOptions {
         id: q.id,
@@ -118,7 +119,7 @@ async fn event(
 ) -> Response {
     let payload = match body_json(&body) {
         Ok(v) => v,
-        Err(resp) => return resp,
+        Err(e) => return error(e),
     };
     match registry.send_event(&name, &id, &event_type, payload).await {
         Ok(()) => reply(StatusCode::ACCEPTED, &json!({ "ok": true })),

@@ -309,10 +309,26 @@ impl<W: Workflow> Erased for Client<W> {
 
 /// The workflows an application registers, by name.
 ///
-/// ```ignore
+/// ```
+/// # use denizen_agents::workflow::{Event, Result, Step, Workflow, Workflows};
+/// # use denizen_runtime::Runtime;
+/// # struct Approval;
+/// # impl Workflow for Approval {
+/// #     type Params = ();
+/// #     type Output = ();
+/// #     async fn run(&self, _: Event<()>, _: Step) -> Result<()> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> anyhow::Result<()> {
+/// # let dir = tempfile::tempdir()?;
 /// let workflows = Workflows::new().add("approval", Approval);
-/// let runtime = workflows.register(Runtime::builder()).build()?;
-/// let registry = workflows.bind(&runtime)?; // JSON API by name, for HTTP routes
+/// let runtime = workflows.register(Runtime::builder().data_dir(dir.path())).build()?;
+/// let registry = workflows.bind(&runtime)?; // the JSON API by name, for HTTP routes
+/// let id = registry.create("approval", Default::default(), serde_json::Value::Null).await?;
+/// assert!(registry.list("approval")?.contains(&id));
+/// # runtime.shutdown().await;
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Clone, Default)]
 pub struct Workflows {
