@@ -28,6 +28,10 @@ struct Plan {
     wait: Option<(String, u64)>,
     /// Extra steps after `work`, each counted.
     extra_steps: u32,
+    /// How long each attempt of `work` takes.
+    work_ms: u64,
+    /// Per-attempt timeout of `work`.
+    timeout_ms: Option<u64>,
 }
 
 /// Counts how often each (instance, step) closure ran.
@@ -62,6 +66,10 @@ impl Workflow for Script {
             Duration::from_millis(plan.delay_ms),
             plan.backoff,
         );
+        let config = match plan.timeout_ms {
+            Some(ms) => config.with_timeout(Duration::from_millis(ms)),
+            None => config,
+        };
         let calls = self.calls.clone();
         let id = event.id.clone();
         let attempt: u32 = step
@@ -69,6 +77,7 @@ impl Workflow for Script {
                 let n = calls.bump(format!("{id}/work"));
                 let plan = plan.clone();
                 async move {
+                    tokio::time::sleep(Duration::from_millis(plan.work_ms)).await;
                     if n <= plan.fail_times {
                         if plan.non_retryable {
                             Err(StepError::non_retryable(format!(
@@ -399,6 +408,51 @@ async fn pause_resume_terminate_restart() {
     c.send_event("p", "go", &json!("second")).await.unwrap();
     let s = c.wait_final("p").await.unwrap();
     assert_eq!(s.output.unwrap()["event"], "second");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_during_a_step_records_it_and_stops_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    let (rt, c) = start(dir.path(), Duration::from_secs(10), script.clone());
+    let plan = Plan {
+        work_ms: 300,
+        extra_steps: 1,
+        ..Plan::default()
+    };
+    c.create(Some("busy"), &plan).await.unwrap();
+    // The mailbox answers while the step works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script.calls.get("busy/work") == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(c.pause("busy").await.unwrap().status, Status::Paused);
+    // The step in flight finishes and is recorded; the next one does not start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = c.status("busy").await.unwrap();
+        assert_eq!(s.status, Status::Paused);
+        if s.steps
+            .first()
+            .is_some_and(|s| s.state == StepState::Complete)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(script.calls.get("busy/extra-0"), 0);
+    c.resume("busy").await.unwrap();
+    let s = c.wait_final("busy").await.unwrap();
+    assert_eq!(s.status, Status::Complete);
+    assert_eq!(
+        script.calls.get("busy/work"),
+        1,
+        "the recorded step did not run again"
+    );
+    assert_eq!(script.calls.get("busy/extra-0"), 1);
     rt.shutdown().await;
 }
 
