@@ -453,6 +453,20 @@ async fn pause_during_a_step_records_it_and_stops_before_the_next() {
         "the recorded step did not run again"
     );
     assert_eq!(script.calls.get("busy/extra-0"), 1);
+
+    // Paused and resumed while the step works: the same run goes on, the step runs once.
+    c.create(Some("quick"), &plan).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while script.calls.get("quick/work") == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.pause("quick").await.unwrap();
+    c.resume("quick").await.unwrap();
+    let s = c.wait_final("quick").await.unwrap();
+    assert_eq!(s.status, Status::Complete);
+    assert_eq!(script.calls.get("quick/work"), 1);
+    assert_eq!(script.calls.get("quick/extra-0"), 1);
     rt.shutdown().await;
 }
 

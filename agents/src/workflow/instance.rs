@@ -456,7 +456,14 @@ impl<W: Workflow> Instance<W> {
                     return Err(refuse(rec.status));
                 }
                 rec.status = Status::Running;
-                self.start_run(ctx, &mut rec)?;
+                if self.task == Some(rec.generation) {
+                    // The run paused in the middle of a step is still here: let it go on
+                    // rather than start the step a second time.
+                    save(ctx, &mut rec)?;
+                    ctx.set_alarm(from_ms(now_ms()) + LEASE)?;
+                } else {
+                    self.start_run(ctx, &mut rec)?;
+                }
             }
             Action::Terminate => {
                 if rec.status.is_final() {
