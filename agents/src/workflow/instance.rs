@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::time::Duration;
 
 use denizen_runtime::{AlarmInfo, Ctx, DurableObject, Handler, Message, Result as RtResult, Stub};
+use futures_util::FutureExt;
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -232,16 +233,25 @@ impl<W: Workflow> Instance<W> {
                 }
             };
             let inner = step.inner.clone();
-            let run = workflow.run(event, step);
+            // A panicking workflow ends errored instead of leaving a run that never reports.
+            let run = std::panic::AssertUnwindSafe(workflow.run(event, step)).catch_unwind();
             let outcome = tokio::select! {
                 biased;
                 _ = inner.suspend.notified() => Outcome::Suspended,
                 result = run => match result {
-                    Ok(output) => match serde_json::to_string(&output) {
+                    Ok(Ok(output)) => match serde_json::to_string(&output) {
                         Ok(json) => Outcome::Complete(json),
                         Err(e) => Outcome::Failed(Error::Codec(e.to_string()).to_string()),
                     },
-                    Err(e) => Outcome::Failed(e.to_string()),
+                    Ok(Err(e)) => Outcome::Failed(e.to_string()),
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Outcome::Failed(format!("the workflow panicked: {message}"))
+                    }
                 },
             };
             RunEnded {
@@ -321,13 +331,14 @@ impl<W: Workflow> Instance<W> {
             StepOp::Attempt {
                 attempt,
                 error,
+                delay_ms,
                 retry_at_ms,
             } => {
                 info.state = StepState::Retrying;
                 info.attempts.push(Attempt {
                     attempt,
                     error,
-                    delay_ms: retry_at_ms - now,
+                    delay_ms,
                     at_ms: now,
                 });
                 info.next_attempt_ms = Some(retry_at_ms);

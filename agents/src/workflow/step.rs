@@ -140,6 +140,7 @@ pub(crate) enum StepOp {
     Attempt {
         attempt: u32,
         error: String,
+        delay_ms: i64,
         retry_at_ms: i64,
     },
     /// A sleep until `until_ms` (kept from the first time the step was reached).
@@ -305,7 +306,8 @@ impl Step {
                 Err(e) => {
                     let delay = config.delay_before(attempt);
                     tracing::debug!(step = name, attempt, error = %e, ?delay, "step attempt failed");
-                    let retry_at_ms = now_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
+                    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    let retry_at_ms = now_ms().saturating_add(delay_ms);
                     self.call(
                         index,
                         name,
@@ -313,6 +315,7 @@ impl Step {
                         StepOp::Attempt {
                             attempt,
                             error: e.message,
+                            delay_ms,
                             retry_at_ms,
                         },
                     )
