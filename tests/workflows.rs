@@ -251,3 +251,48 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(code, 200);
     assert_eq!(v["status"], "terminated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_restart_terminate_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let (code, _) = post(
+        &client,
+        server.url("/workflows/approval?id=c1"),
+        r#"{"request": "ctl", "sleep_secs": 0}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let path = "/workflows/approval/c1";
+    wait_for_status(&server, &client, path, "waiting").await;
+    let (code, v) = post(&client, server.url(&format!("{path}/pause")), "").await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("paused")));
+    let (code, _) = post(
+        &client,
+        server.url(&format!("{path}/events/approved")),
+        r#""yes""#,
+    )
+    .await;
+    assert_eq!(code, 202);
+    let (_, v) = get(&client, server.url(path)).await;
+    assert_eq!(
+        v["status"], "paused",
+        "an event does not wake a paused instance"
+    );
+    assert_eq!(v["pending_events"], 1);
+    let (code, _) = post(&client, server.url(&format!("{path}/resume")), "").await;
+    assert_eq!(code, 200);
+    let done = wait_for_status(&server, &client, path, "complete").await;
+    assert_eq!(done["output"]["approval"], "yes");
+
+    let (code, _) = post(&client, server.url(&format!("{path}/restart")), "").await;
+    assert_eq!(code, 200);
+    let again = wait_for_status(&server, &client, path, "waiting").await;
+    assert_eq!(again["pending_events"], 0, "restart starts with no events");
+    assert!(again.get("output").is_none());
+    let (code, v) = post(&client, server.url(&format!("{path}/terminate")), "").await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("terminated")));
+    let (code, _) = post(&client, server.url(&format!("{path}/events/approved")), "1").await;
+    assert_eq!(code, 409);
+}
