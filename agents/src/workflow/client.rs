@@ -429,3 +429,20 @@ impl Registry {
         self.get(name)?.list()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(check_id("order-7_a.b").is_ok());
+        assert!(matches!(check_id(""), Err(Error::InvalidId(_))));
+        assert!(matches!(check_id("a b"), Err(Error::InvalidId(_))));
+        assert!(matches!(check_id("a/b"), Err(Error::InvalidId(_))));
+        assert!(matches!(
+            check_id(&"x".repeat(MAX_ID_LEN + 1)),
+            Err(Error::InvalidId(_))
+        ));
+    }
+}

@@ -383,3 +383,27 @@ impl Step {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_as_configured() {
+        let ms = |c: &StepConfig, n| c.delay_before(n).as_millis();
+        let c = StepConfig::retries(5, Duration::from_millis(100), Backoff::Constant);
+        assert_eq!((ms(&c, 1), ms(&c, 2), ms(&c, 5)), (100, 100, 100));
+        let c = StepConfig::retries(5, Duration::from_millis(100), Backoff::Linear);
+        assert_eq!((ms(&c, 1), ms(&c, 2), ms(&c, 5)), (100, 200, 500));
+        let c = StepConfig::retries(5, Duration::from_millis(100), Backoff::Exponential);
+        assert_eq!((ms(&c, 1), ms(&c, 2), ms(&c, 5)), (100, 200, 1600));
+        // Huge attempt numbers saturate instead of overflowing.
+        assert!(c.delay_before(u32::MAX) >= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn step_errors_are_retryable_unless_said_otherwise() {
+        assert!(StepError::from("flaky").retryable);
+        assert!(!StepError::non_retryable("bad input").retryable);
+    }
+}
