@@ -34,6 +34,7 @@
 
 pub mod agents;
 pub mod apps;
+pub mod workflows_http;
 
 pub use denizen_agents as agent;
 

@@ -1,4 +1,5 @@
-//! The `denizen` command: serve the example apps, list objects, query one object's database.
+//! The `denizen` command: serve the example apps, list objects and workflow instances, query one
+//! object's database.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use denizen::admin::{self, Address};
+use denizen::agent::workflow;
 use denizen::{Durability, Options, Runtime, Value};
 use serde::Deserialize;
 
@@ -51,6 +53,15 @@ enum Command {
         id: bool,
         #[arg(long, env = "DENIZEN_DATA_DIR")]
         data_dir: Option<PathBuf>,
+    },
+    /// List the instances of a workflow with their status (reads the data directory).
+    Workflows {
+        name: String,
+        #[arg(long, env = "DENIZEN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print JSON lines (the full status) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -159,6 +170,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Workflows {
+            name,
+            data_dir,
+            json,
+        } => {
+            let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
+            list_workflows(&dir, &name, json)
+        }
         Command::Sql {
             namespace,
             object,
@@ -190,6 +209,42 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn list_workflows(dir: &Path, name: &str, json: bool) -> Result<()> {
+    let namespace = workflow::namespace_of(name);
+    let objects = admin::list_objects(dir, &namespace)?;
+    if objects.is_empty() && !json {
+        eprintln!("no instances of workflow `{name}` in {}", dir.display());
+    }
+    if !json {
+        println!("{:<36} {:<10} {:>5}  UPDATED", "ID", "STATUS", "STEPS");
+    }
+    for o in &objects {
+        let Some(id) = o.name.as_deref() else {
+            continue;
+        };
+        let status = admin::open_object(dir, &namespace, Address::Name(id), Durability::Normal)
+            .map_err(anyhow::Error::from)
+            .and_then(|(_, mut storage)| Ok(workflow::read_status(&mut storage)?));
+        match (status, json) {
+            (Ok(Some(s)), true) => println!("{}", serde_json::to_string(&s)?),
+            (Ok(Some(s)), false) => println!(
+                "{:<36} {:<10} {:>5}  {}",
+                id,
+                s.status,
+                s.steps.len(),
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(s.updated_ms.max(0) as u64)
+                )
+            ),
+            (Ok(None), _) => {}
+            // A live instance's database is held by the server: say so and go on.
+            (Err(e), true) => println!("{}", serde_json::json!({"id": id, "error": e.to_string()})),
+            (Err(e), false) => println!("{id:<36} {:<10} {e:#}", "?"),
+        }
+    }
+    Ok(())
 }
 
 fn show(v: &Value) -> String {
@@ -252,20 +307,24 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let runtime = denizen::apps::register(Runtime::builder().options(options.clone()))
+        let workflows = denizen::apps::workflows::workflows();
+        let runtime = workflows
+            .register(denizen::apps::register(Runtime::builder().options(options.clone())))
             .build()
             .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
+        let registry = workflows.bind(&runtime)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         // The first line on stdout names the address (tests start the server on port 0).
         println!("denizen listening on http://{addr}");
-        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent");
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent, workflows approval and pipeline");
         let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
         let app = gateway
             .router()
-            .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS));
+            .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS))
+            .merge(denizen::workflows_http::routes(registry));
         gateway.serve_router(listener, app, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

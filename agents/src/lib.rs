@@ -12,6 +12,9 @@
 //!   the other clients.
 //! - **Callables**: `{"type":"rpc"}` frames call declared methods with JSON arguments; errors
 //!   become RPC errors (and roll back the method's writes); streaming methods send chunks.
+//! - **Workflows** ([`workflow`]): durable step functions (`step.run` journaled with retries,
+//!   durable `step.sleep` and `step.wait_for_event`), each instance a durable object with its own
+//!   SQLite journal, driven from Rust, from other objects, or over HTTP by the application.
 //! - **Schedules and queue**: many schedules (delay, time, cron, interval) and a FIFO queue share
 //!   the object's one alarm, persist, survive restarts, never duplicate on wake, and retry failing
 //!   tasks with backoff before recording them in `cf_agents_failures`.
@@ -67,6 +70,7 @@ mod host;
 mod methods;
 pub mod protocol;
 mod schedule;
+pub mod workflow;
 
 pub use agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 pub use context::AgentContext;
