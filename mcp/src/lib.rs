@@ -1,0 +1,58 @@
+//! MCP client for Denizen objects: connect an object to remote MCP servers and use their tools,
+//! prompts and resources.
+//!
+//! Why it exists: an agent is a durable object, and the MCP servers it uses are part of its
+//! state — which servers, over which transport, with which credentials — that must survive
+//! hibernation and restarts without asking the user again. The protocol itself is the official
+//! Rust SDK, [`rmcp`]; this crate adds what rmcp leaves to applications:
+//!
+//! - **Transport selection** ([`client`]): Streamable HTTP in the 2026-07-28 stateless era, then
+//!   the 2025-11-25 `initialize` lifecycle, then the legacy HTTP+SSE transport ([`sse`], which
+//!   rmcp does not ship) only when the server answers 400/404/405. What worked is remembered per
+//!   server ([`Route`]) and tried first next time.
+//! - **Session recovery** ([`http`]): a session the server forgot (404, or the 400 the TypeScript
+//!   SDK sends) is re-initialized once and the request replayed.
+//! - **[`McpClientManager`]**: servers with their state, discovery of tools, prompts, resources
+//!   and templates (all pages), refresh on `list_changed`, tools namespaced
+//!   `<server id>__<tool>`, `call_tool`/`get_prompt`/`read_resource` with progress, timeouts and
+//!   cancellation, reconnect with backoff when a server goes away.
+//! - **Persistence** ([`store`]): the server list in the object's own SQLite.
+//!
+//! It runs inside any runtime object: create the manager in `on_start`, restore the saved
+//! servers, and save after adding or removing one.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use denizen_mcp::{CallOptions, McpClientManager, ManagerOptions, ServerConfig, store};
+//! # async fn run(storage: &mut denizen_storage::Storage) -> denizen_mcp::Result<()> {
+//! let manager = McpClientManager::new(ManagerOptions::default());
+//! manager.restore(store::load_servers(storage)?)?; // reconnects saved servers in the background
+//!
+//! let status = manager
+//!     .connect(ServerConfig::new("docs", "http://127.0.0.1:3901/mcp"), Duration::from_secs(10))
+//!     .await?;
+//! for config in manager.configs() {
+//!     store::save_server(storage, &config)?; // the route learned while connecting included
+//! }
+//! let result = manager
+//!     .call_tool("docs__echo", serde_json::json!({"message": "hi"}), CallOptions::default())
+//!     .await?;
+//! println!("{:?} via {:?}: error={:?}", status.server_name, status.route, result.is_error);
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+mod error;
+pub mod http;
+mod manager;
+pub mod sse;
+pub mod store;
+
+pub use client::{Era, Progress, Route, TransportKind, TransportPreference};
+pub use error::{Error, Result};
+pub use manager::{
+    CallOptions, ManagerOptions, McpClientManager, NamespacedTool, ServerConfig, ServerState,
+    ServerStatus, TOOL_SEPARATOR,
+};
+/// The MCP data model (tools, results, content) as rmcp defines it.
+pub use rmcp::model;

@@ -1,0 +1,821 @@
+//! [`McpClientManager`]: the MCP servers of one object, their connections, their tools.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rmcp::{
+    RoleClient,
+    model::{
+        CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
+        CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
+        GetPromptResult, JsonObject, Prompt, ReadResourceRequest, ReadResourceRequestParams,
+        ReadResourceResult, Resource, ResourceTemplate, ServerResult, Tool,
+    },
+    service::{Peer, PeerRequestOptions, ServiceError},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    Error, Result,
+    client::{
+        self, Connected, Dial, Progress, ProgressRoutes, Route, ServerEvent, TransportPreference,
+    },
+};
+
+/// Separator between the server id and the tool name in namespaced tool names.
+pub const TOOL_SEPARATOR: &str = "__";
+
+/// What the manager remembers about a server (and persists with [`crate::store`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// Short id, `[A-Za-z0-9-]`, unique per manager; the prefix of the server's tool names.
+    pub id: String,
+    /// The MCP endpoint (`…/mcp`) or legacy SSE URL (`…/sse`).
+    pub url: String,
+    pub transport: TransportPreference,
+    /// The transport and era that worked last time, tried first on the next connect.
+    pub route: Option<Route>,
+    /// Sent as `Authorization: Bearer` on every request, the SSE GET included.
+    pub bearer_token: Option<String>,
+}
+
+impl ServerConfig {
+    /// A server reached by URL with automatic transport selection.
+    pub fn new(id: impl Into<String>, url: impl Into<String>) -> Self {
+        ServerConfig {
+            id: id.into(),
+            url: url.into(),
+            transport: TransportPreference::Auto,
+            route: None,
+            bearer_token: None,
+        }
+    }
+}
+
+/// Where a server's connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerState {
+    Connecting,
+    Discovering,
+    Ready,
+    /// The last attempt failed; another follows after a backoff.
+    Failed,
+    /// Disconnected by the application; no more attempts.
+    Closed,
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerState::Connecting => "connecting",
+            ServerState::Discovering => "discovering",
+            ServerState::Ready => "ready",
+            ServerState::Failed => "failed",
+            ServerState::Closed => "closed",
+        })
+    }
+}
+
+/// A snapshot of one server for listing.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerStatus {
+    pub id: String,
+    pub url: String,
+    pub state: ServerState,
+    /// The last connection error, kept while the server is not ready.
+    pub error: Option<String>,
+    pub route: Option<Route>,
+    /// The negotiated protocol version.
+    pub protocol_version: Option<String>,
+    pub server_name: Option<String>,
+    pub instructions: Option<String>,
+    /// How many times the server has been (re)connected.
+    pub connections: u64,
+}
+
+/// A tool of a server, under a name unique across the manager's servers.
+#[derive(Clone, Debug, Serialize)]
+pub struct NamespacedTool {
+    /// `<server id>__<tool name>`.
+    pub name: String,
+    pub server_id: String,
+    pub tool: Tool,
+}
+
+/// Tunables of a manager.
+#[derive(Clone, Debug)]
+pub struct ManagerOptions {
+    pub client_name: String,
+    pub client_version: String,
+    /// Bound on one connection attempt (all fallbacks included).
+    pub connect_timeout: Duration,
+    /// Default bound on one request.
+    pub request_timeout: Duration,
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            client_name: "denizen".into(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            connect_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-request options.
+#[derive(Default)]
+pub struct CallOptions {
+    /// Overrides [`ManagerOptions::request_timeout`].
+    pub timeout: Option<Duration>,
+    /// Receives the server's progress notifications for this request.
+    pub progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// Cancelling it sends `notifications/cancelled` and ends the call with [`Error::Cancelled`].
+    pub cancel: Option<CancellationToken>,
+}
+
+#[derive(Default)]
+struct Lists {
+    tools: Vec<Tool>,
+    prompts: Vec<Prompt>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
+}
+
+struct Live {
+    state: ServerState,
+    error: Option<String>,
+    peer: Option<Peer<RoleClient>>,
+    progress: Option<Arc<Mutex<ProgressRoutes>>>,
+    protocol_version: Option<String>,
+    server_name: Option<String>,
+    instructions: Option<String>,
+    connections: u64,
+    lists: Lists,
+}
+
+struct Server {
+    config: Mutex<ServerConfig>,
+    live: Mutex<Live>,
+    /// Ends the supervisor for good.
+    shutdown: CancellationToken,
+    /// Drops the current connection and dials again now (skipping the backoff).
+    redial: Notify,
+}
+
+struct Inner {
+    options: ManagerOptions,
+    http: reqwest::Client,
+    servers: Mutex<BTreeMap<String, Arc<Server>>>,
+    /// Bumped on every state or list change, for waiters and for pushing server lists to clients.
+    version: watch::Sender<u64>,
+}
+
+/// The MCP servers of one object: connects them, keeps them connected and their lists current,
+/// and routes calls by namespaced tool name. Cheap to clone (one shared state).
+#[derive(Clone)]
+pub struct McpClientManager {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl McpClientManager {
+    pub fn new(options: ManagerOptions) -> Self {
+        let (version, _) = watch::channel(0);
+        McpClientManager {
+            inner: Arc::new(Inner {
+                options,
+                http: reqwest::Client::new(),
+                servers: Mutex::new(BTreeMap::new()),
+                version,
+            }),
+        }
+    }
+
+    /// Registers a server and starts connecting it in the background. Returns at once; use
+    /// [`McpClientManager::wait_ready`] to wait for its tools. Persist with [`crate::store`].
+    pub fn add_server(&self, config: ServerConfig) -> Result<()> {
+        if !valid_id(&config.id) {
+            return Err(Error::InvalidUrl {
+                url: config.url,
+                reason: format!(
+                    "server id {:?} must be 1-64 characters of A-Z, a-z, 0-9 and '-'",
+                    config.id
+                ),
+            });
+        }
+        match url::Url::parse(&config.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => {
+                return Err(Error::InvalidUrl {
+                    url: config.url.clone(),
+                    reason: format!("scheme {:?} is not http or https", u.scheme()),
+                });
+            }
+            Err(e) => {
+                return Err(Error::InvalidUrl {
+                    url: config.url.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        let server = {
+            let mut servers = lock(&self.inner.servers);
+            if servers.contains_key(&config.id) {
+                return Err(Error::DuplicateServer(config.id));
+            }
+            let server = Arc::new(Server {
+                config: Mutex::new(config.clone()),
+                live: Mutex::new(Live {
+                    state: ServerState::Connecting,
+                    error: None,
+                    peer: None,
+                    progress: None,
+                    protocol_version: None,
+                    server_name: None,
+                    instructions: None,
+                    connections: 0,
+                    lists: Lists::default(),
+                }),
+                shutdown: CancellationToken::new(),
+                redial: Notify::new(),
+            });
+            servers.insert(config.id.clone(), server.clone());
+            server
+        };
+        let inner = self.inner.clone();
+        let span = info_span!("mcp_server", id = %config.id, url = %config.url);
+        tokio::spawn(supervise(inner, server).instrument(span));
+        self.bump();
+        Ok(())
+    }
+
+    /// Registers a server and waits until it is ready (or `timeout` passes).
+    pub async fn connect(&self, config: ServerConfig, timeout: Duration) -> Result<ServerStatus> {
+        let id = config.id.clone();
+        self.add_server(config)?;
+        self.wait_ready(&id, timeout).await
+    }
+
+    /// Registers every saved server (see [`crate::store::load_servers`]); they connect in the
+    /// background with their remembered routes, without asking anyone.
+    pub fn restore(&self, configs: Vec<ServerConfig>) -> Result<()> {
+        for config in configs {
+            let id = config.id.clone();
+            match self.add_server(config) {
+                Ok(()) | Err(Error::DuplicateServer(_)) => {}
+                Err(e) => warn!(id = %id, error = %e, "not restoring an invalid MCP server"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a server's connection and forgets it. Returns its config (to delete from storage).
+    pub async fn disconnect(&self, id: &str) -> Result<ServerConfig> {
+        let server = lock(&self.inner.servers)
+            .remove(id)
+            .ok_or_else(|| Error::UnknownServer(id.to_owned()))?;
+        server.shutdown.cancel();
+        let config = lock(&server.config).clone();
+        {
+            let mut live = lock(&server.live);
+            live.state = ServerState::Closed;
+            live.peer = None;
+        }
+        self.bump();
+        Ok(config)
+    }
+
+    /// Disconnects every server (on object shutdown).
+    pub async fn close(&self) {
+        let ids: Vec<String> = lock(&self.inner.servers).keys().cloned().collect();
+        for id in ids {
+            let _ = self.disconnect(&id).await;
+        }
+    }
+
+    /// The current configs, routes included (what [`crate::store::save_server`] persists).
+    pub fn configs(&self) -> Vec<ServerConfig> {
+        lock(&self.inner.servers)
+            .values()
+            .map(|s| lock(&s.config).clone())
+            .collect()
+    }
+
+    /// Every server with its state.
+    pub fn servers(&self) -> Vec<ServerStatus> {
+        lock(&self.inner.servers)
+            .values()
+            .map(|s| status(s))
+            .collect()
+    }
+
+    /// One server's state.
+    pub fn server(&self, id: &str) -> Result<ServerStatus> {
+        self.get(id).map(|s| status(&s))
+    }
+
+    /// A receiver that changes whenever a server's state or lists change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Waits until the server is ready; fails with its last error after `timeout`.
+    pub async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<ServerStatus> {
+        let mut changes = self.subscribe();
+        let wait = async {
+            loop {
+                let s = self.server(id)?;
+                if s.state == ServerState::Ready {
+                    return Ok(s);
+                }
+                if s.state == ServerState::Closed {
+                    return Err(Error::NotReady {
+                        id: id.to_owned(),
+                        state: s.state.to_string(),
+                    });
+                }
+                if changes.changed().await.is_err() {
+                    return Err(Error::UnknownServer(id.to_owned()));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                let s = self.server(id)?;
+                Err(Error::NotReady {
+                    id: id.to_owned(),
+                    state: match s.error {
+                        Some(e) => format!("{}: {e}", s.state),
+                        None => s.state.to_string(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// Drops the server's connection and dials again at once.
+    pub fn reconnect(&self, id: &str) -> Result<()> {
+        self.get(id)?.redial.notify_one();
+        Ok(())
+    }
+
+    /// Every ready server's tools, namespaced `<server id>__<tool>`.
+    pub fn tools(&self) -> Vec<NamespacedTool> {
+        let servers: Vec<(String, Arc<Server>)> = lock(&self.inner.servers)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (id, server) in servers {
+            let live = lock(&server.live);
+            if live.state != ServerState::Ready {
+                continue;
+            }
+            for tool in &live.lists.tools {
+                out.push(NamespacedTool {
+                    name: format!("{id}{TOOL_SEPARATOR}{}", tool.name),
+                    server_id: id.clone(),
+                    tool: tool.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// One server's prompts.
+    pub fn prompts(&self, id: &str) -> Result<Vec<Prompt>> {
+        Ok(lock(&self.get(id)?.live).lists.prompts.clone())
+    }
+
+    /// One server's resources.
+    pub fn resources(&self, id: &str) -> Result<Vec<Resource>> {
+        Ok(lock(&self.get(id)?.live).lists.resources.clone())
+    }
+
+    /// One server's resource templates.
+    pub fn resource_templates(&self, id: &str) -> Result<Vec<ResourceTemplate>> {
+        Ok(lock(&self.get(id)?.live).lists.templates.clone())
+    }
+
+    /// Splits `<server id>__<tool>` into its parts.
+    pub fn resolve_tool(&self, namespaced: &str) -> Result<(String, String)> {
+        let (id, tool) = namespaced
+            .split_once(TOOL_SEPARATOR)
+            .ok_or_else(|| Error::UnknownTool(namespaced.to_owned()))?;
+        if !lock(&self.inner.servers).contains_key(id) {
+            return Err(Error::UnknownTool(namespaced.to_owned()));
+        }
+        Ok((id.to_owned(), tool.to_owned()))
+    }
+
+    /// Calls a tool by namespaced name. A tool that fails returns `Ok` with `is_error: Some(true)`
+    /// — that result is for the model; `Err` means the call itself did not happen or complete.
+    pub async fn call_tool(
+        &self,
+        namespaced: &str,
+        arguments: serde_json::Value,
+        options: CallOptions,
+    ) -> Result<CallToolResult> {
+        let (id, tool) = self.resolve_tool(namespaced)?;
+        self.call_server_tool(&id, &tool, arguments, options).await
+    }
+
+    /// Calls a tool of one server by its own name.
+    pub async fn call_server_tool(
+        &self,
+        id: &str,
+        tool: &str,
+        arguments: serde_json::Value,
+        options: CallOptions,
+    ) -> Result<CallToolResult> {
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        match arguments {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(map) => params = params.with_arguments(map as JsonObject),
+            other => {
+                return Err(Error::Protocol {
+                    server: id.to_owned(),
+                    code: -32602,
+                    message: format!("tool arguments must be a JSON object, not {other}"),
+                });
+            }
+        }
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        match self.request(id, request, options).await? {
+            ServerResult::CallToolResult(r) => Ok(r),
+            other => Err(unexpected(id, &other)),
+        }
+    }
+
+    /// `prompts/get`.
+    pub async fn get_prompt(
+        &self,
+        id: &str,
+        name: &str,
+        arguments: Option<JsonObject>,
+        options: CallOptions,
+    ) -> Result<GetPromptResult> {
+        let mut params = GetPromptRequestParams::new(name.to_owned());
+        if let Some(args) = arguments {
+            params = params.with_arguments(args);
+        }
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match self.request(id, request, options).await? {
+            ServerResult::GetPromptResult(r) => Ok(r),
+            other => Err(unexpected(id, &other)),
+        }
+    }
+
+    /// `resources/read`.
+    pub async fn read_resource(
+        &self,
+        id: &str,
+        uri: &str,
+        options: CallOptions,
+    ) -> Result<ReadResourceResult> {
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(
+            ReadResourceRequestParams::new(uri.to_owned()),
+        ));
+        match self.request(id, request, options).await? {
+            ServerResult::ReadResourceResult(r) => Ok(r),
+            other => Err(unexpected(id, &other)),
+        }
+    }
+
+    async fn request(
+        &self,
+        id: &str,
+        request: ClientRequest,
+        options: CallOptions,
+    ) -> Result<ServerResult> {
+        let server = self.get(id)?;
+        let (peer, routes) = {
+            let live = lock(&server.live);
+            match (&live.peer, live.state) {
+                (Some(peer), ServerState::Ready) => (peer.clone(), live.progress.clone()),
+                _ => {
+                    return Err(Error::NotReady {
+                        id: id.to_owned(),
+                        state: match &live.error {
+                            Some(e) => format!("{}: {e}", live.state),
+                            None => live.state.to_string(),
+                        },
+                    });
+                }
+            }
+        };
+        let timeout = options
+            .timeout
+            .unwrap_or(self.inner.options.request_timeout);
+        let handle = peer
+            .send_cancellable_request(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| self.lost(&server, id, &e))?;
+        let request_id = handle.id.clone();
+        let token = handle.progress_token.clone();
+        if let (Some(tx), Some(routes)) = (options.progress, &routes) {
+            ProgressRoutes::register(routes, token.clone(), tx);
+        }
+        let cancel = options.cancel.unwrap_or_default();
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, handle.await_response()) => match r {
+                Ok(r) => Some(r),
+                Err(_) => None,
+            },
+            _ = cancel.cancelled() => {
+                send_cancel(&peer, request_id.clone(), "cancelled by the caller").await;
+                if let Some(routes) = &routes {
+                    ProgressRoutes::unregister(routes, &token);
+                }
+                return Err(Error::Cancelled { server: id.to_owned() });
+            }
+        };
+        if let Some(routes) = &routes {
+            ProgressRoutes::unregister(routes, &token);
+        }
+        match outcome {
+            None => {
+                send_cancel(&peer, request_id, "timed out").await;
+                Err(Error::Timeout {
+                    server: id.to_owned(),
+                    seconds: timeout.as_secs_f64(),
+                })
+            }
+            Some(Ok(r)) => Ok(r),
+            Some(Err(ServiceError::McpError(e))) => Err(Error::Protocol {
+                server: id.to_owned(),
+                code: e.code.0,
+                message: e.message.to_string(),
+            }),
+            Some(Err(ServiceError::Timeout { timeout })) => Err(Error::Timeout {
+                server: id.to_owned(),
+                seconds: timeout.as_secs_f64(),
+            }),
+            Some(Err(e)) => Err(self.lost(&server, id, &e)),
+        }
+    }
+
+    /// A request failed below JSON-RPC: the connection is suspect, so dial again.
+    fn lost(&self, server: &Server, id: &str, e: &ServiceError) -> Error {
+        warn!(server = %id, error = %client::error_chain(e), "MCP request lost its connection; reconnecting");
+        server.redial.notify_one();
+        Error::ConnectionLost {
+            server: id.to_owned(),
+            message: client::error_chain(e),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Server>> {
+        lock(&self.inner.servers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::UnknownServer(id.to_owned()))
+    }
+
+    fn bump(&self) {
+        self.inner.version.send_modify(|v| *v += 1);
+    }
+}
+
+fn unexpected(id: &str, result: &ServerResult) -> Error {
+    Error::Protocol {
+        server: id.to_owned(),
+        code: -32603,
+        message: format!("unexpected result type {result:?}"),
+    }
+}
+
+async fn send_cancel(peer: &Peer<RoleClient>, id: rmcp::model::RequestId, reason: &str) {
+    let note = CancelledNotification::new(CancelledNotificationParam::new(
+        Some(id),
+        Some(reason.to_owned()),
+    ));
+    if let Err(e) = peer.send_notification(note.into()).await {
+        debug!(error = %e, "could not send notifications/cancelled");
+    }
+}
+
+fn status(server: &Server) -> ServerStatus {
+    let config = lock(&server.config).clone();
+    let live = lock(&server.live);
+    ServerStatus {
+        id: config.id,
+        url: config.url,
+        state: live.state,
+        error: live.error.clone(),
+        route: config.route,
+        protocol_version: live.protocol_version.clone(),
+        server_name: live.server_name.clone(),
+        instructions: live.instructions.clone(),
+        connections: live.connections,
+    }
+}
+
+fn set_state(inner: &Inner, server: &Server, state: ServerState, error: Option<String>) {
+    {
+        let mut live = lock(&server.live);
+        if live.state == ServerState::Closed {
+            return;
+        }
+        live.state = state;
+        if error.is_some() || state == ServerState::Ready {
+            live.error = error;
+        }
+        if state != ServerState::Ready {
+            live.peer = None;
+        }
+    }
+    inner.version.send_modify(|v| *v += 1);
+}
+
+/// Fetches the lists the server declares, every page of each.
+async fn discover(peer: &Peer<RoleClient>, which: Option<ServerEvent>) -> Result<Lists, String> {
+    let caps = peer
+        .peer_info()
+        .map(|i| i.capabilities.clone())
+        .unwrap_or_default();
+    let mut lists = Lists::default();
+    let all = which.is_none();
+    if caps.tools.is_some() && (all || which == Some(ServerEvent::ToolsChanged)) {
+        lists.tools = peer.list_all_tools().await.map_err(|e| e.to_string())?;
+    }
+    if caps.prompts.is_some() && (all || which == Some(ServerEvent::PromptsChanged)) {
+        lists.prompts = peer.list_all_prompts().await.map_err(|e| e.to_string())?;
+    }
+    if caps.resources.is_some() && (all || which == Some(ServerEvent::ResourcesChanged)) {
+        lists.resources = peer.list_all_resources().await.map_err(|e| e.to_string())?;
+        lists.templates = peer
+            .list_all_resource_templates()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(lists)
+}
+
+/// The life of one server: dial, discover, serve until the connection ends, back off, again.
+async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
+    let mut attempt: u32 = 0;
+    loop {
+        if server.shutdown.is_cancelled() {
+            return;
+        }
+        set_state(&inner, &server, ServerState::Connecting, None);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let dial = {
+            let config = lock(&server.config);
+            Dial {
+                url: config.url.clone(),
+                preference: config.transport,
+                remembered: config.route,
+                bearer_token: config.bearer_token.clone(),
+                client_name: inner.options.client_name.clone(),
+                client_version: inner.options.client_version.clone(),
+                http: inner.http.clone(),
+                connect_timeout: inner.options.connect_timeout,
+            }
+        };
+        let connected = tokio::select! {
+            r = client::connect(&dial, events_tx) => r,
+            _ = server.shutdown.cancelled() => return,
+        };
+        match connected {
+            Ok(Connected {
+                service,
+                route,
+                progress,
+            }) => {
+                let peer = service.peer().clone();
+                let stop = service.cancellation_token();
+                lock(&server.config).route = Some(route);
+                set_state(&inner, &server, ServerState::Discovering, None);
+                match discover(&peer, None).await {
+                    Ok(lists) => {
+                        attempt = 0;
+                        {
+                            let mut live = lock(&server.live);
+                            let info = peer.peer_info();
+                            live.protocol_version =
+                                info.as_ref().map(|i| i.protocol_version.to_string());
+                            live.server_name = info
+                                .as_ref()
+                                .and_then(|i| i.server_info.as_ref().map(|s| s.name.clone()));
+                            live.instructions = info.as_ref().and_then(|i| i.instructions.clone());
+                            live.lists = lists;
+                            live.connections += 1;
+                            live.progress = Some(progress);
+                            if live.state != ServerState::Closed {
+                                live.state = ServerState::Ready;
+                                live.error = None;
+                                live.peer = Some(peer.clone());
+                            }
+                        }
+                        inner.version.send_modify(|v| *v += 1);
+                        info!(route = ?route, "MCP server ready");
+                        let mut ended = std::pin::pin!(service.waiting());
+                        loop {
+                            tokio::select! {
+                                quit = &mut ended => {
+                                    warn!(reason = ?quit.ok(), "MCP connection ended");
+                                    set_state(&inner, &server, ServerState::Failed, Some("the connection ended".into()));
+                                    break;
+                                }
+                                Some(event) = events.recv() => {
+                                    match discover(&peer, Some(event)).await {
+                                        Ok(fresh) => {
+                                            let mut live = lock(&server.live);
+                                            match event {
+                                                ServerEvent::ToolsChanged => live.lists.tools = fresh.tools,
+                                                ServerEvent::PromptsChanged => live.lists.prompts = fresh.prompts,
+                                                ServerEvent::ResourcesChanged => {
+                                                    live.lists.resources = fresh.resources;
+                                                    live.lists.templates = fresh.templates;
+                                                }
+                                            }
+                                            drop(live);
+                                            debug!(?event, "MCP list refreshed");
+                                            inner.version.send_modify(|v| *v += 1);
+                                        }
+                                        Err(e) => warn!(?event, error = %e, "MCP list refresh failed"),
+                                    }
+                                }
+                                _ = server.redial.notified() => {
+                                    stop.cancel();
+                                    let _ = (&mut ended).await;
+                                    set_state(&inner, &server, ServerState::Failed, Some("reconnecting after a lost request".into()));
+                                    break;
+                                }
+                                _ = server.shutdown.cancelled() => {
+                                    stop.cancel();
+                                    let _ = (&mut ended).await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        stop.cancel();
+                        set_state(
+                            &inner,
+                            &server,
+                            ServerState::Failed,
+                            Some(format!("discovery failed: {e}")),
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "MCP connect failed");
+                set_state(&inner, &server, ServerState::Failed, Some(e.to_string()));
+            }
+        }
+        // Exponential backoff with jitter; a redial request skips the wait.
+        let base = inner.options.backoff_min.as_millis() as u64;
+        let max = inner.options.backoff_max.as_millis() as u64;
+        let delay = base.saturating_mul(1u64 << attempt.min(16)).min(max);
+        let jitter = rand::random_range(0..=delay / 4 + 1);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay + jitter)) => {}
+            _ = server.redial.notified() => {}
+            _ = server.shutdown.cancelled() => return,
+        }
+    }
+}
+
+impl std::fmt::Debug for McpClientManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = lock(&self.inner.servers).keys().cloned().collect();
+        f.debug_struct("McpClientManager")
+            .field("servers", &ids)
+            .finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(m: McpClientManager) -> impl Send {
+    let _: HashMap<(), ()> = HashMap::new();
+    m
+}
