@@ -14,7 +14,10 @@ use rmcp::{
         ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken,
         ProtocolVersion,
     },
-    service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService},
+    service::{
+        ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext,
+        RunningService,
+    },
     transport::{
         StreamableHttpClientTransport, common::client_side_sse::ExponentialBackoff,
         streamable_http_client::StreamableHttpClientTransportConfig,
@@ -268,7 +271,7 @@ async fn dial_streamable(
     })?
     .map_err(|e| Error::Connect {
         url: dial.url.clone(),
-        message: error_chain(&e),
+        message: init_error_text(&e),
     })?;
     let version = service
         .peer_info()
@@ -371,7 +374,8 @@ pub(crate) async fn connect(
                 let message = e.to_string();
                 // Only these statuses mean "no Streamable HTTP here"; 401/403/5xx are real errors
                 // and falling back would hide them.
-                if !is_sse_fallback_status(&message) {
+                let initialize_part = message.rsplit("initialize: ").next().unwrap_or(&message);
+                if !is_sse_fallback_status(initialize_part) {
                     return Err(e);
                 }
                 info!(url = %dial.url, "Streamable HTTP refused; trying the legacy SSE transport");
@@ -381,6 +385,19 @@ pub(crate) async fn connect(
                 })
             }
         },
+    }
+}
+
+/// An initialization error with both halves of a failed era fallback spelled out; the legacy
+/// `initialize` half comes last, since its HTTP status decides the fallback to SSE.
+fn init_error_text(e: &ClientInitializeError) -> String {
+    match e {
+        ClientInitializeError::LegacyFallbackFailed { discover, fallback } => format!(
+            "server/discover: {}; initialize: {}",
+            init_error_text(discover),
+            init_error_text(fallback)
+        ),
+        other => error_chain(other),
     }
 }
 
