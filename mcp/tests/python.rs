@@ -24,20 +24,31 @@ fn text_of(result: &denizen_mcp::model::CallToolResult) -> String {
 
 async fn exercise(manager: &McpClientManager, id: &str) {
     let sum = manager
-        .call_tool(&format!("{id}__add"), json!({"a": 2, "b": 3}), CallOptions::default())
+        .call_tool(
+            &format!("{id}__add"),
+            json!({"a": 2, "b": 3}),
+            CallOptions::default(),
+        )
         .await
         .expect("add");
     assert_ne!(sum.is_error, Some(true), "{sum:?}");
     assert!(text_of(&sum).contains('5'), "{sum:?}");
     // A tool that raises: the failure is a result for the model, not a call error.
     let failed = manager
-        .call_tool(&format!("{id}__fail"), json!({"reason": "boom"}), CallOptions::default())
+        .call_tool(
+            &format!("{id}__fail"),
+            json!({"reason": "boom"}),
+            CallOptions::default(),
+        )
         .await
         .expect("fail returns a result");
     assert_eq!(failed.is_error, Some(true), "{failed:?}");
     assert!(text_of(&failed).contains("fail"), "{failed:?}");
     let prompts = manager.prompts(id).expect("prompts");
-    assert_eq!(prompts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["review"]);
+    assert_eq!(
+        prompts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["review"]
+    );
     let mut args = serde_json::Map::new();
     args.insert("code".into(), json!("fn main() {}"));
     let prompt = manager
@@ -57,7 +68,10 @@ async fn exercise(manager: &McpClientManager, id: &str) {
     let missing = manager
         .read_resource(id, "peer://nope", CallOptions::default())
         .await;
-    assert!(matches!(missing, Err(denizen_mcp::Error::Protocol { .. })), "{missing:?}");
+    assert!(
+        matches!(missing, Err(denizen_mcp::Error::Protocol { .. })),
+        "{missing:?}"
+    );
 }
 
 #[tokio::test]
