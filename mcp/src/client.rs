@@ -73,12 +73,12 @@ pub enum TransportPreference {
     Sse,
 }
 
-/// Something a server told us that the manager acts on.
+/// Which of a server's lists it said changed (`notifications/*/list_changed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ServerEvent {
-    ToolsChanged,
-    PromptsChanged,
-    ResourcesChanged,
+    Tools,
+    Prompts,
+    Resources,
 }
 
 /// A progress notification for a request in flight.
@@ -168,15 +168,15 @@ impl ClientHandler for Handler {
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        let _ = self.events.send(ServerEvent::ToolsChanged);
+        let _ = self.events.send(ServerEvent::Tools);
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        let _ = self.events.send(ServerEvent::PromptsChanged);
+        let _ = self.events.send(ServerEvent::Prompts);
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        let _ = self.events.send(ServerEvent::ResourcesChanged);
+        let _ = self.events.send(ServerEvent::Resources);
     }
 
     fn get_info(&self) -> ClientConfig {

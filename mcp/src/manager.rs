@@ -1,7 +1,7 @@
 //! [`McpClientManager`]: the MCP servers of one object, their connections, their tools.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -541,10 +541,7 @@ impl McpClientManager {
         }
         let cancel = options.cancel.unwrap_or_default();
         let outcome = tokio::select! {
-            r = tokio::time::timeout(timeout, handle.await_response()) => match r {
-                Ok(r) => Some(r),
-                Err(_) => None,
-            },
+            r = tokio::time::timeout(timeout, handle.await_response()) => r.ok(),
             _ = cancel.cancelled() => {
                 send_cancel(&peer, request_id.clone(), "cancelled by the caller").await;
                 if let Some(routes) = &routes {
@@ -659,13 +656,13 @@ async fn discover(peer: &Peer<RoleClient>, which: Option<ServerEvent>) -> Result
         .unwrap_or_default();
     let mut lists = Lists::default();
     let all = which.is_none();
-    if caps.tools.is_some() && (all || which == Some(ServerEvent::ToolsChanged)) {
+    if caps.tools.is_some() && (all || which == Some(ServerEvent::Tools)) {
         lists.tools = peer.list_all_tools().await.map_err(|e| e.to_string())?;
     }
-    if caps.prompts.is_some() && (all || which == Some(ServerEvent::PromptsChanged)) {
+    if caps.prompts.is_some() && (all || which == Some(ServerEvent::Prompts)) {
         lists.prompts = peer.list_all_prompts().await.map_err(|e| e.to_string())?;
     }
-    if caps.resources.is_some() && (all || which == Some(ServerEvent::ResourcesChanged)) {
+    if caps.resources.is_some() && (all || which == Some(ServerEvent::Resources)) {
         lists.resources = peer.list_all_resources().await.map_err(|e| e.to_string())?;
         lists.templates = peer
             .list_all_resource_templates()
@@ -747,9 +744,9 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                                         Ok(fresh) => {
                                             let mut live = lock(&server.live);
                                             match event {
-                                                ServerEvent::ToolsChanged => live.lists.tools = fresh.tools,
-                                                ServerEvent::PromptsChanged => live.lists.prompts = fresh.prompts,
-                                                ServerEvent::ResourcesChanged => {
+                                                ServerEvent::Tools => live.lists.tools = fresh.tools,
+                                                ServerEvent::Prompts => live.lists.prompts = fresh.prompts,
+                                                ServerEvent::Resources => {
                                                     live.lists.resources = fresh.resources;
                                                     live.lists.templates = fresh.templates;
                                                 }
@@ -812,10 +809,4 @@ impl std::fmt::Debug for McpClientManager {
             .field("servers", &ids)
             .finish()
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send(m: McpClientManager) -> impl Send {
-    let _: HashMap<(), ()> = HashMap::new();
-    m
 }

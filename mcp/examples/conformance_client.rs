@@ -1,0 +1,110 @@
+//! Client for the official MCP conformance runner (`@modelcontextprotocol/conformance`).
+//!
+//! Contract: the server URL is the last argument; the scenario is in `MCP_CONFORMANCE_SCENARIO`,
+//! the protocol era in `MCP_CONFORMANCE_PROTOCOL_VERSION` (`2025-11-25` → `initialize`
+//! lifecycle, `2026-07-28` → stateless), scenario data as JSON in `MCP_CONFORMANCE_CONTEXT`.
+//! It does what most client scenarios expect — connect, list the tools, call the first one with
+//! `{"a": 2, "b": 3}` (or the calls the context names), disconnect — through
+//! [`McpClientManager`], and exits non-zero on any failure.
+//!
+//! ```text
+//! cargo build -p denizen-mcp --example conformance_client
+//! conformance client --command target/debug/examples/conformance_client --suite all --spec-version 2025-11-25
+//! ```
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use denizen_mcp::{
+    CallOptions, Era, ManagerOptions, McpClientManager, Route, ServerConfig, TransportKind,
+    TransportPreference,
+};
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let url = std::env::args()
+        .next_back()
+        .filter(|a| a.starts_with("http"))
+        .context("usage: conformance_client <server url>")?;
+    let scenario = std::env::var("MCP_CONFORMANCE_SCENARIO").unwrap_or_default();
+    let version = std::env::var("MCP_CONFORMANCE_PROTOCOL_VERSION").unwrap_or_default();
+    let context: Value = std::env::var("MCP_CONFORMANCE_CONTEXT")
+        .ok()
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or(Value::Null);
+    eprintln!("scenario {scenario:?}, protocol {version:?}, url {url}");
+
+    let manager = McpClientManager::new(ManagerOptions {
+        client_name: "denizen-conformance-client".into(),
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(20),
+        ..ManagerOptions::default()
+    });
+    let mut config = ServerConfig::new("s", &url);
+    config.transport = TransportPreference::StreamableHttp;
+    config.route = match version.as_str() {
+        "2026-07-28" => Some(Route {
+            transport: TransportKind::StreamableHttp,
+            era: Era::Modern,
+        }),
+        "" => None,
+        _ => Some(Route {
+            transport: TransportKind::StreamableHttp,
+            era: Era::Legacy,
+        }),
+    };
+    let status = manager
+        .connect(config, Duration::from_secs(20))
+        .await
+        .context("connect")?;
+    eprintln!("connected: {status:?}");
+
+    // Scenarios that script their calls name them in the context.
+    let scripted: Vec<(String, Value)> = context
+        .get("toolCalls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| {
+                    let name = c.get("name")?.as_str()?.to_owned();
+                    Some((name, c.get("arguments").cloned().unwrap_or(json!({}))))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let calls = if scripted.is_empty() {
+        manager
+            .tools()
+            .first()
+            .map(|t| vec![(t.tool.name.to_string(), json!({"a": 2, "b": 3}))])
+            .unwrap_or_default()
+    } else {
+        scripted
+    };
+    let mut failed = false;
+    for (tool, arguments) in calls {
+        match manager
+            .call_server_tool("s", &tool, arguments, CallOptions::default())
+            .await
+        {
+            Ok(result) => eprintln!("{tool}: is_error={:?}", result.is_error),
+            Err(e) => {
+                eprintln!("{tool}: {e}");
+                failed = true;
+            }
+        }
+    }
+    manager.close().await;
+    if failed {
+        bail!("a tool call failed");
+    }
+    Ok(())
+}
