@@ -80,7 +80,17 @@ async fn main() -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let calls = if scripted.is_empty() {
+    let calls = if scenario.starts_with("json-schema") {
+        // Schema scenarios check the tool's inputSchema survives our types unchanged: echo it.
+        manager
+            .tools()
+            .first()
+            .map(|t| {
+                let schema = Value::Object((*t.tool.input_schema).clone());
+                vec![(t.tool.name.to_string(), json!({ "schema": schema }))]
+            })
+            .unwrap_or_default()
+    } else if scripted.is_empty() {
         manager
             .tools()
             .first()

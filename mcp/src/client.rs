@@ -19,8 +19,9 @@ use rmcp::{
         RunningService,
     },
     transport::{
-        StreamableHttpClientTransport, common::client_side_sse::ExponentialBackoff,
-        streamable_http_client::StreamableHttpClientTransportConfig,
+        AuthClient, StreamableHttpClientTransport,
+        common::client_side_sse::ExponentialBackoff,
+        streamable_http_client::{StreamableHttpClient, StreamableHttpClientTransportConfig},
     },
 };
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,7 @@ use tracing::{debug, info};
 
 use crate::{
     Error, Result,
+    auth::{OAuthCell, authorization_manager},
     http::SessionHttpClient,
     sse::{SseClientTransport, SseError},
 };
@@ -195,6 +197,8 @@ pub(crate) struct Dial {
     pub client_version: String,
     pub http: reqwest::Client,
     pub connect_timeout: Duration,
+    /// The server's OAuth store, and whether metadata on private addresses is allowed.
+    pub oauth: Option<(OAuthCell, bool)>,
 }
 
 pub(crate) struct Connected {
@@ -234,6 +238,39 @@ async fn dial_streamable(
     era: Option<Era>,
     events: mpsc::UnboundedSender<ServerEvent>,
 ) -> Result<Connected> {
+    let http = SessionHttpClient::new(dial.http.clone());
+    if let Some((cell, allow_private)) = &dial.oauth {
+        let has_token = cell.record.lock().map(|r| r.has_token()).unwrap_or(false);
+        if has_token {
+            let mut manager = authorization_manager(&dial.url, cell, *allow_private)
+                .await
+                .map_err(|e| Error::Connect {
+                    url: dial.url.clone(),
+                    message: format!("authorization setup: {e}"),
+                })?;
+            match manager.initialize_from_store().await {
+                // Tokens are attached (and refreshed when they expire) by rmcp's AuthClient.
+                Ok(true) => {
+                    return serve_streamable(dial, AuthClient::new(http, manager), era, events)
+                        .await;
+                }
+                Ok(false) => debug!(url = %dial.url, "stored OAuth credentials not usable"),
+                Err(e) => debug!(url = %dial.url, error = %e, "stored OAuth credentials rejected"),
+            }
+        }
+    }
+    serve_streamable(dial, http, era, events).await
+}
+
+async fn serve_streamable<C>(
+    dial: &Dial,
+    client: C,
+    era: Option<Era>,
+    events: mpsc::UnboundedSender<ServerEvent>,
+) -> Result<Connected>
+where
+    C: StreamableHttpClient + Send + Sync,
+{
     let mut config = StreamableHttpClientTransportConfig::with_uri(dial.url.clone());
     // A server that went away should surface as an error soon, not after minutes of SSE retries.
     let mut backoff = ExponentialBackoff::default();
@@ -244,10 +281,7 @@ async fn dial_streamable(
     if let Some(token) = &dial.bearer_token {
         config = config.auth_header(token.clone());
     }
-    let transport = StreamableHttpClientTransport::with_client(
-        SessionHttpClient::new(dial.http.clone()),
-        config,
-    );
+    let transport = StreamableHttpClientTransport::with_client(client, config);
     let lifecycle = match era {
         Some(Era::Legacy) => ClientLifecycleMode::Initialize,
         Some(Era::Modern) => ClientLifecycleMode::Discover {
@@ -269,9 +303,18 @@ async fn dial_streamable(
         url: dial.url.clone(),
         message: format!("no answer within {:?}", dial.connect_timeout),
     })?
-    .map_err(|e| Error::Connect {
-        url: dial.url.clone(),
-        message: init_error_text(&e),
+    .map_err(|e| {
+        if e.is_authorization_required() || e.auth_challenge().is_some() {
+            Error::AuthorizationRequired {
+                url: dial.url.clone(),
+                challenge: e.auth_challenge().map(str::to_owned),
+            }
+        } else {
+            Error::Connect {
+                url: dial.url.clone(),
+                message: init_error_text(&e),
+            }
+        }
     })?;
     let version = service
         .peer_info()
@@ -359,6 +402,7 @@ pub(crate) async fn connect(
             };
             match attempt {
                 Ok(c) => return Ok(c),
+                Err(e @ Error::AuthorizationRequired { .. }) => return Err(e),
                 Err(e) => {
                     debug!(url = %dial.url, error = %e, "remembered route failed; probing again")
                 }

@@ -32,6 +32,18 @@ pub enum Error {
     /// No transport (Streamable HTTP in either era, legacy SSE) could reach the server.
     #[error("could not connect to MCP server {url}: {message}")]
     Connect { url: String, message: String },
+    /// The server wants OAuth and there is no usable token (yet).
+    #[error(
+        "MCP server {url} requires authorization; give the server OAuth options (a redirect URI) and send the user to the authorization URL in its status"
+    )]
+    AuthorizationRequired {
+        url: String,
+        /// The `WWW-Authenticate` challenge, when the server sent one.
+        challenge: Option<String>,
+    },
+    /// The OAuth flow failed.
+    #[error("OAuth for MCP server {server:?} failed: {message}")]
+    Authorization { server: String, message: String },
     /// The server answered a request with a JSON-RPC error.
     #[error("MCP server {server:?} answered with error {code}: {message}")]
     Protocol {

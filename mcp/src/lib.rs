@@ -16,7 +16,12 @@
 //!   and templates (all pages), refresh on `list_changed`, tools namespaced
 //!   `<server id>__<tool>`, `call_tool`/`get_prompt`/`read_resource` with progress, timeouts and
 //!   cancellation, reconnect with backoff when a server goes away.
-//! - **Persistence** ([`store`]): the server list in the object's own SQLite.
+//! - **OAuth 2.1** ([`auth`], on rmcp's implementation): a 401 puts the server in
+//!   `authenticating` with an authorization URL for the user; the object's callback route calls
+//!   [`McpClientManager::complete_authorization`]; tokens are refreshed by rmcp. Servers whose
+//!   authorization server does not advertise PKCE S256 are refused.
+//! - **Persistence** ([`store`]): servers, client registrations, tokens and refresh tokens in
+//!   the object's own SQLite.
 //!
 //! It runs inside any runtime object: create the manager in `on_start`, restore the saved
 //! servers, and save after adding or removing one.
@@ -26,14 +31,12 @@
 //! use denizen_mcp::{CallOptions, McpClientManager, ManagerOptions, ServerConfig, store};
 //! # async fn run(storage: &mut denizen_storage::Storage) -> denizen_mcp::Result<()> {
 //! let manager = McpClientManager::new(ManagerOptions::default());
-//! manager.restore(store::load_servers(storage)?)?; // reconnects saved servers in the background
+//! store::restore(storage, &manager)?; // reconnects saved servers in the background
 //!
 //! let status = manager
 //!     .connect(ServerConfig::new("docs", "http://127.0.0.1:3901/mcp"), Duration::from_secs(10))
 //!     .await?;
-//! for config in manager.configs() {
-//!     store::save_server(storage, &config)?; // the route learned while connecting included
-//! }
+//! store::save_all(storage, &manager)?; // the route learned while connecting included
 //! let result = manager
 //!     .call_tool("docs__echo", serde_json::json!({"message": "hi"}), CallOptions::default())
 //!     .await?;
@@ -41,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client;
 mod error;
 pub mod http;
@@ -48,6 +52,7 @@ mod manager;
 pub mod sse;
 pub mod store;
 
+pub use auth::{OAuthOptions, OAuthRecord};
 pub use client::{Era, Progress, Route, TransportKind, TransportPreference};
 pub use error::{Error, Result};
 pub use manager::{

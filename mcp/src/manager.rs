@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     Error, Result,
+    auth::{self, OAuthCell, OAuthOptions, OAuthRecord},
     client::{
         self, Connected, Dial, Progress, ProgressRoutes, Route, ServerEvent, TransportPreference,
     },
@@ -32,7 +33,7 @@ use crate::{
 pub const TOOL_SEPARATOR: &str = "__";
 
 /// What the manager remembers about a server (and persists with [`crate::store`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerConfig {
     /// Short id, `[A-Za-z0-9-]`, unique per manager; the prefix of the server's tool names.
     pub id: String,
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     pub route: Option<Route>,
     /// Sent as `Authorization: Bearer` on every request, the SSE GET included.
     pub bearer_token: Option<String>,
+    /// OAuth 2.1 settings; without them a server that answers 401 stays failed.
+    #[serde(default)]
+    pub oauth: Option<OAuthOptions>,
 }
 
 impl ServerConfig {
@@ -54,6 +58,7 @@ impl ServerConfig {
             transport: TransportPreference::Auto,
             route: None,
             bearer_token: None,
+            oauth: None,
         }
     }
 }
@@ -62,6 +67,8 @@ impl ServerConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerState {
+    /// Waiting for the user to authorize at [`ServerStatus::auth_url`].
+    Authenticating,
     Connecting,
     Discovering,
     Ready,
@@ -74,6 +81,7 @@ pub enum ServerState {
 impl std::fmt::Display for ServerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            ServerState::Authenticating => "authenticating",
             ServerState::Connecting => "connecting",
             ServerState::Discovering => "discovering",
             ServerState::Ready => "ready",
@@ -98,6 +106,8 @@ pub struct ServerStatus {
     pub instructions: Option<String>,
     /// How many times the server has been (re)connected.
     pub connections: u64,
+    /// While `authenticating`: where to send the user.
+    pub auth_url: Option<String>,
 }
 
 /// A tool of a server, under a name unique across the manager's servers.
@@ -121,6 +131,9 @@ pub struct ManagerOptions {
     /// First reconnect delay; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Let OAuth metadata discovery reach loopback and private addresses (rmcp refuses them by
+    /// default against SSRF). For servers on a private network, and tests.
+    pub allow_private_oauth_metadata: bool,
 }
 
 impl Default for ManagerOptions {
@@ -132,6 +145,7 @@ impl Default for ManagerOptions {
             request_timeout: Duration::from_secs(60),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
+            allow_private_oauth_metadata: false,
         }
     }
 }
@@ -165,6 +179,7 @@ struct Live {
     instructions: Option<String>,
     connections: u64,
     lists: Lists,
+    auth_url: Option<String>,
 }
 
 struct Server {
@@ -174,6 +189,9 @@ struct Server {
     shutdown: CancellationToken,
     /// Drops the current connection and dials again now (skipping the backoff).
     redial: Notify,
+    oauth: OAuthCell,
+    /// The authorization in progress (between the URL handed out and the callback).
+    session: Mutex<Option<rmcp::transport::AuthorizationSession>>,
 }
 
 struct Inner {
@@ -216,6 +234,11 @@ impl McpClientManager {
     /// Registers a server and starts connecting it in the background. Returns at once; use
     /// [`McpClientManager::wait_ready`] to wait for its tools. Persist with [`crate::store`].
     pub fn add_server(&self, config: ServerConfig) -> Result<()> {
+        self.add_server_with(config, OAuthRecord::default())
+    }
+
+    /// Like [`McpClientManager::add_server`], with OAuth credentials saved earlier.
+    pub fn add_server_with(&self, config: ServerConfig, oauth: OAuthRecord) -> Result<()> {
         if !valid_id(&config.id) {
             return Err(Error::InvalidUrl {
                 url: config.url,
@@ -257,9 +280,15 @@ impl McpClientManager {
                     instructions: None,
                     connections: 0,
                     lists: Lists::default(),
+                    auth_url: None,
                 }),
                 shutdown: CancellationToken::new(),
                 redial: Notify::new(),
+                oauth: OAuthCell {
+                    record: Arc::new(Mutex::new(oauth)),
+                    changed: self.inner.version.clone(),
+                },
+                session: Mutex::new(None),
             });
             servers.insert(config.id.clone(), server.clone());
             server
@@ -280,10 +309,15 @@ impl McpClientManager {
 
     /// Registers every saved server (see [`crate::store::load_servers`]); they connect in the
     /// background with their remembered routes, without asking anyone.
-    pub fn restore(&self, configs: Vec<ServerConfig>) -> Result<()> {
+    pub fn restore(
+        &self,
+        configs: Vec<ServerConfig>,
+        mut oauth: std::collections::HashMap<String, OAuthRecord>,
+    ) -> Result<()> {
         for config in configs {
             let id = config.id.clone();
-            match self.add_server(config) {
+            let record = oauth.remove(&id).unwrap_or_default();
+            match self.add_server_with(config, record) {
                 Ok(()) | Err(Error::DuplicateServer(_)) => {}
                 Err(e) => warn!(id = %id, error = %e, "not restoring an invalid MCP server"),
             }
@@ -321,6 +355,39 @@ impl McpClientManager {
             .values()
             .map(|s| lock(&s.config).clone())
             .collect()
+    }
+
+    /// Every server's OAuth record (registration, tokens, pending PKCE states), to persist.
+    pub fn oauth_records(&self) -> Vec<(String, OAuthRecord)> {
+        lock(&self.inner.servers)
+            .iter()
+            .map(|(id, s)| (id.clone(), lock(&s.oauth.record).clone()))
+            .collect()
+    }
+
+    /// Finishes an authorization with the URL the user was redirected to (the object's callback
+    /// route): checks `state` (and `iss`), exchanges the code with PKCE and the resource
+    /// indicator, stores the tokens and reconnects the server.
+    pub async fn complete_authorization(&self, id: &str, callback_url: &str) -> Result<()> {
+        let server = self.get(id)?;
+        let session = lock(&server.session)
+            .take()
+            .ok_or_else(|| Error::Authorization {
+                server: id.to_owned(),
+                message: "no authorization is in progress for this server".into(),
+            })?;
+        if let Err(e) = session.handle_callback_url(callback_url).await {
+            // Keep the session: the user may retry with a correct callback.
+            *lock(&server.session) = Some(session);
+            return Err(Error::Authorization {
+                server: id.to_owned(),
+                message: e.to_string(),
+            });
+        }
+        lock(&server.live).auth_url = None;
+        self.bump();
+        server.redial.notify_one();
+        Ok(())
     }
 
     /// Every server with its state.
@@ -628,6 +695,7 @@ fn status(server: &Server) -> ServerStatus {
         server_name: live.server_name.clone(),
         instructions: live.instructions.clone(),
         connections: live.connections,
+        auth_url: live.auth_url.clone(),
     }
 }
 
@@ -692,6 +760,12 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                 client_version: inner.options.client_version.clone(),
                 http: inner.http.clone(),
                 connect_timeout: inner.options.connect_timeout,
+                oauth: config.oauth.as_ref().map(|_| {
+                    (
+                        server.oauth.clone(),
+                        inner.options.allow_private_oauth_metadata,
+                    )
+                }),
             }
         };
         let connected = tokio::select! {
@@ -780,6 +854,43 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                             ServerState::Failed,
                             Some(format!("discovery failed: {e}")),
                         );
+                    }
+                }
+            }
+            Err(Error::AuthorizationRequired { challenge, .. })
+                if lock(&server.config).oauth.is_some() =>
+            {
+                let (url, options) = {
+                    let config = lock(&server.config);
+                    (config.url.clone(), config.oauth.clone().unwrap_or_default())
+                };
+                let started = auth::start(
+                    &url,
+                    challenge.as_deref(),
+                    &options,
+                    &inner.options.client_name,
+                    &server.oauth,
+                    inner.options.allow_private_oauth_metadata,
+                )
+                .await;
+                match started {
+                    Ok(session) => {
+                        let auth_url = session.get_authorization_url().to_owned();
+                        *lock(&server.session) = Some(session);
+                        lock(&server.live).auth_url = Some(auth_url);
+                        set_state(&inner, &server, ServerState::Authenticating, None);
+                        info!("MCP server needs authorization; waiting for the callback");
+                        // No retries while the user is away: the callback redials.
+                        tokio::select! {
+                            _ = server.redial.notified() => {}
+                            _ = server.shutdown.cancelled() => return,
+                        }
+                        attempt = 0;
+                        continue;
+                    }
+                    Err(message) => {
+                        warn!(error = %message, "MCP authorization could not start");
+                        set_state(&inner, &server, ServerState::Failed, Some(message));
                     }
                 }
             }

@@ -1,15 +1,24 @@
-//! Persistence of the manager's server list in the owning object's SQLite.
+//! Persistence of the manager's servers in the owning object's SQLite.
 //!
-//! One table, `mcp_servers`, in the object's own database: the URL, the transport preference,
-//! the route that worked last (so a restarted object does not probe again) and the bearer token
-//! the application gave. Writes join the object's current event transaction, so a server added in
-//! an event is durable exactly when that event commits.
+//! Two tables in the object's own database:
+//! - `mcp_servers`: URL, transport preference, the route that worked last (so a restarted object
+//!   does not probe again), the static bearer token and the OAuth options;
+//! - `mcp_oauth`: per server, the client registration (`client_id`, issuer), the tokens with the
+//!   refresh token, and the PKCE verifiers of authorizations in progress.
+//!
+//! Writes join the object's current event transaction, so what an event saved is durable exactly
+//! when that event commits. The usual calls are [`restore`] in `on_start` and [`save_all`] after
+//! an event that connected, disconnected or authorized a server (or whenever
+//! [`McpClientManager::subscribe`] reports a change, since refreshed tokens rotate).
+
+use std::collections::HashMap;
 
 use denizen_storage::Storage;
 use serde::Deserialize;
 
 use crate::{
-    Result,
+    McpClientManager, Result,
+    auth::{OAuthOptions, OAuthRecord},
     client::{Route, TransportPreference},
     manager::ServerConfig,
 };
@@ -19,7 +28,15 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mcp_servers (
     url TEXT NOT NULL,
     transport TEXT NOT NULL,
     route TEXT,
-    bearer_token TEXT
+    bearer_token TEXT,
+    oauth_options TEXT
+);
+CREATE TABLE IF NOT EXISTS mcp_oauth (
+    server_id TEXT PRIMARY KEY NOT NULL,
+    client_id TEXT,
+    issuer TEXT,
+    credentials TEXT,
+    pending TEXT NOT NULL
 )";
 
 #[derive(Deserialize)]
@@ -29,16 +46,24 @@ struct Row {
     transport: String,
     route: Option<String>,
     bearer_token: Option<String>,
+    oauth_options: Option<String>,
 }
 
-/// Creates the table if it is missing. Idempotent; call it from `on_start`.
+#[derive(Deserialize)]
+struct OAuthRow {
+    server_id: String,
+    credentials: Option<String>,
+    pending: String,
+}
+
+/// Creates the tables if missing. Idempotent; call it from `on_start`.
 pub fn migrate(storage: &mut Storage) -> Result<()> {
     storage.exec(SCHEMA, ())?;
     Ok(())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
-    // These enums serialize to plain strings; serde_json cannot fail on them.
+    // Plain data types: serde_json cannot fail on them.
     serde_json::to_string(value).unwrap_or_default()
 }
 
@@ -46,34 +71,59 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 pub fn save_server(storage: &mut Storage, config: &ServerConfig) -> Result<()> {
     migrate(storage)?;
     storage.exec(
-        "INSERT INTO mcp_servers (id, url, transport, route, bearer_token) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO mcp_servers (id, url, transport, route, bearer_token, oauth_options)
+         VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT(id) DO UPDATE SET url = excluded.url, transport = excluded.transport,
-           route = excluded.route, bearer_token = excluded.bearer_token",
+           route = excluded.route, bearer_token = excluded.bearer_token,
+           oauth_options = excluded.oauth_options",
         (
             config.id.as_str(),
             config.url.as_str(),
             to_json(&config.transport),
             config.route.as_ref().map(to_json),
             config.bearer_token.clone(),
+            config.oauth.as_ref().map(to_json),
         ),
     )?;
     Ok(())
 }
 
-/// Removes one server; true when it existed.
+/// Inserts or replaces one server's OAuth record.
+pub fn save_oauth(storage: &mut Storage, server_id: &str, record: &OAuthRecord) -> Result<()> {
+    migrate(storage)?;
+    let credentials = record.credentials.as_ref();
+    storage.exec(
+        "INSERT INTO mcp_oauth (server_id, client_id, issuer, credentials, pending)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(server_id) DO UPDATE SET client_id = excluded.client_id,
+           issuer = excluded.issuer, credentials = excluded.credentials, pending = excluded.pending",
+        (
+            server_id,
+            credentials.map(|c| c.client_id.clone()),
+            credentials.and_then(|c| c.issuer.clone()),
+            credentials.map(to_json),
+            to_json(&record.pending),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Removes one server and its OAuth record; true when the server existed.
 pub fn delete_server(storage: &mut Storage, id: &str) -> Result<bool> {
     migrate(storage)?;
+    storage.exec("DELETE FROM mcp_oauth WHERE server_id = ?", (id,))?;
     let cursor = storage.exec("DELETE FROM mcp_servers WHERE id = ?", (id,))?;
     Ok(cursor.rows_written() > 0)
 }
 
-/// Every saved server, in id order. Rows that no longer decode (an older format) are skipped
-/// with a warning rather than blocking the object's start.
+/// Every saved server, in id order. Rows that no longer decode are skipped with a warning
+/// rather than blocking the object's start.
 pub fn load_servers(storage: &mut Storage) -> Result<Vec<ServerConfig>> {
     migrate(storage)?;
     let rows: Vec<Row> = storage
         .exec(
-            "SELECT id, url, transport, route, bearer_token FROM mcp_servers ORDER BY id",
+            "SELECT id, url, transport, route, bearer_token, oauth_options FROM mcp_servers
+             ORDER BY id",
             (),
         )?
         .all()?;
@@ -87,13 +137,57 @@ pub fn load_servers(storage: &mut Storage) -> Result<Vec<ServerConfig>> {
             }
         };
         let route: Option<Route> = row.route.and_then(|r| serde_json::from_str(&r).ok());
+        let oauth: Option<OAuthOptions> = row
+            .oauth_options
+            .and_then(|o| serde_json::from_str(&o).ok());
         out.push(ServerConfig {
             id: row.id,
             url: row.url,
             transport,
             route,
             bearer_token: row.bearer_token,
+            oauth,
         });
     }
     Ok(out)
+}
+
+/// Every saved OAuth record, by server id.
+pub fn load_oauth(storage: &mut Storage) -> Result<HashMap<String, OAuthRecord>> {
+    migrate(storage)?;
+    let rows: Vec<OAuthRow> = storage
+        .exec("SELECT server_id, credentials, pending FROM mcp_oauth", ())?
+        .all()?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let credentials = row.credentials.and_then(|c| serde_json::from_str(&c).ok());
+        let pending = serde_json::from_str(&row.pending).unwrap_or_default();
+        out.insert(
+            row.server_id,
+            OAuthRecord {
+                credentials,
+                pending,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Saves every server of the manager with its OAuth record.
+pub fn save_all(storage: &mut Storage, manager: &McpClientManager) -> Result<()> {
+    for config in manager.configs() {
+        save_server(storage, &config)?;
+    }
+    for (id, record) in manager.oauth_records() {
+        save_oauth(storage, &id, &record)?;
+    }
+    Ok(())
+}
+
+/// Registers every saved server with the manager; they reconnect in the background with their
+/// remembered routes and tokens, without asking the user again.
+pub fn restore(storage: &mut Storage, manager: &McpClientManager) -> Result<()> {
+    let configs = load_servers(storage)?;
+    let oauth = load_oauth(storage)?;
+    manager.restore(configs, oauth)
 }

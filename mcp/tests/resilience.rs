@@ -144,9 +144,7 @@ async fn servers_and_routes_survive_an_object_restart() {
     {
         let mut storage = Storage::open(&db, Durability::Normal).expect("open");
         let manager = McpClientManager::new(ManagerOptions::default());
-        manager
-            .restore(store::load_servers(&mut storage).expect("load"))
-            .expect("restore");
+        store::restore(&mut storage, &manager).expect("restore");
         assert!(manager.servers().is_empty());
         manager
             .connect(ServerConfig::new("py", &py.url), READY)
@@ -155,9 +153,7 @@ async fn servers_and_routes_survive_an_object_restart() {
         let mut token = ServerConfig::new("ev", &ev.url);
         token.bearer_token = Some("opaque-token".into());
         manager.connect(token, READY).await.expect("ev");
-        for config in manager.configs() {
-            store::save_server(&mut storage, &config).expect("save");
-        }
+        store::save_all(&mut storage, &manager).expect("save");
         storage.commit().expect("commit");
         manager.close().await;
     }
@@ -176,7 +172,7 @@ async fn servers_and_routes_survive_an_object_restart() {
     assert_eq!(py_saved.route.map(|r| r.era), Some(Era::Modern));
 
     let manager = McpClientManager::new(ManagerOptions::default());
-    manager.restore(saved).expect("restore");
+    store::restore(&mut storage, &manager).expect("restore");
     manager.wait_ready("py", READY).await.expect("py back");
     manager.wait_ready("ev", READY).await.expect("ev back");
     let sum = manager

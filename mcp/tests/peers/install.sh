@@ -3,6 +3,7 @@
 # (default: <repo>/.peers/mcp, override with DENIZEN_MCP_PEERS). Idempotent; versions pinned.
 #   - @modelcontextprotocol/server-everything: the TypeScript SDK's reference server
 #     (Streamable HTTP, legacy SSE; protocol <= 2025-11-25)
+#   - @modelcontextprotocol/sdk: its example server with an in-memory OAuth authorization server
 #   - Python `mcp` SDK in a venv: a second, dual-era server (2025-11-25 and 2026-07-28)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -13,8 +14,10 @@ cd "$PEERS"
 command -v node >/dev/null || { echo "install.sh: node (>= 20) is required on PATH" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "install.sh: python3 (>= 3.10) is required on PATH" >&2; exit 1; }
 [ -f package.json ] || printf '{"name":"denizen-mcp-peers","private":true}\n' > package.json
-if [ ! -f node_modules/@modelcontextprotocol/server-everything/package.json ]; then
-  npm install --no-audit --no-fund --save-exact @modelcontextprotocol/server-everything@2026.8.31
+if [ ! -f node_modules/@modelcontextprotocol/server-everything/package.json ] ||
+   [ ! -f node_modules/@modelcontextprotocol/sdk/package.json ]; then
+  npm install --no-audit --no-fund --save-exact \
+    @modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/sdk@1.32.2
 fi
 if [ ! -x venv/bin/python ] || ! venv/bin/python -c 'import mcp' 2>/dev/null; then
   python3 -m venv venv

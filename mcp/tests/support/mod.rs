@@ -18,6 +18,9 @@ pub fn peers_dir() -> PathBuf {
     assert!(
         dir.join("node_modules/@modelcontextprotocol/server-everything/package.json")
             .is_file()
+            && dir
+                .join("node_modules/@modelcontextprotocol/sdk/package.json")
+                .is_file()
             && dir.join("venv/bin/python").is_file(),
         "MCP test peers are missing in {}: run `bash mcp/tests/peers/install.sh` (or .ci/run) first",
         dir.display()
@@ -57,7 +60,40 @@ impl Peer {
             .env("HOME", std::env::temp_dir())
             .env("PORT", port.to_string());
         let path = if mode == "sse" { "sse" } else { "mcp" };
-        Peer::start(cmd, port, format!("http://127.0.0.1:{port}/{path}")).await
+        Peer::start(
+            cmd,
+            port,
+            format!("http://127.0.0.1:{port}/{path}"),
+            &[&port.to_string()],
+        )
+        .await
+    }
+
+    /// The TypeScript SDK's example server with its in-memory OAuth authorization server
+    /// (URLs on `localhost`): MCP on `port`, authorization server on `auth_port`.
+    pub async fn ts_oauth(port: u16, auth_port: u16) -> Peer {
+        let peers = peers_dir();
+        let mut cmd = Command::new("node");
+        cmd.arg("-r")
+            .arg(here().join("loopback.cjs"))
+            .arg(peers.join(
+                "node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js",
+            ))
+            .arg("--oauth")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("MCP_PORT", port.to_string())
+            .env("MCP_AUTH_PORT", auth_port.to_string());
+        let mcp = format!("Server listening on port {port}");
+        let auth = format!("Authorization Server listening on port {auth_port}");
+        Peer::start(
+            cmd,
+            port,
+            format!("http://localhost:{port}/mcp"),
+            &[&mcp, &auth],
+        )
+        .await
     }
 
     /// The Python SDK server; `transport` is `streamable-http` (URL `/mcp`) or `sse` (`/sse`).
@@ -68,10 +104,19 @@ impl Peer {
             .arg(port.to_string())
             .arg(transport);
         let path = if transport == "sse" { "sse" } else { "mcp" };
-        Peer::start(cmd, port, format!("http://127.0.0.1:{port}/{path}")).await
+        // uvicorn logs "Uvicorn running on http://127.0.0.1:PORT".
+        let ready = format!("127.0.0.1:{port}");
+        Peer::start(
+            cmd,
+            port,
+            format!("http://127.0.0.1:{port}/{path}"),
+            &[&ready],
+        )
+        .await
     }
 
-    async fn start(mut cmd: Command, port: u16, url: String) -> Peer {
+    /// Starts `cmd` and waits until its output has shown every `ready` string.
+    async fn start(mut cmd: Command, port: u16, url: String, ready: &[&str]) -> Peer {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,14 +145,15 @@ impl Peer {
             });
         }
         drop(tx);
-        // Ready when the server logs that it listens on our port.
-        let needle = port.to_string();
+        // Ready when the server has logged that it listens.
+        let mut missing: Vec<&str> = ready.to_vec();
         let mut log = Vec::new();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = rx.recv().await {
-                let hit = line.contains(&needle) && !line.contains("starting on port");
+                missing
+                    .retain(|needle| !line.contains(needle) || line.contains("starting on port"));
                 log.push(line);
-                if hit {
+                if missing.is_empty() {
                     return true;
                 }
             }
