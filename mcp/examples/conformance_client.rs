@@ -3,6 +3,10 @@
 //! Contract: the server URL is the last argument; the scenario is in `MCP_CONFORMANCE_SCENARIO`,
 //! the protocol era in `MCP_CONFORMANCE_PROTOCOL_VERSION` (`2025-11-25` → `initialize`
 //! lifecycle, `2026-07-28` → stateless), scenario data as JSON in `MCP_CONFORMANCE_CONTEXT`.
+//! OAuth scenarios run headless: the "browser" GETs the authorization URL without following the
+//! redirect and hands the `Location` to [`McpClientManager::complete_authorization`], as the
+//! object's callback route would.
+//!
 //! It does what most client scenarios expect — connect, list the tools, call the first one with
 //! `{"a": 2, "b": 3}` (or the calls the context names), disconnect — through
 //! [`McpClientManager`], and exits non-zero on any failure.
@@ -16,10 +20,41 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use denizen_mcp::{
-    CallOptions, Era, ManagerOptions, McpClientManager, Route, ServerConfig, TransportKind,
-    TransportPreference,
+    CallOptions, Era, ManagerOptions, McpClientManager, OAuthOptions, Route, ServerConfig,
+    ServerState, TransportKind, TransportPreference,
 };
 use serde_json::{Value, json};
+
+/// Waits for the server to be ready, completing an authorization headlessly on the way.
+async fn ready(manager: &McpClientManager) -> anyhow::Result<denizen_mcp::ServerStatus> {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut changes = manager.subscribe();
+    let mut handled = None;
+    loop {
+        let status = manager.server("s")?;
+        match status.state {
+            ServerState::Ready => return Ok(status),
+            ServerState::Authenticating => {
+                if let Some(url) = status.auth_url.filter(|u| handled.as_ref() != Some(u)) {
+                    handled = Some(url.clone());
+                    let response = browser.get(&url).send().await?;
+                    let location = response
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                        .context("the authorization endpoint did not redirect")?
+                        .to_owned();
+                    manager.complete_authorization("s", &location).await?;
+                }
+            }
+            ServerState::Failed => eprintln!("not ready yet: {:?}", status.error),
+            _ => {}
+        }
+        changes.changed().await?;
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,6 +80,8 @@ async fn main() -> anyhow::Result<()> {
         client_name: "denizen-conformance-client".into(),
         connect_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(20),
+        // The runner's mock authorization servers are on localhost.
+        allow_private_oauth_metadata: true,
         ..ManagerOptions::default()
     });
     let mut config = ServerConfig::new("s", &url);
@@ -60,10 +97,22 @@ async fn main() -> anyhow::Result<()> {
             era: Era::Legacy,
         }),
     };
-    let status = manager
-        .connect(config, Duration::from_secs(20))
+    config.oauth = Some(OAuthOptions {
+        redirect_uri: "http://localhost:3000/callback".into(),
+        client_id: context
+            .get("client_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        client_secret: context
+            .get("client_secret")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ..OAuthOptions::default()
+    });
+    manager.add_server(config)?;
+    let status = tokio::time::timeout(Duration::from_secs(25), ready(&manager))
         .await
-        .context("connect")?;
+        .context("the server did not become ready")??;
     eprintln!("connected: {status:?}");
 
     // Scenarios that script their calls name them in the context.
