@@ -130,15 +130,18 @@ async fn main() -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let calls = if scenario.starts_with("json-schema") {
-        // Schema scenarios check the tool's inputSchema survives our types unchanged: echo it.
-        manager
-            .tools()
-            .first()
-            .map(|t| {
-                let schema = Value::Object((*t.tool.input_schema).clone());
-                vec![(t.tool.name.to_string(), json!({ "schema": schema }))]
-            })
-            .unwrap_or_default()
+        // Schema scenarios check that a tool's inputSchema survives our types unchanged: pass
+        // the observed schema back through the server's echo tool.
+        let tools = manager.tools();
+        let echo = tools.iter().find(|t| t.tool.name.ends_with("echo"));
+        let observed = tools.iter().find(|t| !t.tool.name.ends_with("echo"));
+        match (echo, observed) {
+            (Some(echo), Some(observed)) => {
+                let schema = Value::Object((*observed.tool.input_schema).clone());
+                vec![(echo.tool.name.to_string(), json!({ "schema": schema }))]
+            }
+            _ => Vec::new(),
+        }
     } else if scripted.is_empty() {
         manager
             .tools()
