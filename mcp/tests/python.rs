@@ -126,3 +126,38 @@ async fn legacy_sse_transport() {
     exercise(&manager, "pysse").await;
     manager.close().await;
 }
+
+#[tokio::test]
+async fn tools_list_changed_refreshes_the_tools() {
+    init_tracing();
+    let peer = Peer::python("streamable-http", free_port()).await;
+    let manager = McpClientManager::new(ManagerOptions::default());
+    let mut config = ServerConfig::new("py", &peer.url);
+    config.route = Some(Route {
+        transport: TransportKind::StreamableHttp,
+        era: Era::Legacy,
+    });
+    manager.connect(config, READY).await.expect("connect");
+    let has_extra = |m: &McpClientManager| m.tools().iter().any(|t| t.name == "py__extra");
+    assert!(!has_extra(&manager));
+    let mut changes = manager.subscribe();
+    let grown = manager
+        .call_tool("py__grow", json!({}), CallOptions::default())
+        .await
+        .expect("grow");
+    assert!(text_of(&grown).contains("grown"), "{grown:?}");
+    // The server's notifications/tools/list_changed makes the manager fetch the list again.
+    tokio::time::timeout(READY, async {
+        while !has_extra(&manager) {
+            changes.changed().await.expect("manager alive");
+        }
+    })
+    .await
+    .expect("py__extra appears");
+    let doubled = manager
+        .call_tool("py__extra", json!({"x": 21}), CallOptions::default())
+        .await
+        .expect("extra");
+    assert!(text_of(&doubled).contains("42"), "{doubled:?}");
+    manager.close().await;
+}

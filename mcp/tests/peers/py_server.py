@@ -4,7 +4,7 @@ Usage: py_server.py PORT [streamable-http|sse]. Binds 127.0.0.1 only. Speaks bot
 on Streamable HTTP (2025-11-25 `initialize` and 2026-07-28 stateless)."""
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 port = int(sys.argv[1])
 transport = sys.argv[2] if len(sys.argv) > 2 else "streamable-http"
@@ -27,6 +27,24 @@ def analyze(text: str) -> str:
 def fail(reason: str) -> str:
     """Always fails: the result carries isError."""
     raise ValueError(reason)
+
+
+def extra(x: int) -> int:
+    """A tool that appears when `grow` is called."""
+    return x * 2
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Adds the tool `extra` and tells the client its tool list changed."""
+    server.add_tool(extra)
+    if ctx.protocol_version == "2026-07-28":
+        # Stateless era: to `subscriptions/listen` streams.
+        await ctx.notify_tools_changed()
+    else:
+        # Session era: on the session's standalone stream.
+        await ctx.session.send_tool_list_changed()
+    return "grown"
 
 
 @server.resource("peer://static")
