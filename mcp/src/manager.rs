@@ -12,7 +12,8 @@ use rmcp::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
         CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
         GetPromptResult, JsonObject, Prompt, ReadResourceRequest, ReadResourceRequestParams,
-        ReadResourceResult, Resource, ResourceTemplate, ServerResult, Tool,
+        ReadResourceResult, Resource, ResourceTemplate, ServerNotification, ServerResult,
+        SubscriptionFilterBuilder, Tool,
     },
     service::{Peer, PeerRequestOptions, ServiceError},
 };
@@ -25,7 +26,8 @@ use crate::{
     Error, Result,
     auth::{self, OAuthCell, OAuthOptions, OAuthRecord},
     client::{
-        self, Connected, Dial, Progress, ProgressRoutes, Route, ServerEvent, TransportPreference,
+        self, Connected, Dial, Era, Progress, ProgressRoutes, Route, ServerEvent,
+        TransportPreference,
     },
 };
 
@@ -740,6 +742,51 @@ async fn discover(peer: &Peer<RoleClient>, which: Option<ServerEvent>) -> Result
     Ok(lists)
 }
 
+/// Aborts a background task when the connection it belongs to ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Forwards the list-changed notifications of a 2026-07-28 server's `subscriptions/listen`.
+async fn listen(peer: Peer<RoleClient>, events: mpsc::UnboundedSender<ServerEvent>) {
+    let filter = SubscriptionFilterBuilder::default()
+        .tools_list_changed()
+        .prompts_list_changed()
+        .resources_list_changed()
+        .build();
+    let mut subscription = match peer.listen(filter).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "subscriptions/listen refused; lists refresh on reconnect only");
+            return;
+        }
+    };
+    loop {
+        let event = match subscription.next().await {
+            Ok(Some(ServerNotification::ToolListChangedNotification(_))) => ServerEvent::Tools,
+            Ok(Some(ServerNotification::PromptListChangedNotification(_))) => ServerEvent::Prompts,
+            Ok(Some(ServerNotification::ResourceListChangedNotification(_))) => {
+                ServerEvent::Resources
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(error = %e, "subscriptions/listen stream ended");
+                return;
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
 /// The life of one server: dial, discover, serve until the connection ends, back off, again.
 async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
     let mut attempt: u32 = 0;
@@ -749,6 +796,7 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
         }
         set_state(&inner, &server, ServerState::Connecting, None);
         let (events_tx, mut events) = mpsc::unbounded_channel();
+        let listen_tx = events_tx.clone();
         let dial = {
             let config = lock(&server.config);
             Dial {
@@ -805,6 +853,11 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                         }
                         inner.version.send_modify(|v| *v += 1);
                         info!(route = ?route, "MCP server ready");
+                        // The stateless era has no session stream: list changes come on a
+                        // `subscriptions/listen` stream the client opens.
+                        let listener = (route.era == Era::Modern)
+                            .then(|| tokio::spawn(listen(peer.clone(), listen_tx)));
+                        let _listener = AbortOnDrop(listener);
                         let mut ended = std::pin::pin!(service.waiting());
                         loop {
                             tokio::select! {

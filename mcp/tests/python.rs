@@ -127,17 +127,17 @@ async fn legacy_sse_transport() {
     manager.close().await;
 }
 
-#[tokio::test]
-async fn tools_list_changed_refreshes_the_tools() {
+async fn list_changed_refreshes_the_tools(era: Era) {
     init_tracing();
     let peer = Peer::python("streamable-http", free_port()).await;
     let manager = McpClientManager::new(ManagerOptions::default());
     let mut config = ServerConfig::new("py", &peer.url);
     config.route = Some(Route {
         transport: TransportKind::StreamableHttp,
-        era: Era::Legacy,
+        era,
     });
-    manager.connect(config, READY).await.expect("connect");
+    let status = manager.connect(config, READY).await.expect("connect");
+    assert_eq!(status.route.map(|r| r.era), Some(era));
     let has_extra = |m: &McpClientManager| m.tools().iter().any(|t| t.name == "py__extra");
     assert!(!has_extra(&manager));
     let mut changes = manager.subscribe();
@@ -160,4 +160,14 @@ async fn tools_list_changed_refreshes_the_tools() {
         .expect("extra");
     assert!(text_of(&doubled).contains("42"), "{doubled:?}");
     manager.close().await;
+}
+
+#[tokio::test]
+async fn list_changed_on_the_session_stream() {
+    list_changed_refreshes_the_tools(Era::Legacy).await;
+}
+
+#[tokio::test]
+async fn list_changed_on_a_listen_subscription() {
+    list_changed_refreshes_the_tools(Era::Modern).await;
 }
