@@ -15,6 +15,7 @@ use std::{
 use rmcp::transport::{
     AuthError, AuthorizationManager, AuthorizationRequest, AuthorizationSession, CredentialStore,
     StateStore, StoredAuthorizationState, StoredCredentials,
+    auth::{AuthorizationCallback, OAuthClientConfig},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -35,10 +36,22 @@ pub struct OAuthOptions {
     pub scopes: Vec<String>,
 }
 
-/// What is persisted per server: the client registration and tokens (refresh token included),
+/// The client registration used with one authorization server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredClient {
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub redirect_uri: String,
+    /// The authorization server's issuer: a registration is only reused with the same one.
+    pub issuer: Option<String>,
+}
+
+/// What is persisted per server: the client registration, the tokens (refresh token included),
 /// and the PKCE verifiers of authorizations in progress, keyed by `state`.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct OAuthRecord {
+    #[serde(default)]
+    pub client: Option<RegisteredClient>,
     pub credentials: Option<StoredCredentials>,
     pub pending: HashMap<String, StoredAuthorizationState>,
 }
@@ -46,6 +59,7 @@ pub struct OAuthRecord {
 impl std::fmt::Debug for OAuthRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuthRecord")
+            .field("client", &self.client.as_ref().map(|c| &c.client_id))
             .field("credentials", &self.credentials)
             .field("pending", &self.pending.len())
             .finish()
@@ -167,7 +181,15 @@ pub(crate) async fn start(
              (code_challenge_methods_supported); refusing to authorize"
         ));
     }
+    let issuer = resolution.metadata.issuer.clone();
     manager.set_metadata(resolution.metadata);
+    // Reuse our registration with this authorization server (a restart must not register a new
+    // client, or a callback for the old one would fail); register again when the server moved.
+    let reuse = cell.with(|r| {
+        r.client
+            .clone()
+            .filter(|c| c.issuer == issuer && c.redirect_uri == options.redirect_uri)
+    });
     let mut request =
         AuthorizationRequest::new(options.redirect_uri.clone()).with_client_name(client_name);
     if let Some(challenge) = challenge {
@@ -178,6 +200,11 @@ pub(crate) async fn start(
         if let Some(secret) = &options.client_secret {
             request = request.with_client_secret(secret.clone());
         }
+    } else if let Some(client) = &reuse {
+        request = request.with_preregistered_client(client.client_id.clone());
+        if let Some(secret) = &client.client_secret {
+            request = request.with_client_secret(secret.clone());
+        }
     }
     if let Some(doc) = &options.client_metadata_url {
         request = request.with_client_metadata_url(doc.clone());
@@ -185,7 +212,70 @@ pub(crate) async fn start(
     if !options.scopes.is_empty() {
         request = request.with_scopes(options.scopes.iter().cloned());
     }
-    AuthorizationSession::new(manager, request)
+    let session = AuthorizationSession::new(manager, request)
         .await
-        .map_err(|(_, e)| format!("client registration / authorization URL: {e}"))
+        .map_err(|(_, e)| format!("client registration / authorization URL: {e}"))?;
+    if let Ok((client_id, _)) = session.get_credentials().await {
+        let client_secret = match (&options.client_id, &reuse) {
+            (Some(_), _) => options.client_secret.clone(),
+            (None, Some(c)) if c.client_id == client_id => c.client_secret.clone(),
+            _ => None,
+        };
+        cell.with(|r| {
+            r.client = Some(RegisteredClient {
+                client_id,
+                client_secret,
+                redirect_uri: options.redirect_uri.clone(),
+                issuer,
+            })
+        });
+        cell.bump();
+    }
+    Ok(session)
+}
+
+/// Finishes an authorization whose session did not survive (the object restarted between
+/// handing out the URL and the callback): the registration and the PKCE verifier come from the
+/// persisted record.
+pub(crate) async fn resume(
+    url: &str,
+    callback_url: &str,
+    cell: &OAuthCell,
+    allow_private_addresses: bool,
+) -> Result<(), String> {
+    let client = cell
+        .with(|r| r.client.clone())
+        .ok_or("no client registration is stored for this server")?;
+    let callback = AuthorizationCallback::from_redirect_url(callback_url)
+        .map_err(|e| format!("callback URL: {e}"))?;
+    if !cell.with(|r| r.pending.contains_key(&callback.csrf_token)) {
+        return Err("the callback's state matches no authorization in progress".into());
+    }
+    let mut manager = authorization_manager(url, cell, allow_private_addresses)
+        .await
+        .map_err(|e| format!("authorization setup: {e}"))?;
+    let resolution = manager
+        .resolve_metadata()
+        .await
+        .map_err(|e| format!("authorization server discovery: {e}"))?;
+    if resolution.metadata.issuer != client.issuer {
+        return Err("the authorization server changed since the authorization started".into());
+    }
+    manager.set_metadata(resolution.metadata);
+    let mut config = OAuthClientConfig::new(client.client_id, client.redirect_uri);
+    if let Some(secret) = client.client_secret {
+        config = config.with_client_secret(secret);
+    }
+    manager
+        .configure_client(config)
+        .map_err(|e| format!("client configuration: {e}"))?;
+    manager
+        .exchange_code_for_token_with_issuer(
+            &callback.code,
+            &callback.csrf_token,
+            callback.issuer.as_deref(),
+        )
+        .await
+        .map_err(|e| format!("token exchange: {e}"))?;
+    Ok(())
 }

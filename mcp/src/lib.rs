@@ -52,7 +52,7 @@ mod manager;
 pub mod sse;
 pub mod store;
 
-pub use auth::{OAuthOptions, OAuthRecord};
+pub use auth::{OAuthOptions, OAuthRecord, RegisteredClient};
 pub use client::{Era, Progress, Route, TransportKind, TransportPreference};
 pub use error::{Error, Result};
 pub use manager::{

@@ -372,20 +372,33 @@ impl McpClientManager {
     /// indicator, stores the tokens and reconnects the server.
     pub async fn complete_authorization(&self, id: &str, callback_url: &str) -> Result<()> {
         let server = self.get(id)?;
-        let session = lock(&server.session)
-            .take()
-            .ok_or_else(|| Error::Authorization {
-                server: id.to_owned(),
-                message: "no authorization is in progress for this server".into(),
-            })?;
-        if let Err(e) = session.handle_callback_url(callback_url).await {
-            // Keep the session: the user may retry with a correct callback.
-            *lock(&server.session) = Some(session);
-            return Err(Error::Authorization {
-                server: id.to_owned(),
-                message: e.to_string(),
-            });
-        }
+        let session = lock(&server.session).take();
+        let result = match session {
+            Some(session) => match session.handle_callback_url(callback_url).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // Keep the session: the user may retry with a correct callback.
+                    *lock(&server.session) = Some(session);
+                    Err(e.to_string())
+                }
+            },
+            // The object restarted since the URL was handed out: rebuild from storage.
+            None => {
+                let url = lock(&server.config).url.clone();
+                auth::resume(
+                    &url,
+                    callback_url,
+                    &server.oauth,
+                    self.inner.options.allow_private_oauth_metadata,
+                )
+                .await
+            }
+        };
+        result.map_err(|message| Error::Authorization {
+            server: id.to_owned(),
+            message,
+        })?;
+        *lock(&server.session) = None;
         lock(&server.live).auth_url = None;
         self.bump();
         server.redial.notify_one();

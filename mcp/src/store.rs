@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::{
     McpClientManager, Result,
-    auth::{OAuthOptions, OAuthRecord},
+    auth::{OAuthOptions, OAuthRecord, RegisteredClient},
     client::{Route, TransportPreference},
     manager::ServerConfig,
 };
@@ -34,6 +34,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS mcp_servers (
 CREATE TABLE IF NOT EXISTS mcp_oauth (
     server_id TEXT PRIMARY KEY NOT NULL,
     client_id TEXT,
+    client_secret TEXT,
+    redirect_uri TEXT,
     issuer TEXT,
     credentials TEXT,
     pending TEXT NOT NULL
@@ -52,6 +54,10 @@ struct Row {
 #[derive(Deserialize)]
 struct OAuthRow {
     server_id: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    redirect_uri: Option<String>,
+    issuer: Option<String>,
     credentials: Option<String>,
     pending: String,
 }
@@ -91,17 +97,21 @@ pub fn save_server(storage: &mut Storage, config: &ServerConfig) -> Result<()> {
 /// Inserts or replaces one server's OAuth record.
 pub fn save_oauth(storage: &mut Storage, server_id: &str, record: &OAuthRecord) -> Result<()> {
     migrate(storage)?;
-    let credentials = record.credentials.as_ref();
+    let client = record.client.as_ref();
     storage.exec(
-        "INSERT INTO mcp_oauth (server_id, client_id, issuer, credentials, pending)
-         VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO mcp_oauth
+           (server_id, client_id, client_secret, redirect_uri, issuer, credentials, pending)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(server_id) DO UPDATE SET client_id = excluded.client_id,
+           client_secret = excluded.client_secret, redirect_uri = excluded.redirect_uri,
            issuer = excluded.issuer, credentials = excluded.credentials, pending = excluded.pending",
         (
             server_id,
-            credentials.map(|c| c.client_id.clone()),
-            credentials.and_then(|c| c.issuer.clone()),
-            credentials.map(to_json),
+            client.map(|c| c.client_id.clone()),
+            client.and_then(|c| c.client_secret.clone()),
+            client.map(|c| c.redirect_uri.clone()),
+            client.and_then(|c| c.issuer.clone()),
+            record.credentials.as_ref().map(to_json),
             to_json(&record.pending),
         ),
     )?;
@@ -156,15 +166,29 @@ pub fn load_servers(storage: &mut Storage) -> Result<Vec<ServerConfig>> {
 pub fn load_oauth(storage: &mut Storage) -> Result<HashMap<String, OAuthRecord>> {
     migrate(storage)?;
     let rows: Vec<OAuthRow> = storage
-        .exec("SELECT server_id, credentials, pending FROM mcp_oauth", ())?
+        .exec(
+            "SELECT server_id, client_id, client_secret, redirect_uri, issuer, credentials, pending
+             FROM mcp_oauth",
+            (),
+        )?
         .all()?;
     let mut out = HashMap::new();
     for row in rows {
         let credentials = row.credentials.and_then(|c| serde_json::from_str(&c).ok());
         let pending = serde_json::from_str(&row.pending).unwrap_or_default();
+        let client = match (row.client_id, row.redirect_uri) {
+            (Some(client_id), Some(redirect_uri)) => Some(RegisteredClient {
+                client_id,
+                client_secret: row.client_secret,
+                redirect_uri,
+                issuer: row.issuer,
+            }),
+            _ => None,
+        };
         out.insert(
             row.server_id,
             OAuthRecord {
+                client,
                 credentials,
                 pending,
             },

@@ -180,3 +180,39 @@ async fn a_protected_server_without_oauth_options_fails_clearly() {
     );
     manager.close().await;
 }
+
+#[tokio::test]
+async fn callback_after_the_object_restarted_mid_flow() {
+    init_tracing();
+    let peer = Peer::ts_oauth(free_port(), free_port()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("agent.sqlite");
+    let auth_url = {
+        let mut storage = Storage::open(&db, Durability::Normal).expect("open");
+        let manager = McpClientManager::new(options());
+        let mut config = ServerConfig::new("ts", &peer.url);
+        config.oauth = Some(OAuthOptions {
+            redirect_uri: CALLBACK.into(),
+            ..OAuthOptions::default()
+        });
+        manager.add_server(config).expect("add");
+        let auth_url = wait_for_auth_url(&manager, "ts").await;
+        store::save_all(&mut storage, &manager).expect("save");
+        storage.commit().expect("commit");
+        manager.close().await;
+        auth_url
+    };
+    // The user authorizes while the object is gone (hibernated or restarted).
+    let callback = authorize(&auth_url).await;
+
+    let mut storage = Storage::open(&db, Durability::Normal).expect("reopen");
+    let manager = McpClientManager::new(options());
+    store::restore(&mut storage, &manager).expect("restore");
+    manager
+        .complete_authorization("ts", &callback)
+        .await
+        .expect("the callback completes with the stored registration and PKCE verifier");
+    manager.wait_ready("ts", READY).await.expect("ready");
+    assert!(greet(&manager).await.contains("Ada"));
+    manager.close().await;
+}
