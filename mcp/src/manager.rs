@@ -182,6 +182,7 @@ struct Live {
     connections: u64,
     lists: Lists,
     auth_url: Option<String>,
+    capabilities: Option<serde_json::Value>,
 }
 
 struct Server {
@@ -283,6 +284,7 @@ impl McpClientManager {
                     connections: 0,
                     lists: Lists::default(),
                     auth_url: None,
+                    capabilities: None,
                 }),
                 shutdown: CancellationToken::new(),
                 redial: Notify::new(),
@@ -403,6 +405,81 @@ impl McpClientManager {
         self.bump();
         server.redial.notify_one();
         Ok(())
+    }
+
+    /// The server whose authorization in progress issued the `state` of this callback URL, for
+    /// routing a callback request to [`McpClientManager::complete_authorization`].
+    pub fn server_for_callback(&self, callback_url: &str) -> Option<String> {
+        let state = url::Url::parse(callback_url)
+            .ok()?
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())?;
+        lock(&self.inner.servers)
+            .iter()
+            .find(|(_, s)| lock(&s.oauth.record).pending.contains_key(&state))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// The `mcp` object of the Agents SDK's `cf_agent_mcp_servers` frame: every server with its
+    /// state, and the tools, prompts and resources of ready servers tagged with `serverId`.
+    pub fn agents_state(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let servers: Vec<(String, Arc<Server>)> = lock(&self.inner.servers)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let tag = |value: Value, id: &str| match value {
+            Value::Object(mut map) => {
+                map.insert("serverId".into(), Value::String(id.to_owned()));
+                Value::Object(map)
+            }
+            other => other,
+        };
+        let (mut by_id, mut tools, mut prompts, mut resources) =
+            (Map::new(), Vec::new(), Vec::new(), Vec::new());
+        for (id, server) in servers {
+            let url = lock(&server.config).url.clone();
+            let live = lock(&server.live);
+            let state = match live.state {
+                ServerState::Authenticating => "authenticating",
+                ServerState::Connecting => "connecting",
+                ServerState::Discovering => "discovering",
+                ServerState::Ready => "ready",
+                ServerState::Failed => "failed",
+                ServerState::Closed => "not-connected",
+            };
+            // The Agents SDK truncates error strings to 500 characters.
+            let error = live
+                .error
+                .as_ref()
+                .map(|e| e.chars().take(500).collect::<String>());
+            by_id.insert(
+                id.clone(),
+                json!({
+                    "auth_url": live.auth_url,
+                    "capabilities": live.capabilities,
+                    "error": error,
+                    "instructions": live.instructions,
+                    "name": live.server_name.clone().unwrap_or_else(|| id.clone()),
+                    "server_url": url,
+                    "state": state,
+                }),
+            );
+            if live.state != ServerState::Ready {
+                continue;
+            }
+            for t in &live.lists.tools {
+                tools.push(tag(serde_json::to_value(t).unwrap_or(Value::Null), &id));
+            }
+            for p in &live.lists.prompts {
+                prompts.push(tag(serde_json::to_value(p).unwrap_or(Value::Null), &id));
+            }
+            for r in &live.lists.resources {
+                resources.push(tag(serde_json::to_value(r).unwrap_or(Value::Null), &id));
+            }
+        }
+        json!({ "prompts": prompts, "resources": resources, "servers": by_id, "tools": tools })
     }
 
     /// Every server with its state.
@@ -855,6 +932,9 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                                 .as_ref()
                                 .and_then(|i| i.server_info.as_ref().map(|s| s.name.clone()));
                             live.instructions = info.as_ref().and_then(|i| i.instructions.clone());
+                            live.capabilities = info
+                                .as_ref()
+                                .and_then(|i| serde_json::to_value(&i.capabilities).ok());
                             live.lists = lists;
                             live.connections += 1;
                             live.progress = Some(progress);

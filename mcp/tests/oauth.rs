@@ -103,6 +103,15 @@ async fn full_flow_then_token_reused_after_restart() {
         assert!(manager.complete_authorization("ts", &forged).await.is_err());
 
         let callback = authorize(&auth_url).await;
+        let state = manager.agents_state();
+        assert_eq!(state["servers"]["ts"]["state"], "authenticating");
+        assert_eq!(state["servers"]["ts"]["auth_url"], auth_url.as_str());
+        // The object's callback route finds the server from the callback's `state`.
+        assert_eq!(
+            manager.server_for_callback(&callback).as_deref(),
+            Some("ts")
+        );
+        assert_eq!(manager.server_for_callback(&forged), None);
         manager
             .complete_authorization("ts", &callback)
             .await

@@ -92,6 +92,24 @@ async fn modern_stateless_era() {
     );
     assert_eq!(status.protocol_version.as_deref(), Some("2026-07-28"));
     exercise(&manager, "py").await;
+    // What an agent pushes to its clients as the `cf_agent_mcp_servers` frame.
+    let state = manager.agents_state();
+    assert_eq!(state["servers"]["py"]["state"], "ready");
+    assert_eq!(state["servers"]["py"]["server_url"], peer.url.as_str());
+    assert_eq!(state["servers"]["py"]["name"], "denizen-test-peer");
+    assert!(
+        state["servers"]["py"]["capabilities"]["tools"].is_object(),
+        "{state}"
+    );
+    let tools = state["tools"].as_array().expect("tools");
+    assert!(
+        tools
+            .iter()
+            .any(|t| t["name"] == "add" && t["serverId"] == "py"),
+        "{state}"
+    );
+    assert_eq!(state["prompts"][0]["serverId"], "py");
+    assert_eq!(state["resources"][0]["serverId"], "py");
     manager.close().await;
 }
 
