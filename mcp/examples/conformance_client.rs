@@ -153,15 +153,27 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut failed = false;
     for (tool, arguments) in calls {
-        match manager
-            .call_server_tool("s", &tool, arguments, CallOptions::default())
-            .await
-        {
-            Ok(result) => eprintln!("{tool}: is_error={:?}", result.is_error),
-            Err(e) => {
-                eprintln!("{tool}: {e}");
-                failed = true;
+        // A scope challenge puts the server back into `authenticating`: authorize and retry.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match manager
+                .call_server_tool("s", &tool, arguments.clone(), CallOptions::default())
+                .await
+            {
+                Ok(result) => eprintln!("{tool}: is_error={:?}", result.is_error),
+                Err(denizen_mcp::Error::AuthorizationRequired { .. }) if tries < 5 => {
+                    tokio::time::timeout(Duration::from_secs(25), ready(&manager))
+                        .await
+                        .context("re-authorization")??;
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("{tool}: {e}");
+                    failed = true;
+                }
             }
+            break;
         }
     }
     manager.close().await;

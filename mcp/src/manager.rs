@@ -31,6 +31,9 @@ use crate::{
     },
 };
 
+/// Re-authorizations for more scope in a row before a request fails for good.
+const MAX_STEP_UPS: u32 = 2;
+
 /// Separator between the server id and the tool name in namespaced tool names.
 pub const TOOL_SEPARATOR: &str = "__";
 
@@ -195,6 +198,10 @@ struct Server {
     oauth: OAuthCell,
     /// The authorization in progress (between the URL handed out and the callback).
     session: Mutex<Option<rmcp::transport::AuthorizationSession>>,
+    /// A 403 `insufficient_scope` (or 401) challenge from a request: re-authorize with it.
+    step_up: Mutex<Option<String>>,
+    /// Step-up authorizations since the last request that succeeded.
+    step_ups: std::sync::atomic::AtomicU32,
 }
 
 struct Inner {
@@ -293,6 +300,8 @@ impl McpClientManager {
                     changed: self.inner.version.clone(),
                 },
                 session: Mutex::new(None),
+                step_up: Mutex::new(None),
+                step_ups: std::sync::atomic::AtomicU32::new(0),
             });
             servers.insert(config.id.clone(), server.clone());
             server
@@ -720,7 +729,12 @@ impl McpClientManager {
                     seconds: timeout.as_secs_f64(),
                 })
             }
-            Some(Ok(r)) => Ok(r),
+            Some(Ok(r)) => {
+                server
+                    .step_ups
+                    .store(0, std::sync::atomic::Ordering::SeqCst);
+                Ok(r)
+            }
             Some(Err(ServiceError::McpError(e))) => Err(Error::Protocol {
                 server: id.to_owned(),
                 code: e.code.0,
@@ -736,6 +750,29 @@ impl McpClientManager {
 
     /// A request failed below JSON-RPC: the connection is suspect, so dial again.
     fn lost(&self, server: &Server, id: &str, e: &ServiceError) -> Error {
+        use std::sync::atomic::Ordering;
+        if let Some(challenge) = e.auth_challenge() {
+            let (url, oauth) = {
+                let config = lock(&server.config);
+                (config.url.clone(), config.oauth.is_some())
+            };
+            let done = server.step_ups.load(Ordering::SeqCst);
+            if !oauth || done >= MAX_STEP_UPS {
+                return Error::Authorization {
+                    server: id.to_owned(),
+                    message: format!(
+                        "the server refused the token ({challenge}) after {done} re-authorizations"
+                    ),
+                };
+            }
+            info!(server = %id, challenge, "MCP server wants more authorization; re-authorizing");
+            *lock(&server.step_up) = Some(challenge.to_owned());
+            server.redial.notify_one();
+            return Error::AuthorizationRequired {
+                url,
+                challenge: Some(challenge.to_owned()),
+            };
+        }
         warn!(server = %id, error = %client::error_chain(e), "MCP request lost its connection; reconnecting");
         server.redial.notify_one();
         Error::ConnectionLost {
@@ -809,7 +846,10 @@ fn set_state(inner: &Inner, server: &Server, state: ServerState, error: Option<S
 }
 
 /// Fetches the lists the server declares, every page of each.
-async fn discover(peer: &Peer<RoleClient>, which: Option<ServerEvent>) -> Result<Lists, String> {
+async fn discover(
+    peer: &Peer<RoleClient>,
+    which: Option<ServerEvent>,
+) -> Result<Lists, ServiceError> {
     let caps = peer
         .peer_info()
         .map(|i| i.capabilities.clone())
@@ -817,17 +857,14 @@ async fn discover(peer: &Peer<RoleClient>, which: Option<ServerEvent>) -> Result
     let mut lists = Lists::default();
     let all = which.is_none();
     if caps.tools.is_some() && (all || which == Some(ServerEvent::Tools)) {
-        lists.tools = peer.list_all_tools().await.map_err(|e| e.to_string())?;
+        lists.tools = peer.list_all_tools().await?;
     }
     if caps.prompts.is_some() && (all || which == Some(ServerEvent::Prompts)) {
-        lists.prompts = peer.list_all_prompts().await.map_err(|e| e.to_string())?;
+        lists.prompts = peer.list_all_prompts().await?;
     }
     if caps.resources.is_some() && (all || which == Some(ServerEvent::Resources)) {
-        lists.resources = peer.list_all_resources().await.map_err(|e| e.to_string())?;
-        lists.templates = peer
-            .list_all_resource_templates()
-            .await
-            .map_err(|e| e.to_string())?;
+        lists.resources = peer.list_all_resources().await?;
+        lists.templates = peer.list_all_resource_templates().await?;
     }
     Ok(lists)
 }
@@ -877,12 +914,101 @@ async fn listen(peer: Peer<RoleClient>, events: mpsc::UnboundedSender<ServerEven
     }
 }
 
+enum Authorize {
+    /// The callback came: dial again.
+    Redial,
+    Shutdown,
+    Failed,
+}
+
+/// Starts an authorization and waits (without retrying) for the callback to complete it.
+async fn authorize(inner: &Inner, server: &Server, challenge: Option<&str>) -> Authorize {
+    let (url, mut options) = {
+        let config = lock(&server.config);
+        (config.url.clone(), config.oauth.clone().unwrap_or_default())
+    };
+    // A challenge while holding a token is a step-up; bounded, or a server that never accepts
+    // any scope would loop forever.
+    if lock(&server.oauth.record).has_token() {
+        let n = server
+            .step_ups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n > MAX_STEP_UPS {
+            let message = format!(
+                "the server still refuses the token after {MAX_STEP_UPS} re-authorizations"
+            );
+            set_state(inner, server, ServerState::Failed, Some(message));
+            return Authorize::Failed;
+        }
+    }
+    // Step-up: ask for what was granted plus what the challenge wants (never fewer scopes).
+    if let Some(wanted) = challenge.and_then(challenge_scope) {
+        let granted = lock(&server.oauth.record)
+            .credentials
+            .as_ref()
+            .map(|c| c.granted_scopes.clone())
+            .unwrap_or_default();
+        let mut scopes = options.scopes.clone();
+        for scope in granted.iter().map(String::as_str).chain(wanted.split(' ')) {
+            if !scope.is_empty() && !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+        options.scopes = scopes;
+    }
+    let started = auth::start(
+        &url,
+        challenge,
+        &options,
+        &inner.options.client_name,
+        &server.oauth,
+        inner.options.allow_private_oauth_metadata,
+    )
+    .await;
+    match started {
+        Ok(session) => {
+            let auth_url = session.get_authorization_url().to_owned();
+            *lock(&server.session) = Some(session);
+            lock(&server.live).auth_url = Some(auth_url);
+            set_state(inner, server, ServerState::Authenticating, None);
+            info!("MCP server needs authorization; waiting for the callback");
+            // No retries while the user is away: the callback redials.
+            tokio::select! {
+                _ = server.redial.notified() => Authorize::Redial,
+                _ = server.shutdown.cancelled() => Authorize::Shutdown,
+            }
+        }
+        Err(message) => {
+            warn!(error = %message, "MCP authorization could not start");
+            set_state(inner, server, ServerState::Failed, Some(message));
+            Authorize::Failed
+        }
+    }
+}
+
+/// The `scope` parameter of a `WWW-Authenticate: Bearer` challenge.
+fn challenge_scope(header: &str) -> Option<String> {
+    let start = header.find("scope=\"")? + "scope=\"".len();
+    let rest = &header[start..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
 /// The life of one server: dial, discover, serve until the connection ends, back off, again.
 async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
     let mut attempt: u32 = 0;
     loop {
         if server.shutdown.is_cancelled() {
             return;
+        }
+        // A request hit a scope challenge: authorize again (the old session is already closed).
+        let step_up = lock(&server.step_up).take();
+        if let Some(challenge) = step_up {
+            match authorize(&inner, &server, Some(&challenge)).await {
+                Authorize::Redial => continue,
+                Authorize::Shutdown => return,
+                Authorize::Failed => {}
+            }
         }
         set_state(&inner, &server, ServerState::Connecting, None);
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -994,50 +1120,38 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                     }
                     Err(e) => {
                         stop.cancel();
-                        set_state(
-                            &inner,
-                            &server,
-                            ServerState::Failed,
-                            Some(format!("discovery failed: {e}")),
-                        );
+                        let challenge = e.auth_challenge().map(str::to_owned);
+                        if challenge.is_some() && lock(&server.config).oauth.is_some() {
+                            // Some servers let `initialize` through and protect the lists.
+                            match authorize(&inner, &server, challenge.as_deref()).await {
+                                Authorize::Redial => {
+                                    attempt = 0;
+                                    continue;
+                                }
+                                Authorize::Shutdown => return,
+                                Authorize::Failed => {}
+                            }
+                        } else {
+                            set_state(
+                                &inner,
+                                &server,
+                                ServerState::Failed,
+                                Some(format!("discovery failed: {}", client::error_chain(&e))),
+                            );
+                        }
                     }
                 }
             }
             Err(Error::AuthorizationRequired { challenge, .. })
                 if lock(&server.config).oauth.is_some() =>
             {
-                let (url, options) = {
-                    let config = lock(&server.config);
-                    (config.url.clone(), config.oauth.clone().unwrap_or_default())
-                };
-                let started = auth::start(
-                    &url,
-                    challenge.as_deref(),
-                    &options,
-                    &inner.options.client_name,
-                    &server.oauth,
-                    inner.options.allow_private_oauth_metadata,
-                )
-                .await;
-                match started {
-                    Ok(session) => {
-                        let auth_url = session.get_authorization_url().to_owned();
-                        *lock(&server.session) = Some(session);
-                        lock(&server.live).auth_url = Some(auth_url);
-                        set_state(&inner, &server, ServerState::Authenticating, None);
-                        info!("MCP server needs authorization; waiting for the callback");
-                        // No retries while the user is away: the callback redials.
-                        tokio::select! {
-                            _ = server.redial.notified() => {}
-                            _ = server.shutdown.cancelled() => return,
-                        }
+                match authorize(&inner, &server, challenge.as_deref()).await {
+                    Authorize::Redial => {
                         attempt = 0;
                         continue;
                     }
-                    Err(message) => {
-                        warn!(error = %message, "MCP authorization could not start");
-                        set_state(&inner, &server, ServerState::Failed, Some(message));
-                    }
+                    Authorize::Shutdown => return,
+                    Authorize::Failed => {}
                 }
             }
             Err(e) => {
