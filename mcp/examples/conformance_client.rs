@@ -16,14 +16,39 @@
 //! conformance client --command target/debug/examples/conformance_client --suite all --spec-version 2025-11-25
 //! ```
 
-use std::time::Duration;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
+use denizen_mcp::model::{ElicitRequestParams, ElicitResult, ElicitationAction};
 use denizen_mcp::{
-    CallOptions, Era, ManagerOptions, McpClientManager, OAuthOptions, Route, ServerConfig,
-    ServerState, TransportKind, TransportPreference,
+    CallOptions, ElicitationHandler, Era, ManagerOptions, McpClientManager, OAuthOptions, Route,
+    ServerConfig, ServerState, TransportKind, TransportPreference,
 };
 use serde_json::{Value, json};
+
+/// Elicitation for the runner: accept, with the defaults of the requested schema filled in.
+struct AcceptDefaults;
+
+impl ElicitationHandler for AcceptDefaults {
+    fn elicit(
+        &self,
+        _server_id: &str,
+        request: ElicitRequestParams,
+    ) -> Pin<Box<dyn Future<Output = ElicitResult> + Send + 'static>> {
+        let request = serde_json::to_value(&request).unwrap_or(Value::Null);
+        let mut content = serde_json::Map::new();
+        if let Some(properties) = request["requestedSchema"]["properties"].as_object() {
+            for (name, property) in properties {
+                if let Some(default) = property.get("default") {
+                    content.insert(name.clone(), default.clone());
+                }
+            }
+        }
+        Box::pin(async move {
+            ElicitResult::new(ElicitationAction::Accept).with_content(Value::Object(content))
+        })
+    }
+}
 
 /// Waits for the server to be ready, completing an authorization headlessly on the way.
 async fn ready(manager: &McpClientManager) -> anyhow::Result<denizen_mcp::ServerStatus> {
@@ -82,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(20),
         // The runner's mock authorization servers are on localhost.
         allow_private_oauth_metadata: true,
+        elicitation: Some(Arc::new(AcceptDefaults)),
         ..ManagerOptions::default()
     });
     let mut config = ServerConfig::new("s", &url);

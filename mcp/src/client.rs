@@ -4,19 +4,21 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use rmcp::{
-    ClientHandler, RoleClient,
+    ClientHandler, ErrorData, RoleClient,
     model::{
-        ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken,
-        ProtocolVersion,
+        ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
+        ElicitationCapability, FormElicitationCapability, Implementation,
+        ProgressNotificationParam, ProgressToken, ProtocolVersion,
     },
     service::{
         ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext,
-        RunningService,
+        RequestContext, RunningService,
     },
     transport::{
         AuthClient, StreamableHttpClientTransport,
@@ -153,9 +155,22 @@ impl ProgressRoutes {
     }
 }
 
+/// Answers a server's `elicitation/create` (form mode): typically by asking the agent's user.
+/// Without one the client does not declare elicitation and servers do not ask.
+pub trait ElicitationHandler: Send + Sync + 'static {
+    /// `server_id` is the manager's id of the asking server.
+    fn elicit(
+        &self,
+        server_id: &str,
+        request: ElicitRequestParams,
+    ) -> Pin<Box<dyn Future<Output = ElicitResult> + Send + 'static>>;
+}
+
 /// The rmcp client handler of one connection.
 pub(crate) struct Handler {
     info: ClientConfig,
+    server_id: String,
+    elicitation: Option<Arc<dyn ElicitationHandler>>,
     events: mpsc::UnboundedSender<ServerEvent>,
     pub(crate) progress: Arc<Mutex<ProgressRoutes>>,
 }
@@ -181,13 +196,24 @@ impl ClientHandler for Handler {
         let _ = self.events.send(ServerEvent::Resources);
     }
 
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        match &self.elicitation {
+            Some(handler) => Ok(handler.elicit(&self.server_id, request).await),
+            None => Ok(ElicitResult::new(ElicitationAction::Decline)),
+        }
+    }
+
     fn get_info(&self) -> ClientConfig {
         self.info.clone()
     }
 }
 
 /// Settings for one connection attempt.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Dial {
     pub url: String,
     pub preference: TransportPreference,
@@ -199,6 +225,8 @@ pub(crate) struct Dial {
     pub connect_timeout: Duration,
     /// The server's OAuth store, and whether metadata on private addresses is allowed.
     pub oauth: Option<(OAuthCell, bool)>,
+    pub server_id: String,
+    pub elicitation: Option<Arc<dyn ElicitationHandler>>,
 }
 
 pub(crate) struct Connected {
@@ -222,12 +250,20 @@ fn is_sse_fallback_status(message: &str) -> bool {
 }
 
 fn handler(dial: &Dial, events: mpsc::UnboundedSender<ServerEvent>) -> Handler {
+    let mut capabilities = ClientCapabilities::default();
+    if dial.elicitation.is_some() {
+        let mut elicitation = ElicitationCapability::new();
+        elicitation.form = Some(FormElicitationCapability::default());
+        capabilities.elicitation = Some(elicitation);
+    }
     let info = ClientConfig::new(
-        ClientCapabilities::default(),
+        capabilities,
         Implementation::new(dial.client_name.clone(), dial.client_version.clone()),
     );
     Handler {
         info,
+        server_id: dial.server_id.clone(),
+        elicitation: dial.elicitation.clone(),
         events,
         progress: Arc::default(),
     }

@@ -53,7 +53,7 @@ pub mod sse;
 pub mod store;
 
 pub use auth::{OAuthOptions, OAuthRecord, RegisteredClient};
-pub use client::{Era, Progress, Route, TransportKind, TransportPreference};
+pub use client::{ElicitationHandler, Era, Progress, Route, TransportKind, TransportPreference};
 pub use error::{Error, Result};
 pub use manager::{
     CallOptions, ManagerOptions, McpClientManager, NamespacedTool, ServerConfig, ServerState,

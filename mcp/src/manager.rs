@@ -26,8 +26,8 @@ use crate::{
     Error, Result,
     auth::{self, OAuthCell, OAuthOptions, OAuthRecord},
     client::{
-        self, Connected, Dial, Era, Progress, ProgressRoutes, Route, ServerEvent,
-        TransportPreference,
+        self, Connected, Dial, ElicitationHandler, Era, Progress, ProgressRoutes, Route,
+        ServerEvent, TransportPreference,
     },
 };
 
@@ -125,7 +125,7 @@ pub struct NamespacedTool {
 }
 
 /// Tunables of a manager.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ManagerOptions {
     pub client_name: String,
     pub client_version: String,
@@ -139,6 +139,26 @@ pub struct ManagerOptions {
     /// Let OAuth metadata discovery reach loopback and private addresses (rmcp refuses them by
     /// default against SSRF). For servers on a private network, and tests.
     pub allow_private_oauth_metadata: bool,
+    /// Answers servers' form elicitations; `None` declares no elicitation support.
+    pub elicitation: Option<Arc<dyn ElicitationHandler>>,
+}
+
+impl std::fmt::Debug for ManagerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerOptions")
+            .field("client_name", &self.client_name)
+            .field("client_version", &self.client_version)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field(
+                "allow_private_oauth_metadata",
+                &self.allow_private_oauth_metadata,
+            )
+            .field("elicitation", &self.elicitation.is_some())
+            .finish()
+    }
 }
 
 impl Default for ManagerOptions {
@@ -151,6 +171,7 @@ impl Default for ManagerOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             allow_private_oauth_metadata: false,
+            elicitation: None,
         }
     }
 }
@@ -1024,6 +1045,8 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                 client_version: inner.options.client_version.clone(),
                 http: inner.http.clone(),
                 connect_timeout: inner.options.connect_timeout,
+                server_id: config.id.clone(),
+                elicitation: inner.options.elicitation.clone(),
                 oauth: config.oauth.as_ref().map(|_| {
                     (
                         server.oauth.clone(),

@@ -214,3 +214,65 @@ async fn two_servers_with_the_same_tool_are_both_callable() {
     assert_eq!(states, vec![ServerState::Ready, ServerState::Ready]);
     manager.close().await;
 }
+
+/// Stands in for the agent's user: answers every form with a name.
+struct UserSaysAda(std::sync::Mutex<Vec<String>>);
+
+impl denizen_mcp::ElicitationHandler for UserSaysAda {
+    fn elicit(
+        &self,
+        server_id: &str,
+        request: denizen_mcp::model::ElicitRequestParams,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = denizen_mcp::model::ElicitResult> + Send + 'static>,
+    > {
+        let message = serde_json::to_value(&request).unwrap_or_default()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{server_id}: {message}"));
+        Box::pin(async {
+            denizen_mcp::model::ElicitResult::new(denizen_mcp::model::ElicitationAction::Accept)
+                .with_content(json!({"name": "Ada"}))
+        })
+    }
+}
+
+#[tokio::test]
+async fn elicitation_requests_reach_the_application() {
+    init_tracing();
+    let peer = Peer::everything("streamableHttp", free_port()).await;
+    let user = std::sync::Arc::new(UserSaysAda(Default::default()));
+    let manager = McpClientManager::new(ManagerOptions {
+        elicitation: Some(user.clone()),
+        ..ManagerOptions::default()
+    });
+    manager
+        .connect(ServerConfig::new("ev", &peer.url), READY)
+        .await
+        .expect("connect");
+    // Declaring elicitation makes the server offer its elicitation tool.
+    assert!(
+        manager
+            .tools()
+            .iter()
+            .any(|t| t.name == "ev__trigger-elicitation-request")
+    );
+    let result = manager
+        .call_tool(
+            "ev__trigger-elicitation-request",
+            json!({}),
+            CallOptions::default(),
+        )
+        .await
+        .expect("elicitation tool");
+    let text = text_of(&result);
+    assert!(text.contains("Name: Ada"), "{text}");
+    let asked = user.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(asked[0].starts_with("ev: "), "{asked:?}");
+    manager.close().await;
+}
