@@ -178,6 +178,32 @@ async fn main() -> anyhow::Result<()> {
         scripted
     };
     let mut failed = false;
+    if scenario.starts_with("sep-2322") {
+        // Multi-round-trip scenarios: every tool, all at once (their states must not mix).
+        let calls = manager.tools().into_iter().map(|t| {
+            let manager = manager.clone();
+            async move {
+                let r = manager
+                    .call_server_tool("s", &t.tool.name, json!({}), CallOptions::default())
+                    .await;
+                (t.tool.name.to_string(), r)
+            }
+        });
+        for (tool, result) in futures_util::future::join_all(calls).await {
+            match result {
+                Ok(r) => eprintln!("{tool}: is_error={:?}", r.is_error),
+                Err(e) => {
+                    eprintln!("{tool}: {e}");
+                    failed = true;
+                }
+            }
+        }
+        manager.close().await;
+        if failed {
+            bail!("a tool call failed");
+        }
+        return Ok(());
+    }
     for (tool, arguments) in calls {
         // A scope challenge puts the server back into `authenticating`: authorize and retry.
         let mut tries = 0;

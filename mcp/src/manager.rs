@@ -10,10 +10,11 @@ use rmcp::{
     RoleClient,
     model::{
         CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
-        CancelledNotificationParam, ClientRequest, GetPromptRequest, GetPromptRequestParams,
-        GetPromptResult, JsonObject, Prompt, ReadResourceRequest, ReadResourceRequestParams,
-        ReadResourceResult, Resource, ResourceTemplate, ServerNotification, ServerResult,
-        SubscriptionFilterBuilder, Tool,
+        CancelledNotificationParam, ClientRequest, ElicitResult, ElicitationAction,
+        GetPromptRequest, GetPromptRequestParams, GetPromptResult, InputRequest, InputResponses,
+        JsonObject, Prompt, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResult,
+        Resource, ResourceTemplate, ServerNotification, ServerResult, SubscriptionFilterBuilder,
+        Tool,
     },
     service::{Peer, PeerRequestOptions, ServiceError},
 };
@@ -30,6 +31,9 @@ use crate::{
         ServerEvent, TransportPreference,
     },
 };
+
+/// `input_required` rounds of one request before it fails.
+const MAX_INPUT_ROUNDS: usize = 8;
 
 /// Re-authorizations for more scope in a row before a request fails for good.
 const MAX_STEP_UPS: u32 = 2;
@@ -652,8 +656,17 @@ impl McpClientManager {
                 });
             }
         }
-        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        match self.request(id, request, options).await? {
+        let build = |responses: Option<InputResponses>, state: Option<String>| {
+            let mut params = params.clone();
+            if let Some(r) = responses {
+                params = params.with_input_responses(r);
+            }
+            if let Some(s) = state {
+                params = params.with_request_state(s);
+            }
+            ClientRequest::CallToolRequest(CallToolRequest::new(params))
+        };
+        match self.request_with_input(id, build, options).await? {
             ServerResult::CallToolResult(r) => Ok(r),
             other => Err(unexpected(id, &other)),
         }
@@ -671,8 +684,17 @@ impl McpClientManager {
         if let Some(args) = arguments {
             params = params.with_arguments(args);
         }
-        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
-        match self.request(id, request, options).await? {
+        let build = |responses: Option<InputResponses>, state: Option<String>| {
+            let mut params = params.clone();
+            if let Some(r) = responses {
+                params = params.with_input_responses(r);
+            }
+            if let Some(s) = state {
+                params = params.with_request_state(s);
+            }
+            ClientRequest::GetPromptRequest(GetPromptRequest::new(params))
+        };
+        match self.request_with_input(id, build, options).await? {
             ServerResult::GetPromptResult(r) => Ok(r),
             other => Err(unexpected(id, &other)),
         }
@@ -685,13 +707,96 @@ impl McpClientManager {
         uri: &str,
         options: CallOptions,
     ) -> Result<ReadResourceResult> {
-        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(
-            ReadResourceRequestParams::new(uri.to_owned()),
-        ));
-        match self.request(id, request, options).await? {
+        let build = |responses: Option<InputResponses>, state: Option<String>| {
+            let mut params = ReadResourceRequestParams::new(uri.to_owned());
+            if let Some(r) = responses {
+                params = params.with_input_responses(r);
+            }
+            if let Some(s) = state {
+                params = params.with_request_state(s);
+            }
+            ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params))
+        };
+        match self.request_with_input(id, build, options).await? {
             ServerResult::ReadResourceResult(r) => Ok(r),
             other => Err(unexpected(id, &other)),
         }
+    }
+
+    /// A request that the server may answer with `input_required` (2026-07-28 multi-round-trip
+    /// requests): the inputs are gathered (elicitations through the application's handler) and
+    /// the request is sent again, with a new id, the responses and the server's state.
+    async fn request_with_input(
+        &self,
+        id: &str,
+        build: impl Fn(Option<InputResponses>, Option<String>) -> ClientRequest,
+        options: CallOptions,
+    ) -> Result<ServerResult> {
+        let (mut responses, mut state) = (None, None);
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let round = CallOptions {
+                timeout: options.timeout,
+                progress: options.progress.clone(),
+                cancel: options.cancel.clone(),
+            };
+            match self
+                .request(id, build(responses.take(), state.take()), round)
+                .await?
+            {
+                ServerResult::InputRequiredResult(needed) => {
+                    let asked = needed.input_requests.unwrap_or_default();
+                    if asked.is_empty() && needed.request_state.is_none() {
+                        return Err(Error::Protocol {
+                            server: id.to_owned(),
+                            code: -32603,
+                            message: "input_required result with neither requests nor state".into(),
+                        });
+                    }
+                    let mut answers = InputResponses::new();
+                    for (key, request) in asked {
+                        answers.insert(key, self.answer(id, request).await?);
+                    }
+                    responses = (!answers.is_empty()).then_some(answers);
+                    state = needed.request_state;
+                }
+                done => return Ok(done),
+            }
+        }
+        Err(Error::Protocol {
+            server: id.to_owned(),
+            code: -32603,
+            message: format!("the server still wanted input after {MAX_INPUT_ROUNDS} rounds"),
+        })
+    }
+
+    /// One input the server asked for in an `input_required` result.
+    async fn answer(&self, id: &str, request: InputRequest) -> Result<serde_json::Value> {
+        let result = match request {
+            InputRequest::Elicitation(elicit) => {
+                let answer = match &self.inner.options.elicitation {
+                    Some(handler) => handler.elicit(id, elicit.params).await,
+                    None => ElicitResult::new(ElicitationAction::Decline),
+                };
+                serde_json::to_value(answer)
+            }
+            // The client declares no roots.
+            InputRequest::ListRoots(_) => Ok(serde_json::json!({ "roots": [] })),
+            // Sampling, and kinds newer than this client.
+            other => {
+                return Err(Error::Protocol {
+                    server: id.to_owned(),
+                    code: -32601,
+                    message: format!(
+                        "the server asked for input this client does not offer: {other:?}"
+                    ),
+                });
+            }
+        };
+        result.map_err(|e| Error::Protocol {
+            server: id.to_owned(),
+            code: -32603,
+            message: format!("could not encode an input response: {e}"),
+        })
     }
 
     async fn request(
