@@ -133,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
             .get("client_secret")
             .and_then(Value::as_str)
             .map(str::to_owned),
+        // The client ID metadata document the runner's authorization servers know this client by
+        // (used only where the server advertises client_id_metadata_document_supported).
+        client_metadata_url: Some("https://conformance-test.local/client-metadata.json".into()),
         ..OAuthOptions::default()
     });
     manager.add_server(config)?;

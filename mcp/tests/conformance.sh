@@ -21,7 +21,7 @@ status=0
 for version in 2025-11-25 2026-07-28; do
   echo "== MCP conformance, client suite all, protocol $version"
   unshare -rn sh -c 'ip link set lo up && exec "$0" "$@"' \
-    "$NODE" "$CLI" client --command "$BIN" --suite all --spec-version "$version" \
+    "$NODE" "$CLI" client --command "$BIN" --suite all --spec-version "$version" --timeout 90000 \
     --expected-failures "$ROOT/mcp/conformance-baseline-$version.yml" -o "$OUT/$version" \
     > "$OUT/$version.log" 2>&1 || status=1
   sed -n '/SUITE SUMMARY/,$p' "$OUT/$version.log"
