@@ -235,6 +235,18 @@ struct Inner {
     servers: Mutex<BTreeMap<String, Arc<Server>>>,
     /// Bumped on every state or list change, for waiters and for pushing server lists to clients.
     version: watch::Sender<u64>,
+    /// Parent of every server's shutdown token: cancelled when the last handle is dropped.
+    closed: CancellationToken,
+}
+
+/// Shared by the handles only (not by the background tasks): when the object that owns the
+/// manager goes away (hibernation, eviction), its connections go with it.
+struct Owner(CancellationToken);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// The MCP servers of one object: connects them, keeps them connected and their lists current,
@@ -242,6 +254,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct McpClientManager {
     inner: Arc<Inner>,
+    _owner: Arc<Owner>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -256,13 +269,16 @@ fn valid_id(id: &str) -> bool {
 impl McpClientManager {
     pub fn new(options: ManagerOptions) -> Self {
         let (version, _) = watch::channel(0);
+        let closed = CancellationToken::new();
         McpClientManager {
             inner: Arc::new(Inner {
                 options,
                 http: reqwest::Client::new(),
                 servers: Mutex::new(BTreeMap::new()),
                 version,
+                closed: closed.clone(),
             }),
+            _owner: Arc::new(Owner(closed)),
         }
     }
 
@@ -318,7 +334,7 @@ impl McpClientManager {
                     auth_url: None,
                     capabilities: None,
                 }),
-                shutdown: CancellationToken::new(),
+                shutdown: self.inner.closed.child_token(),
                 redial: Notify::new(),
                 oauth: OAuthCell {
                     record: Arc::new(Mutex::new(oauth)),
