@@ -6,6 +6,9 @@ pub enum Error {
     /// The URL given for a server does not parse or is not http(s).
     #[error("invalid MCP server URL {url:?}: {reason}; give an absolute http:// or https:// URL")]
     InvalidUrl { url: String, reason: String },
+    /// A server id that cannot prefix tool names.
+    #[error("invalid MCP server id {0:?}: use 1-64 characters of A-Z, a-z, 0-9 and '-'")]
+    InvalidServerId(String),
     /// No server with this id is registered with the manager.
     #[error("no MCP server with id {0:?}; list the servers to see the registered ids")]
     UnknownServer(String),

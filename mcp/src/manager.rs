@@ -291,13 +291,7 @@ impl McpClientManager {
     /// Like [`McpClientManager::add_server`], with OAuth credentials saved earlier.
     pub fn add_server_with(&self, config: ServerConfig, oauth: OAuthRecord) -> Result<()> {
         if !valid_id(&config.id) {
-            return Err(Error::InvalidUrl {
-                url: config.url,
-                reason: format!(
-                    "server id {:?} must be 1-64 characters of A-Z, a-z, 0-9 and '-'",
-                    config.id
-                ),
-            });
+            return Err(Error::InvalidServerId(config.id));
         }
         match url::Url::parse(&config.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1314,6 +1308,70 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
             _ = server.redial.notified() => {}
             _ = server.shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_ids_urls_and_tool_names_are_refused_clearly() {
+        let m = McpClientManager::new(ManagerOptions::default());
+        assert!(matches!(
+            m.add_server(ServerConfig::new(
+                "has__underscores",
+                "http://127.0.0.1:1/mcp"
+            )),
+            Err(Error::InvalidServerId(_))
+        ));
+        assert!(matches!(
+            m.add_server(ServerConfig::new("a", "ftp://example.com/mcp")),
+            Err(Error::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            m.add_server(ServerConfig::new("a", "not a url")),
+            Err(Error::InvalidUrl { .. })
+        ));
+        m.add_server(ServerConfig::new("a", "http://127.0.0.1:1/mcp"))
+            .expect("valid");
+        assert!(matches!(
+            m.add_server(ServerConfig::new("a", "http://127.0.0.1:2/mcp")),
+            Err(Error::DuplicateServer(_))
+        ));
+        assert_eq!(
+            m.resolve_tool("a__x__y").expect("resolves"),
+            ("a".to_owned(), "x__y".to_owned())
+        );
+        assert!(matches!(m.resolve_tool("b__x"), Err(Error::UnknownTool(_))));
+        assert!(matches!(
+            m.resolve_tool("plain"),
+            Err(Error::UnknownTool(_))
+        ));
+        // Nothing listens on port 1: the server is not ready and calls say so at once.
+        let call = m
+            .call_tool("a__x", serde_json::json!({}), CallOptions::default())
+            .await;
+        assert!(matches!(call, Err(Error::NotReady { .. })), "{call:?}");
+        assert!(matches!(
+            m.call_tool("a__x", serde_json::json!([1]), CallOptions::default())
+                .await,
+            Err(Error::NotReady { .. }) | Err(Error::Protocol { .. })
+        ));
+        m.disconnect("a").await.expect("disconnect");
+        assert!(m.servers().is_empty());
+    }
+
+    #[test]
+    fn challenge_scopes_are_read() {
+        assert_eq!(
+            challenge_scope(
+                r#"Bearer error="insufficient_scope", scope="a b", resource_metadata="x""#
+            )
+            .as_deref(),
+            Some("a b")
+        );
+        assert_eq!(challenge_scope("Bearer realm=\"x\""), None);
     }
 }
 
