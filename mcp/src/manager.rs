@@ -1311,6 +1311,15 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
     }
 }
 
+impl std::fmt::Debug for McpClientManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = lock(&self.inner.servers).keys().cloned().collect();
+        f.debug_struct("McpClientManager")
+            .field("servers", &ids)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1372,14 +1381,5 @@ mod tests {
             Some("a b")
         );
         assert_eq!(challenge_scope("Bearer realm=\"x\""), None);
-    }
-}
-
-impl std::fmt::Debug for McpClientManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<String> = lock(&self.inner.servers).keys().cloned().collect();
-        f.debug_struct("McpClientManager")
-            .field("servers", &ids)
-            .finish()
     }
 }
