@@ -15,7 +15,9 @@
 //! - **[`McpClientManager`]**: servers with their state, discovery of tools, prompts, resources
 //!   and templates (all pages), refresh on `list_changed`, tools namespaced
 //!   `<server id>__<tool>`, `call_tool`/`get_prompt`/`read_resource` with progress, timeouts and
-//!   cancellation, reconnect with backoff when a server goes away.
+//!   cancellation, reconnect with backoff when a server goes away; form elicitations (and the
+//!   2026-07-28 `input_required` rounds) answered by the application's [`ElicitationHandler`];
+//!   [`McpClientManager::agents_state`] for the Agents SDK's `cf_agent_mcp_servers` frame.
 //! - **OAuth 2.1** ([`auth`], on rmcp's implementation): a 401 puts the server in
 //!   `authenticating` with an authorization URL for the user; the object's callback route calls
 //!   [`McpClientManager::complete_authorization`]; tokens are refreshed by rmcp. Servers whose
