@@ -46,6 +46,27 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! The server list round-trips through the object's SQLite:
+//!
+//! ```
+//! use denizen_mcp::{McpClientManager, ManagerOptions, ServerConfig, store};
+//! use denizen_storage::{Durability, Storage};
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let mut storage = Storage::open(&dir.path().join("agent.sqlite"), Durability::Normal)?;
+//! let manager = McpClientManager::new(ManagerOptions::default());
+//! manager.add_server(ServerConfig::new("docs", "http://127.0.0.1:9/mcp"))?;
+//! store::save_all(&mut storage, &manager)?;
+//!
+//! let restarted = McpClientManager::new(ManagerOptions::default());
+//! store::restore(&mut storage, &restarted)?;
+//! assert_eq!(restarted.servers()[0].id, "docs");
+//! assert_eq!(restarted.resolve_tool("docs__search")?, ("docs".into(), "search".into()));
+//! # Ok(()) }
+//! ```
+
 pub mod auth;
 pub mod client;
 mod error;
