@@ -15,8 +15,10 @@ command -v unshare >/dev/null || { echo "conformance.sh needs unshare (util-linu
 cd "$ROOT"
 cargo build --locked -p denizen-mcp --example conformance_client
 BIN=$ROOT/target/debug/examples/conformance_client
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+# Results (checks.json, the client's stdout/stderr per scenario) stay for inspection.
+OUT=$ROOT/target/mcp-conformance
+rm -rf "$OUT"
+mkdir -p "$OUT"
 status=0
 for version in 2025-11-25 2026-07-28; do
   echo "== MCP conformance, client suite all, protocol $version"
@@ -26,4 +28,5 @@ for version in 2025-11-25 2026-07-28; do
     > "$OUT/$version.log" 2>&1 || status=1
   sed -n '/SUITE SUMMARY/,$p' "$OUT/$version.log"
 done
+[ $status = 0 ] || echo "details: $OUT" >&2
 exit $status
