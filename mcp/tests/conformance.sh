@@ -14,7 +14,7 @@ CLI=$PEERS/conformance/node_modules/@modelcontextprotocol/conformance/dist/index
 command -v unshare >/dev/null || { echo "conformance.sh needs unshare (util-linux)" >&2; exit 1; }
 cd "$ROOT"
 cargo build --locked -p denizen-mcp --example conformance_client
-BIN=$ROOT/target/debug/examples/conformance_client
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples/conformance_client
 # Results (checks.json, the client's stdout/stderr per scenario) stay for inspection.
 OUT=$ROOT/target/mcp-conformance
 rm -rf "$OUT"
