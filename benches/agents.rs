@@ -4,8 +4,10 @@
 //!
 //! `cargo bench --bench agents` (all) or `cargo bench --bench agents -- rpc` (names matching).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use support::{SERVER_ENV, Server, median, wanted};
+
 use std::time::{Duration, Instant};
 
 use denizen::Runtime;
@@ -14,8 +16,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
 
 /// Server mode: what `denizen serve` hosts (the agents route included), idle timeout from the
 /// environment.
@@ -53,69 +53,6 @@ fn serve() {
     });
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(idle_ms: u64) -> Server {
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .env(SERVER_ENV, "1")
-            .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address");
-        Server {
-            child,
-            addr: line.trim().to_string(),
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1.0)
-    }
-
-    async fn wait_metric(&self, name: &str, value: f64) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.metric(name).await != value {
-            assert!(Instant::now() < deadline, "{name} never reached {value}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn next_text(ws: &mut Ws) -> String {
     loop {
         match ws.next().await {
@@ -148,19 +85,6 @@ async fn rpc_reply(ws: &mut Ws, id: &str) {
             return;
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn wanted(name: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
 fn main() {

@@ -3,8 +3,10 @@
 //!
 //! `cargo bench --bench gateway` (all) or `cargo bench --bench gateway -- echo` (names matching).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use support::{SERVER_ENV, Server, median, percentile, wanted};
+
 use std::time::{Duration, Instant};
 
 use denizen::{
@@ -14,8 +16,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
 
 /// Echoes every frame back to its sender.
 #[derive(Default)]
@@ -73,57 +73,6 @@ fn serve() {
     });
 }
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(idle_ms: u64) -> Server {
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .env(SERVER_ENV, "1")
-            .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address");
-        Server {
-            child,
-            addr: line.trim().to_string(),
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let mut conn = Http::connect(&self.addr).await;
-        let body = conn.request("GET", "/metrics").await.1;
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A minimal keep-alive HTTP/1.1 client: the client must cost little next to the server.
 struct Http {
     reader: TokioBufReader<TcpStream>,
@@ -178,18 +127,6 @@ impl Http {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Requests/s from `connections` keep-alive connections, each request a path from `path(i)`.
 async fn http_rate(
     server: &Server,
@@ -237,22 +174,6 @@ async fn next_text(
             other => panic!("socket ended: {other:?}"),
         }
     }
-}
-
-async fn wait_metric(server: &Server, name: &str, value: f64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while server.metric(name).await != value {
-        assert!(Instant::now() < deadline, "{name} never reached {value}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn wanted(name: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
 fn main() {
@@ -310,7 +231,7 @@ fn main() {
                 next_text(&mut s).await; // history
                 sockets.push(s);
             }
-            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            server.wait_metric("denizen_live_objects", 0.0).await;
             let mut samples = Vec::new();
             for s in sockets.iter_mut() {
                 let start = Instant::now();
@@ -333,12 +254,12 @@ fn main() {
             for r in 0..100 {
                 sockets.push(ws(&server.addr, &format!("/objects/echo/warm-{r}")).await);
             }
-            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            server.wait_metric("denizen_live_objects", 0.0).await;
             let before = server.rss_kib();
             for r in 0..count {
                 sockets.push(ws(&server.addr, &format!("/objects/echo/room-{}", r % 100)).await);
             }
-            wait_metric(&server, "denizen_live_objects", 0.0).await;
+            server.wait_metric("denizen_live_objects", 0.0).await;
             let after = server.rss_kib();
             println!(
                 "memory per idle hibernated WebSocket, {count} open: {:.2} KiB (server RSS {} → {} KiB)",

@@ -2,6 +2,10 @@
 //!
 //! `cargo bench --bench runtime` (all) or `cargo bench --bench runtime -- events` (names matching).
 
+mod support;
+
+use support::{median, percentile, wanted};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -123,19 +127,6 @@ fn open_bound() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(denizen::Options::default().max_open_objects)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 /// Events per second through one object from `callers` concurrent callers.
@@ -298,14 +289,6 @@ async fn alarm_lateness(count: usize) -> Vec<Duration> {
     e.runtime.shutdown().await;
     samples.sort();
     samples
-}
-
-fn wanted(name: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
 fn main() {

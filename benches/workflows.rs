@@ -3,6 +3,10 @@
 //! `cargo bench --bench workflows` (all) or `cargo bench --bench workflows -- steps` (names
 //! matching).
 
+mod support;
+
+use support::{median, wanted};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,19 +154,6 @@ async fn memory_per_sleeper(n: usize) -> (f64, f64) {
         (after as f64 - before as f64) / n as f64,
         (disk_after as f64 - disk_before as f64) / n as f64,
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn wanted(name: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
 }
 
 fn main() {

@@ -1,0 +1,96 @@
+//! What the benchmarks share: picking figures from the command line, medians and percentiles, and
+//! a server in a child process (the bench binary itself, in server mode) measured from outside.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set in the child's environment: the bench binary then serves instead of measuring.
+pub const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
+
+/// Whether the figure `name` was asked for (no filter on the command line asks for all).
+pub fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The bench binary started again in server mode; its first stdout line is its address.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    pub fn start(idle_ms: u64) -> Server {
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .env(SERVER_ENV, "1")
+            .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address");
+        Server {
+            child,
+            addr: line.trim().to_string(),
+        }
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// One value from `/metrics`, or -1 if it is not there.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let body = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    }
+
+    pub async fn wait_metric(&self, name: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.metric(name).await != value {
+            assert!(Instant::now() < deadline, "{name} never reached {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
