@@ -35,6 +35,7 @@ fn serve() {
                 .data_dir(dir.path())
                 .idle_timeout(Duration::from_millis(idle_ms))
                 .max_open_objects(2_000),
+            "http://127.0.0.1",
         )
         .build()
         .expect("runtime");

@@ -57,6 +57,7 @@ fn serve() {
             Runtime::builder()
                 .data_dir(dir.path())
                 .idle_timeout(Duration::from_millis(idle_ms)),
+            "http://127.0.0.1",
         )
         .object::<Echo>("echo")
         .build()

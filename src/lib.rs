@@ -3,8 +3,8 @@
 //! Every named object gets one single-threaded mailbox and its own SQLite file; idle objects
 //! hibernate while the gateway keeps their WebSockets open; alarms wake them on time. This facade
 //! re-exports the runtime (objects, stubs, contexts, storage), the gateway (HTTP and WebSockets),
-//! the agents layer (`denizen::agent`, mounted at `/agents/...` by [`agents::routes`]) and the
-//! example apps that `denizen serve` hosts.
+//! the agents layer (`denizen::agent`, mounted at `/agents/...` by [`agents::routes`]), the MCP
+//! client (`denizen::mcp`) and the example apps that `denizen serve` hosts.
 //!
 //! ```
 //! use denizen::{Ctx, DurableObject, Request, Response, Result, Runtime, http_util};
@@ -39,4 +39,5 @@ pub mod workflows_http;
 pub use denizen_agents as agent;
 
 pub use denizen_gateway as gateway;
+pub use denizen_mcp as mcp;
 pub use denizen_runtime::*;

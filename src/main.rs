@@ -95,6 +95,10 @@ struct ServeArgs {
     /// Bearer token required by /metrics and /admin routes.
     #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Where browsers reach this server, e.g. https://agents.example; MCP OAuth callbacks come
+    /// back to <public-url>/agents/<class>/<name>/callback [default: http://<listen address>].
+    #[arg(long, env = "DENIZEN_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 /// `denizen.toml`: the same settings as the flags.
@@ -110,6 +114,7 @@ struct FileConfig {
     max_message_size: Option<usize>,
     heartbeat_interval: Option<String>,
     admin_token: Option<String>,
+    public_url: Option<String>,
 }
 
 fn load_file(path: &Path) -> Result<FileConfig> {
@@ -301,25 +306,33 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         gateway_config.heartbeat_interval = (!d.is_zero()).then_some(d);
     }
     gateway_config.admin_token = args.admin_token.or(file.admin_token);
+    let public_url = args.public_url.or(file.public_url);
+    if let Some(url) = &public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("public_url must start with http:// or https://, got `{url}`");
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let workflows = denizen::apps::workflows::workflows();
-        let runtime = workflows
-            .register(denizen::apps::register(Runtime::builder().options(options.clone())))
-            .build()
-            .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
-        let registry = workflows.bind(&runtime)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        let public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+        let workflows = denizen::apps::workflows::workflows();
+        let apps = denizen::apps::register(Runtime::builder().options(options.clone()), &public_url);
+        let runtime = workflows
+            .register(apps)
+            .build()
+            .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
+        let registry = workflows.bind(&runtime)?;
         // The first line on stdout names the address (tests start the server on port 0).
         println!("denizen listening on http://{addr}");
-        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent, workflows approval and pipeline");
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent, mcp-agent, workflows approval and pipeline");
         let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
         let app = gateway
             .router()

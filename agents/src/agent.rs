@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::host::AgentHost;
+use crate::mcp::McpClient;
 use crate::methods::Methods;
 use crate::protocol;
 
@@ -94,6 +95,15 @@ pub trait Agent: Send + Sized + 'static {
     /// one line each.
     fn methods(methods: &mut Methods<Self>) {
         let _ = methods;
+    }
+
+    /// The agent's MCP client (`denizen_mcp::AgentMcp`, kept in a field), if it uses MCP servers.
+    /// The agents layer then restores its servers on every activation before `on_start`, sends
+    /// them in `cf_agent_mcp_servers` on connect and whenever they change, persists their
+    /// credentials, and answers the OAuth callback before `on_request`:
+    /// `fn mcp(&mut self) -> Option<&mut dyn McpClient> { Some(&mut self.mcp) }`.
+    fn mcp(&mut self) -> Option<&mut dyn McpClient> {
+        None
     }
 
     /// Runs on every activation after the agent's tables are ready, before any other event.

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 use crate::context::{ConnMeta, STATE_ROW, broadcast_state, meta, methods_of, rearm, store_state};
+use crate::mcp::{AgentPath, McpChanged, McpNotifier, no_servers};
 use crate::methods::{Callable, Methods, StreamingResponse};
 use crate::protocol::{self, Incoming};
 use crate::schedule::{self, BATCH, Retry, new_id, next_cron, now_ms};
@@ -26,6 +27,8 @@ pub const MAX_CONNECTION_ID: usize = 256;
 pub struct AgentHost<A: Agent> {
     agent: A,
     methods: Arc<Methods<A>>,
+    /// The MCP server list last sent to the clients, so an unchanged one is not sent again.
+    mcp_sent: Option<String>,
 }
 
 impl<A: Agent> AgentHost<A> {
@@ -33,7 +36,65 @@ impl<A: Agent> AgentHost<A> {
         AgentHost {
             agent,
             methods: methods_of::<A>(),
+            mcp_sent: None,
         }
+    }
+
+    /// The `mcp` object of the `cf_agent_mcp_servers` frame.
+    fn mcp_servers(&mut self) -> Value {
+        match self.agent.mcp() {
+            Some(mcp) => mcp.servers(),
+            None => no_servers(),
+        }
+    }
+
+    /// Persists the agent's MCP servers and sends their list to every protocol connection if
+    /// it changed since it was last sent.
+    fn mcp_changed(&mut self, cx: &mut Context<A>) -> Result<()> {
+        let Some(mcp) = self.agent.mcp() else {
+            return Ok(());
+        };
+        mcp.persist(cx.storage())?;
+        let servers = mcp.servers();
+        let text = servers.to_string();
+        if self.mcp_sent.as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        self.mcp_sent = Some(text);
+        let frame = protocol::mcp_servers(servers).to_string();
+        for ws in cx.get_websockets(None) {
+            if meta(cx, ws).is_some_and(|m| m.protocol) {
+                cx.send(ws, frame.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the agent's MCP servers and has their changes come back as events.
+    fn start_mcp(&mut self, cx: &mut Context<A>) -> Result<()> {
+        if self.agent.mcp().is_none() {
+            return Ok(());
+        }
+        let stub = cx
+            .runtime()
+            .namespace::<AgentHost<A>>(cx.namespace())?
+            .get(cx.id().clone());
+        let notifier = McpNotifier::new(move || {
+            let stub = stub.clone();
+            Box::pin(async move {
+                if let Err(e) = stub.call(McpChanged).await {
+                    tracing::debug!(error = %e, "could not deliver an MCP server change");
+                }
+            })
+        });
+        let path = AgentPath {
+            class: cx.namespace().to_string(),
+            name: cx.id().name().unwrap_or_default().to_string(),
+        };
+        if let Some(mcp) = self.agent.mcp() {
+            mcp.start(cx.storage(), path, notifier)?;
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +223,8 @@ impl<A: Agent> AgentHost<A> {
             };
             cx.send(ws, protocol::identity(&name, &agent, true).to_string());
             cx.send(ws, protocol::state(&state).to_string());
-            cx.send(ws, protocol::mcp_servers().to_string());
+            let servers = self.mcp_servers();
+            cx.send(ws, protocol::mcp_servers(servers).to_string());
         }
         Ok(http_util::switching_protocols())
     }
@@ -519,6 +581,9 @@ impl<A: Agent> DurableObject for AgentHost<A> {
         // Keep-alive text pings some clients send are answered without waking the agent; an
         // agent that wants them in on_message clears this in its on_start.
         cx.set_auto_response(Some(("ping", "pong")))?;
+        self.start_mcp(cx)?;
+        // Clients still connected across the hibernation learn the servers are reconnecting.
+        self.mcp_changed(cx)?;
         self.agent.on_start(cx).await?;
         // A wake re-arms whatever is due, whether or not on_start declared anything.
         rearm(cx)?;
@@ -527,9 +592,22 @@ impl<A: Agent> DurableObject for AgentHost<A> {
 
     async fn fetch(&mut self, cx: &mut Ctx<Self>, req: Request) -> Result<Response> {
         if req.extensions().get::<Upgrade>().is_some() {
-            self.connect(cx, req).await
-        } else {
-            self.agent.on_request(cx, req).await
+            return self.connect(cx, req).await;
+        }
+        let callback = match self.agent.mcp() {
+            Some(mcp) => match mcp.callback(&req) {
+                Some(answer) => Some(answer.await),
+                None => None,
+            },
+            None => None,
+        };
+        match callback {
+            Some(answer) => {
+                let answer = answer?;
+                self.mcp_changed(cx)?;
+                Ok(answer)
+            }
+            None => self.agent.on_request(cx, req).await,
         }
     }
 
@@ -589,6 +667,12 @@ impl<A: Agent> DurableObject for AgentHost<A> {
         self.run_due(cx).await?;
         rearm(cx)?;
         Ok(())
+    }
+}
+
+impl<A: Agent> Handler<McpChanged> for AgentHost<A> {
+    async fn handle(&mut self, cx: &mut Ctx<Self>, _: McpChanged) -> Result<()> {
+        self.mcp_changed(cx)
     }
 }
 

@@ -15,6 +15,9 @@
 //! - **Workflows** ([`workflow`]): durable step functions (`step.run` journaled with retries,
 //!   durable `step.sleep` and `step.wait_for_event`), each instance a durable object with its own
 //!   SQLite journal, driven from Rust, from other objects, or over HTTP by the application.
+//! - **MCP** ([`mcp`]): an agent that returns its MCP client (`denizen_mcp::AgentMcp`) from
+//!   [`Agent::mcp`] has its servers restored on every wake, listed to clients in
+//!   `cf_agent_mcp_servers` as they change, and its OAuth callback answered on its own route.
 //! - **Schedules and queue**: many schedules (delay, time, cron, interval) and a FIFO queue share
 //!   the object's one alarm, persist, survive restarts, never duplicate on wake, and retry failing
 //!   tasks with backoff before recording them in `cf_agents_failures`.
@@ -67,6 +70,7 @@ mod agent;
 mod context;
 mod error;
 mod host;
+pub mod mcp;
 mod methods;
 pub mod protocol;
 mod schedule;
@@ -76,6 +80,7 @@ pub use agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 pub use context::AgentContext;
 pub use error::{Error, Result};
 pub use host::{AgentBuilder, AgentHost, Call, MAX_CONNECTION_ID};
+pub use mcp::{AgentPath, McpClient, McpNotifier};
 pub use methods::{Methods, StreamingResponse};
 pub use schedule::{
     Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When,

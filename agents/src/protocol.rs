@@ -28,12 +28,10 @@ pub fn state_error(error: &str) -> Value {
     json!({ "type": STATE_ERROR, "error": error })
 }
 
-/// The MCP server list: the agents layer has no MCP client of its own, so it is empty.
-pub fn mcp_servers() -> Value {
-    json!({
-        "type": MCP_SERVERS,
-        "mcp": { "prompts": [], "resources": [], "servers": {}, "tools": [] }
-    })
+/// The agent's MCP servers with their tools, prompts and resources (see
+/// [`McpClient::servers`](crate::McpClient::servers)).
+pub fn mcp_servers(mcp: Value) -> Value {
+    json!({ "type": MCP_SERVERS, "mcp": mcp })
 }
 
 /// A success frame; a `None` (or JSON null) result is left out, which the client reads as

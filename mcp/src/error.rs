@@ -65,9 +65,21 @@ pub enum Error {
     /// The caller cancelled the request (a cancellation was sent to the server).
     #[error("request to MCP server {server:?} was cancelled")]
     Cancelled { server: String },
+    /// The agent's MCP client is used before the agents layer started it.
+    #[error(
+        "the agent's MCP client has not started: return it from `Agent::mcp` so the agents layer starts it before `on_start`"
+    )]
+    NotStarted,
     /// Reading or writing the object's SQLite failed.
     #[error("MCP persistence failed: {0}")]
     Storage(#[from] denizen_storage::Error),
+}
+
+/// So handlers of objects and agents can use `?` on MCP calls.
+impl From<Error> for denizen_runtime::Error {
+    fn from(e: Error) -> Self {
+        denizen_runtime::Error::custom(e)
+    }
 }
 
 /// Result with [`Error`].

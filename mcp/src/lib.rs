@@ -25,8 +25,15 @@
 //! - **Persistence** ([`store`]): servers, client registrations, tokens and refresh tokens in
 //!   the object's own SQLite.
 //!
-//! It runs inside any runtime object: create the manager in `on_start`, restore the saved
-//! servers, and save after adding or removing one.
+//! - **Agents** ([`AgentMcp`]): an agent keeps one in a field and returns it from
+//!   `Agent::mcp`; the agents layer then restores its servers on every activation, keeps the
+//!   `cf_agent_mcp_servers` frame current for connected clients, persists tokens as they change
+//!   and answers the OAuth callback at `/agents/<class>/<name>/callback`. `add_server` is the
+//!   Agents SDK's `addMcpServer`; `call_tool` waits for a server still reconnecting after a wake,
+//!   so callables, schedules and queued tasks can use tools right away.
+//!
+//! The manager also runs inside any plain runtime object: create it in `on_start`, restore the
+//! saved servers, and save after adding or removing one.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -67,6 +74,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod auth;
 pub mod client;
 mod error;
@@ -75,6 +83,7 @@ mod manager;
 pub mod sse;
 pub mod store;
 
+pub use agent::{AddServerOptions, AddedServer, AgentMcp};
 pub use auth::{OAuthOptions, OAuthRecord, RegisteredClient};
 pub use client::{ElicitationHandler, Era, Progress, Route, TransportKind, TransportPreference};
 pub use error::{Error, Result};

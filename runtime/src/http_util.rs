@@ -26,6 +26,32 @@ pub fn text(status: StatusCode, body: &str) -> Response {
     )
 }
 
+/// An HTML page.
+pub fn html(status: StatusCode, body: &str) -> Response {
+    with_type(
+        status,
+        "text/html; charset=utf-8",
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+}
+
+/// A redirect (`302 Found`, `303 See Other`, ...) to `location`; a location that is not a valid
+/// header value answers 500 instead.
+pub fn redirect(status: StatusCode, location: &str) -> Response {
+    match header::HeaderValue::from_str(location) {
+        Ok(value) => {
+            let mut resp = Response::new(Bytes::new());
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::LOCATION, value);
+            resp
+        }
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the redirect location is not a valid header value\n",
+        ),
+    }
+}
+
 /// The answer to a WebSocket upgrade the object accepted with `ctx.accept_websocket`.
 pub fn switching_protocols() -> Response {
     let mut resp = Response::new(Bytes::new());

@@ -10,10 +10,20 @@ use tokio::{
     sync::mpsc,
 };
 
+/// The repository's root: this module is also compiled into the `denizen` crate's own tests.
+fn repo_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|p| p.join("mcp/tests/peers").is_dir())
+        .map(PathBuf::from)
+        .unwrap_or(manifest)
+}
+
 pub fn peers_dir() -> PathBuf {
     let dir = match std::env::var_os("DENIZEN_MCP_PEERS") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.peers/mcp"),
+        None => repo_root().join(".peers/mcp"),
     };
     assert!(
         dir.join("node_modules/@modelcontextprotocol/server-everything/package.json")
@@ -29,7 +39,7 @@ pub fn peers_dir() -> PathBuf {
 }
 
 fn here() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+    repo_root().join("mcp/tests/peers")
 }
 
 /// A port that was free a moment ago (the servers take their port from the command line or env).

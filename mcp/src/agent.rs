@@ -1,0 +1,365 @@
+//! [`AgentMcp`]: an agent's MCP client, run by the agents layer the way the Agents SDK runs
+//! `this.mcp`.
+//!
+//! The agent keeps one in a field and returns it from
+//! [`Agent::mcp`](denizen_agents::Agent::mcp). From then on the agents layer restores its
+//! servers on every activation (they reconnect in the background with their saved routes and
+//! tokens), sends them to clients in `cf_agent_mcp_servers` on connect and on every change,
+//! persists tokens as they are issued and refreshed, and answers the OAuth callback at
+//! `/agents/<class>/<name>/callback` before the agent's `on_request`.
+
+use std::time::Duration;
+
+use denizen_agents::mcp::BoxFuture;
+use denizen_agents::{AgentPath, McpClient, McpNotifier};
+use denizen_runtime::http::{StatusCode, header};
+use denizen_runtime::{Ctx, DurableObject, Request, Response, Storage, http_util};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::manager::{CallOptions, ManagerOptions, McpClientManager, NamespacedTool};
+use crate::manager::{ServerConfig, ServerState};
+use crate::model::CallToolResult;
+use crate::{Error, OAuthOptions, Result, TransportPreference, store};
+
+/// How [`AgentMcp::add_server`] reaches a server.
+#[derive(Clone, Debug, Default)]
+pub struct AddServerOptions {
+    pub transport: TransportPreference,
+    /// Sent as `Authorization: Bearer` on every request (servers with static keys).
+    pub bearer_token: Option<String>,
+    /// OAuth settings; by default the agent's own callback route under
+    /// [`AgentMcp::callback_host`] (no OAuth without one).
+    pub oauth: Option<OAuthOptions>,
+    /// How long to wait for the server to be ready or to ask for authorization; by default the
+    /// manager's connect timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// What [`AgentMcp::add_server`] answers, shaped like the Agents SDK's `addMcpServer`:
+/// `{id, state: "ready"}`, or `{id, state: "authenticating", authUrl}` — send the user there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddedServer {
+    pub id: String,
+    pub state: ServerState,
+    #[serde(rename = "authUrl", skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
+    /// Why the server is not ready yet (it keeps reconnecting in the background).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An agent's MCP client. Build it in the agent's constructor (`Default` has no OAuth callback
+/// host), return it from [`Agent::mcp`](denizen_agents::Agent::mcp), and use it from callables,
+/// schedules and queued tasks.
+///
+/// ```
+/// use denizen_agents::{Agent, AgentBuilder, McpClient};
+/// use denizen_mcp::AgentMcp;
+///
+/// #[derive(Default)]
+/// struct Assistant {
+///     mcp: AgentMcp,
+/// }
+///
+/// impl Agent for Assistant {
+///     type State = ();
+///     fn initial_state(&self) {}
+///     fn mcp(&mut self) -> Option<&mut dyn McpClient> {
+///         Some(&mut self.mcp)
+///     }
+/// }
+/// # let _ = denizen_runtime::Runtime::builder().agent::<Assistant>("assistant");
+/// ```
+pub struct AgentMcp {
+    options: ManagerOptions,
+    callback_host: Option<String>,
+    authorized_redirect: Option<String>,
+    manager: Option<McpClientManager>,
+    agent: Option<AgentPath>,
+    /// Turns the manager's changes into events of the agent; stopped with the agent.
+    watcher: Option<JoinHandle<()>>,
+    /// What storage holds, so an unchanged list is not written again.
+    persisted: Option<String>,
+}
+
+impl Default for AgentMcp {
+    fn default() -> Self {
+        AgentMcp::new(ManagerOptions::default())
+    }
+}
+
+impl Drop for AgentMcp {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentMcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMcp")
+            .field("callback_host", &self.callback_host)
+            .field("agent", &self.agent)
+            .field("started", &self.manager.is_some())
+            .finish()
+    }
+}
+
+impl AgentMcp {
+    pub fn new(options: ManagerOptions) -> Self {
+        AgentMcp {
+            options,
+            callback_host: None,
+            authorized_redirect: None,
+            manager: None,
+            agent: None,
+            watcher: None,
+            persisted: None,
+        }
+    }
+
+    /// The scheme and authority the user's browser reaches this server at
+    /// (`https://app.example`): OAuth sends the user back to
+    /// `<host>/agents/<class>/<name>/callback`. Without it, servers that require OAuth stay
+    /// `failed`.
+    pub fn callback_host(mut self, host: impl Into<String>) -> Self {
+        self.callback_host = Some(host.into().trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Where the callback sends the browser after a successful authorization (by default it
+    /// answers with a short page saying the window can be closed).
+    pub fn authorized_redirect(mut self, url: impl Into<String>) -> Self {
+        self.authorized_redirect = Some(url.into());
+        self
+    }
+
+    /// The manager: servers, tools, prompts, resources and calls. Available once the agent has
+    /// started.
+    pub fn manager(&self) -> Result<&McpClientManager> {
+        self.manager.as_ref().ok_or(Error::NotStarted)
+    }
+
+    /// Connects a server under `id` (the prefix of its tool names, `[A-Za-z0-9-]`), saves it in
+    /// the agent's SQLite, and waits until it is ready or asks for authorization. A server that
+    /// is not reachable yet stays registered and keeps reconnecting in the background.
+    pub async fn add_server<O: DurableObject>(
+        &mut self,
+        cx: &mut Ctx<O>,
+        id: &str,
+        url: &str,
+        options: AddServerOptions,
+    ) -> Result<AddedServer> {
+        let oauth = match options.oauth {
+            Some(oauth) => Some(oauth),
+            None => self.redirect_uri().map(|redirect_uri| OAuthOptions {
+                redirect_uri,
+                ..OAuthOptions::default()
+            }),
+        };
+        let config = ServerConfig {
+            transport: options.transport,
+            bearer_token: options.bearer_token,
+            oauth,
+            ..ServerConfig::new(id, url)
+        };
+        let manager = self.manager()?.clone();
+        manager.add_server(config)?;
+        self.persist_now(cx.storage())?;
+        let timeout = options.timeout.unwrap_or(self.options.connect_timeout);
+        let settled = settle(&manager, id, timeout).await;
+        // The route it took and, when it wants authorization, the PKCE verifier the callback
+        // needs: saved before the URL leaves, so a restart in between does not lose them.
+        self.persist_now(cx.storage())?;
+        let status = settled?;
+        info!(server = %id, state = %status.state, "MCP server added");
+        Ok(AddedServer {
+            id: status.id,
+            state: status.state,
+            auth_url: status.auth_url,
+            error: status.error,
+        })
+    }
+
+    /// Disconnects a server and deletes it, with its credentials, from the agent's SQLite.
+    pub async fn remove_server<O: DurableObject>(
+        &mut self,
+        cx: &mut Ctx<O>,
+        id: &str,
+    ) -> Result<()> {
+        let manager = self.manager()?.clone();
+        manager.disconnect(id).await?;
+        store::delete_server(cx.storage(), id)?;
+        self.persisted = None;
+        Ok(())
+    }
+
+    /// Every ready server's tools, named `<server id>__<tool>`.
+    pub fn tools(&self) -> Vec<NamespacedTool> {
+        self.manager.as_ref().map(|m| m.tools()).unwrap_or_default()
+    }
+
+    /// Calls a tool by its namespaced name, first waiting (up to the connect timeout) for its
+    /// server when it is still reconnecting, as it is right after the agent woke. A tool that
+    /// fails answers `Ok` with `is_error: Some(true)`.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: serde_json::Value,
+    ) -> Result<CallToolResult> {
+        let manager = self.manager()?;
+        let (server, _) = manager.resolve_tool(name)?;
+        manager
+            .wait_ready(&server, self.options.connect_timeout)
+            .await?;
+        manager
+            .call_tool(name, arguments, CallOptions::default())
+            .await
+    }
+
+    fn redirect_uri(&self) -> Option<String> {
+        let host = self.callback_host.as_ref()?;
+        let agent = self.agent.as_ref()?;
+        Some(format!("{host}{}/callback", agent.route()))
+    }
+
+    fn snapshot(manager: &McpClientManager) -> String {
+        serde_json::json!({
+            "servers": manager.configs(),
+            "oauth": manager.oauth_records(),
+        })
+        .to_string()
+    }
+
+    fn persist_now(&mut self, storage: &mut Storage) -> Result<()> {
+        let Some(manager) = &self.manager else {
+            return Ok(());
+        };
+        let snapshot = Self::snapshot(manager);
+        if self.persisted.as_ref() == Some(&snapshot) {
+            return Ok(());
+        }
+        store::save_all(storage, manager)?;
+        self.persisted = Some(snapshot);
+        Ok(())
+    }
+
+    /// The server whose authorization in progress this request completes, with the full
+    /// callback URL to complete it with.
+    fn callback_for(&self, req: &Request) -> Option<(String, String)> {
+        if req.method() != denizen_runtime::http::Method::GET {
+            return None;
+        }
+        let manager = self.manager.as_ref()?;
+        let query = req.uri().query()?;
+        let id = manager.server_for_callback(&format!("http://callback.invalid/?{query}"))?;
+        let config = manager.configs().into_iter().find(|c| c.id == id)?;
+        let redirect = url::Url::parse(&config.oauth?.redirect_uri).ok()?;
+        if redirect.path() != req.uri().path() {
+            return None;
+        }
+        let mut full = redirect;
+        full.set_query(Some(query));
+        Some((id, full.to_string()))
+    }
+}
+
+/// Waits until the server is ready or wants authorization; after `timeout` answers its state
+/// as it is (it goes on reconnecting).
+async fn settle(
+    manager: &McpClientManager,
+    id: &str,
+    timeout: Duration,
+) -> Result<crate::ServerStatus> {
+    let mut changes = manager.subscribe();
+    let wait = async {
+        loop {
+            let status = manager.server(id)?;
+            if matches!(
+                status.state,
+                ServerState::Ready | ServerState::Authenticating | ServerState::Closed
+            ) {
+                return Ok(status);
+            }
+            if changes.changed().await.is_err() {
+                return manager.server(id);
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Ok(status) => status,
+        Err(_) => manager.server(id),
+    }
+}
+
+impl McpClient for AgentMcp {
+    fn start(
+        &mut self,
+        storage: &mut Storage,
+        agent: AgentPath,
+        changed: McpNotifier,
+    ) -> denizen_runtime::Result<()> {
+        let manager = McpClientManager::new(self.options.clone());
+        store::restore(storage, &manager)?;
+        self.persisted = Some(Self::snapshot(&manager));
+        let mut changes = manager.subscribe();
+        if let Some(old) = self.watcher.replace(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                changed.notify().await;
+            }
+        })) {
+            old.abort();
+        }
+        self.manager = Some(manager);
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    fn servers(&self) -> serde_json::Value {
+        match &self.manager {
+            Some(manager) => manager.agents_state(),
+            None => {
+                serde_json::json!({ "prompts": [], "resources": [], "servers": {}, "tools": [] })
+            }
+        }
+    }
+
+    fn persist(&mut self, storage: &mut Storage) -> denizen_runtime::Result<()> {
+        Ok(self.persist_now(storage)?)
+    }
+
+    fn callback<'a>(
+        &'a mut self,
+        req: &'a Request,
+    ) -> Option<BoxFuture<'a, denizen_runtime::Result<Response>>> {
+        let (id, url) = self.callback_for(req)?;
+        Some(Box::pin(async move {
+            let manager = self.manager()?.clone();
+            match manager.complete_authorization(&id, &url).await {
+                Ok(()) => {
+                    info!(server = %id, "MCP server authorized");
+                    Ok(match &self.authorized_redirect {
+                        Some(to) => http_util::redirect(StatusCode::FOUND, to),
+                        None => http_util::html(
+                            StatusCode::OK,
+                            "<!doctype html><title>Authorized</title>\
+                             <p>Authorization complete. You can close this window.</p>",
+                        ),
+                    })
+                }
+                Err(e) => {
+                    warn!(server = %id, error = %e, "MCP authorization callback failed");
+                    let mut resp = http_util::text(StatusCode::BAD_REQUEST, &format!("{e}\n"));
+                    resp.headers_mut().insert(
+                        header::CACHE_CONTROL,
+                        header::HeaderValue::from_static("no-store"),
+                    );
+                    Ok(resp)
+                }
+            }
+        }))
+    }
+}

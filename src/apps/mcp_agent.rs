@@ -1,0 +1,158 @@
+//! `mcp-agent`: an agent that uses the tools of remote MCP servers, served at
+//! `/agents/mcp-agent/<name>` (`new AgentClient({ agent: "McpAgent", name, host })`).
+//!
+//! - `addServer(id, url)` connects a server (Streamable HTTP in either era, or legacy SSE) and
+//!   answers `{id, state: "ready"}`, or `{id, state: "authenticating", authUrl}` for a server
+//!   that wants OAuth: the user opens `authUrl` and comes back to
+//!   `/agents/mcp-agent/<name>/callback`;
+//! - `removeServer(id)` disconnects it and forgets its credentials;
+//! - `tools()` lists the ready servers' tools as `{name, description}`, named
+//!   `<server id>__<tool>`;
+//! - `callTool(name, args)` answers the tool's result as MCP has it (`content`, `isError`);
+//! - `callToolIn(seconds, name, args)` calls it from a schedule instead; the result lands in
+//!   the state's `lastResult`, which every client sees.
+//!
+//! Every client gets the servers with their state and tools in `cf_agent_mcp_servers`, on connect
+//! and on every change. Servers and tokens live in the agent's SQLite: after a hibernation or a
+//! restart they reconnect without asking anyone.
+
+use std::time::Duration;
+
+use denizen_agents::{Agent, AgentContext, Context, McpClient, Methods};
+use denizen_mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen_runtime::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The longest `callToolIn` delay.
+const MAX_DELAY_SECONDS: f64 = 86_400.0;
+
+pub struct McpAgent {
+    mcp: AgentMcp,
+}
+
+impl McpAgent {
+    /// An agent whose OAuth callbacks come back to `public_url` (the scheme and authority the
+    /// user's browser reaches this server at).
+    pub fn new(public_url: &str) -> Self {
+        McpAgent {
+            mcp: AgentMcp::new(ManagerOptions {
+                // The example runs on loopback beside the servers it tries, so OAuth metadata on
+                // private addresses is allowed; keep the default (refused) when the servers are
+                // remote.
+                allow_private_oauth_metadata: true,
+                ..ManagerOptions::default()
+            })
+            .callback_host(public_url),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct McpAgentState {
+    /// The last result of a scheduled tool call: `{name, result}` or `{name, error}`.
+    pub last_result: Option<Value>,
+}
+
+impl McpAgent {
+    async fn add_server(
+        &mut self,
+        cx: &mut Context<Self>,
+        id: String,
+        url: String,
+    ) -> Result<AddedServer> {
+        Ok(self
+            .mcp
+            .add_server(cx, &id, &url, AddServerOptions::default())
+            .await?)
+    }
+
+    async fn remove_server(&mut self, cx: &mut Context<Self>, id: String) -> Result<()> {
+        Ok(self.mcp.remove_server(cx, &id).await?)
+    }
+
+    fn tools(&self) -> Vec<Value> {
+        self.mcp
+            .tools()
+            .into_iter()
+            .map(|t| json!({ "name": t.name, "description": t.tool.description }))
+            .collect()
+    }
+
+    async fn call_tool(&mut self, name: &str, args: Value) -> Result<Value> {
+        let result = self.mcp.call_tool(name, args).await?;
+        serde_json::to_value(result).map_err(|e| Error::msg(format!("tool result: {e}")))
+    }
+
+    fn call_tool_in(
+        &mut self,
+        cx: &mut Context<Self>,
+        seconds: f64,
+        name: String,
+        args: Value,
+    ) -> Result<String> {
+        if !(0.0..=MAX_DELAY_SECONDS).contains(&seconds) {
+            return Err(Error::msg(format!(
+                "the delay must be between 0 and {MAX_DELAY_SECONDS} seconds"
+            )));
+        }
+        let when = Duration::from_secs_f64(seconds);
+        Ok(cx.schedule(when, "scheduled_call", &(name, args))?.id)
+    }
+
+    /// The schedule's task: a failing call is recorded in the state rather than retried, since
+    /// the model (or the user) decides what to do about a tool that failed.
+    async fn scheduled_call(
+        &mut self,
+        cx: &mut Context<Self>,
+        (name, args): (String, Value),
+    ) -> Result<()> {
+        let last = match self.call_tool(&name, args).await {
+            Ok(result) => json!({ "name": name, "result": result }),
+            Err(e) => json!({ "name": name, "error": e.to_string() }),
+        };
+        cx.set_state(&McpAgentState {
+            last_result: Some(last),
+        })?;
+        Ok(())
+    }
+}
+
+impl Agent for McpAgent {
+    type State = McpAgentState;
+
+    fn initial_state(&self) -> McpAgentState {
+        McpAgentState::default()
+    }
+
+    fn mcp(&mut self) -> Option<&mut dyn McpClient> {
+        Some(&mut self.mcp)
+    }
+
+    fn methods(m: &mut Methods<Self>) {
+        m.callable("addServer", |a, cx, (id, url): (String, String)| {
+            Box::pin(a.add_server(cx, id, url))
+        })
+        .callable("removeServer", |a, cx, (id,): (String,)| {
+            Box::pin(a.remove_server(cx, id))
+        })
+        .callable("tools", |a, _cx, (): ()| {
+            let tools = a.tools();
+            Box::pin(async move { Ok(tools) })
+        })
+        .callable("callTool", |a, _cx, (name, args): (String, Value)| {
+            Box::pin(async move { a.call_tool(&name, args).await })
+        })
+        .callable(
+            "callToolIn",
+            |a, cx, (seconds, name, args): (f64, String, Value)| {
+                let id = a.call_tool_in(cx, seconds, name, args);
+                Box::pin(async move { id })
+            },
+        )
+        .task("scheduled_call", |a, cx, call: (String, Value)| {
+            Box::pin(a.scheduled_call(cx, call))
+        });
+    }
+}
