@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Largest WebSocket message in bytes; bigger closes the socket with 1009 [default: 32 MiB].
     #[arg(long, env = "DENIZEN_MAX_MESSAGE_SIZE")]
     max_message_size: Option<usize>,
+    /// Bytes of unwritten messages one WebSocket may hold; past it the client is too slow and
+    /// the socket closes with 1008 [default: 16 MiB].
+    #[arg(long, env = "DENIZEN_MAX_SEND_BACKLOG")]
+    max_send_backlog: Option<usize>,
     /// Server ping interval for WebSockets, e.g. 30s; `0s` disables [default: 30s].
     #[arg(long, env = "DENIZEN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     heartbeat_interval: Option<Duration>,
@@ -112,6 +116,7 @@ struct FileConfig {
     mailbox_capacity: Option<usize>,
     max_open_objects: Option<usize>,
     max_message_size: Option<usize>,
+    max_send_backlog: Option<usize>,
     heartbeat_interval: Option<String>,
     admin_token: Option<String>,
     public_url: Option<String>,
@@ -297,6 +302,9 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
     let mut gateway_config = denizen::gateway::Config::default();
     if let Some(max) = args.max_message_size.or(file.max_message_size) {
         gateway_config.max_message_size = max;
+    }
+    if let Some(max) = args.max_send_backlog.or(file.max_send_backlog) {
+        gateway_config.max_send_backlog = max;
     }
     let heartbeat = match args.heartbeat_interval {
         Some(d) => Some(d),

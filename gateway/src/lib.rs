@@ -106,6 +106,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a closing socket waits for the peer's close frame. Default 5 s.
     pub close_timeout: Duration,
+    /// Bytes an object's messages to one WebSocket may add up to while the client has not read
+    /// them; past it they are dropped and the socket is closed with 1008 (a single message to an
+    /// empty queue always goes). Default 16 MiB.
+    pub max_send_backlog: usize,
     /// Bytes tungstenite reads per syscall and keeps allocated per socket. Small keeps idle
     /// sockets cheap (this buffer is most of what the gateway keeps per idle socket); big messages
     /// still arrive, in more reads. Default 1 KiB.
@@ -122,6 +126,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             socket_read_buffer: 1024,
+            max_send_backlog: 16 << 20,
         }
     }
 }
@@ -508,7 +513,7 @@ async fn upgrade_socket(
     namespace: &str,
     name: &str,
 ) -> Response {
-    let (offer, outgoing) = Upgrade::new();
+    let (offer, outgoing) = Upgrade::with_backlog_limit(inner.config.max_send_backlog);
     object_req.extensions_mut().insert(offer.clone());
     let resp = match inner.runtime.fetch(namespace, name, object_req).await {
         Ok(resp) => resp,
@@ -543,6 +548,7 @@ async fn upgrade_socket(
     let task = socket::SocketTask {
         handle: handle.clone(),
         outgoing,
+        backlog: offer.backlog(),
         heartbeat: inner.config.heartbeat_interval,
         close_timeout: inner.config.close_timeout,
         shutdown: inner.shutdown.subscribe(),

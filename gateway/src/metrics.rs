@@ -10,6 +10,8 @@ pub struct Metrics {
     pub websocket_connections: AtomicI64,
     /// HTTP responses to object routes by status class: index 0 is 1xx … index 4 is 5xx.
     pub http_requests: [AtomicU64; 5],
+    /// Sockets closed because their client stopped reading (the send backlog overflowed).
+    pub backlog_overflows: AtomicU64,
     /// Woken when the last socket closes, so shutdown waits without polling.
     all_closed: Notify,
 }
@@ -65,5 +67,12 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP denizen_gateway_backlog_overflows_total WebSockets closed with 1008 because their client stopped reading.\n\
+             # TYPE denizen_gateway_backlog_overflows_total counter\n\
+             denizen_gateway_backlog_overflows_total {}",
+            self.backlog_overflows.load(Relaxed)
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use denizen_runtime::{Frame, Outgoing, SocketHandle};
+use denizen_runtime::{Backlog, Frame, Outgoing, SocketHandle};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 pub(crate) struct SocketTask {
     pub(crate) handle: SocketHandle,
     pub(crate) outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    /// What `outgoing` holds, in bytes; overflowed when the peer stopped reading.
+    pub(crate) backlog: Arc<Backlog>,
     pub(crate) heartbeat: Option<Duration>,
     pub(crate) close_timeout: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -33,6 +35,7 @@ pub(crate) mod code {
     pub const NO_STATUS: u16 = 1005;
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
@@ -110,8 +113,14 @@ impl SocketTask {
                     code: sendable(code),
                     reason: truncate(reason).into(),
                 };
-                // Best effort: the peer may already be gone.
-                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                // Best effort: the peer may already be gone, or not reading (then the write
+                // would wait for ever).
+                let sent = tokio::time::timeout(
+                    self.close_timeout,
+                    socket.send(Message::Close(Some(frame))),
+                )
+                .await;
+                if matches!(sent, Ok(Ok(()))) {
                     self.drain(&mut socket).await;
                 }
             }
@@ -126,6 +135,20 @@ impl SocketTask {
             tracing::debug!(socket = self.handle.id(), error = %e, "close not delivered to the object");
             self.handle.forget();
         }
+    }
+
+    fn overflowed(&self) -> End {
+        tracing::warn!(
+            socket = self.handle.id(),
+            "closing socket: the client is not reading its messages"
+        );
+        self.metrics
+            .backlog_overflows
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        End::ours(
+            code::POLICY_VIOLATION,
+            "messages went unread past the send backlog limit",
+        )
     }
 
     /// Reads until the peer's side of the close handshake is done (or `close_timeout`), which
@@ -182,6 +205,13 @@ impl SocketTask {
                     }
                 }
                 out = self.outgoing.recv() => {
+                    if self.backlog.overflowed() {
+                        return self.overflowed();
+                    }
+                    let len = match &out {
+                        Some(Outgoing::Frame(f)) => f.len(),
+                        _ => 0,
+                    };
                     let msg = match out {
                         Some(Outgoing::Frame(Frame::Text(t))) => Message::Text(t.into()),
                         Some(Outgoing::Frame(Frame::Binary(b))) => Message::Binary(b),
@@ -192,9 +222,26 @@ impl SocketTask {
                         // The registry dropped the socket (the object failed while accepting it).
                         None => return End::ours(code::INTERNAL_ERROR, "the object dropped this socket"),
                     };
-                    if let Err(e) = socket.send(msg).await {
-                        return End::lost(e.to_string());
+                    // A peer that stops reading blocks this write; the overflow ends it.
+                    tokio::select! {
+                        sent = socket.send(msg) => {
+                            if let Err(e) = sent {
+                                return End::lost(e.to_string());
+                            }
+                        }
+                        _ = self.backlog.overflowed_wait() => return self.overflowed(),
+                        _ = self.shutdown.changed() => {
+                            return End::ours(code::GOING_AWAY, "server shutting down");
+                        }
+                        // As silent as a peer the heartbeat drops.
+                        _ = async {
+                            match heartbeat {
+                                Some(beat) => tokio::time::sleep(beat * 2).await,
+                                None => std::future::pending().await,
+                            }
+                        } => return End::lost("write timeout: the peer stopped reading"),
                     }
+                    self.backlog.written(len);
                 }
                 _ = ticker.tick(), if heartbeat.is_some() => {
                     if last_seen.elapsed() >= beat * 2 {

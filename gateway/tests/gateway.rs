@@ -20,7 +20,8 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Echoes HTTP requests and socket messages. Sockets: `?tag=x` tags them, `?auto` sets the
 /// ping → pong auto-response, `?refuse` answers 403 instead of accepting. Messages:
-/// `all:<text>` broadcasts, `close` closes with 4000 "bye", anything else is echoed.
+/// `all:<text>` broadcasts, `close` closes with 4000 "bye", `flood:<count>:<bytes>` sends that
+/// many messages of that size, anything else is echoed.
 #[derive(Default)]
 struct Echo {
     last_close: Option<String>,
@@ -69,6 +70,15 @@ impl DurableObject for Echo {
             Some("tags") => {
                 let tags = ctx.tags(ws).join(",");
                 ctx.send(ws, tags);
+            }
+            Some(t) if t.starts_with("flood:") => {
+                // flood:<count>:<bytes>
+                let mut parts = t["flood:".len()..].split(':');
+                let count: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let size: usize = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                for _ in 0..count {
+                    ctx.send(ws, "f".repeat(size));
+                }
             }
             Some(t) if t.starts_with("all:") => {
                 let text = t["all:".len()..].to_string();
@@ -509,6 +519,68 @@ async fn a_message_too_big_closes_only_its_socket() {
             .await
             .starts_with("1009 ")
     );
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_is_closed_and_the_others_are_not() {
+    let server = start(Options {
+        config: Config {
+            max_send_backlog: 1 << 20,
+            ..Config::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut reader = connect(server.addr, "/objects/echo/flood").await;
+    let mut slow = connect(server.addr, "/objects/echo/flood").await;
+
+    // Under the limit: every message arrives.
+    reader
+        .send(Message::Text("flood:50:16384".into()))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            next(&mut reader).await,
+            Message::Text("f".repeat(16384).into())
+        );
+    }
+
+    // 32 MiB to a client that does not read: dropped past 1 MiB, the socket closed with 1008.
+    slow.send(Message::Text("flood:2000:16384".into()))
+        .await
+        .unwrap();
+    until("the object hears 1008", || async {
+        get_text(server.addr, "/objects/echo/flood/last-close")
+            .await
+            .starts_with("1008 ")
+    })
+    .await;
+    let metrics = get_text(server.addr, "/metrics").await;
+    assert!(
+        metrics.contains("denizen_gateway_backlog_overflows_total 1"),
+        "{metrics}"
+    );
+    // What the slow client finally reads is cut short and ends with the close frame.
+    let mut frames = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => break None,
+            Err(_) => panic!("the slow socket neither closed nor ended"),
+        }
+    };
+    assert!(frames < 2000, "{frames} frames arrived");
+    assert!(matches!(code, Some(1008) | None), "{code:?}");
+
+    // The other client is served as before.
+    reader
+        .send(Message::Text("still here".into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut reader).await, Message::Text("still here".into()));
 }
 
 /// Opens a socket by hand, for frames no well-behaved client would send.

@@ -425,7 +425,7 @@ impl<O: DurableObject> Ctx<O> {
             let inner = self.sockets.lock();
             for (id, out) in self.outbox.drain(..) {
                 if let Some(entry) = inner.sockets.get(&id) {
-                    let _ = entry.tx.send(out);
+                    entry.tx.send(out);
                 }
             }
         }
@@ -451,7 +451,7 @@ impl<O: DurableObject> Ctx<O> {
             let mut inner = self.sockets.lock();
             for id in self.accepted.drain(..) {
                 if let Some(entry) = inner.sockets.remove(&id) {
-                    let _ = entry.tx.send(Outgoing::Close {
+                    entry.tx.send(Outgoing::Close {
                         code: 1011,
                         reason: "the object failed while accepting this socket".into(),
                     });

@@ -90,6 +90,6 @@ pub use namespace::{Namespace, Stub};
 pub use object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
 pub use runtime::{Builder, ObjectInfo, Options, Runtime};
 pub use socket::{
-    Delivery, Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, MAX_TAG_LENGTH, MAX_TAGS,
-    Outgoing, SocketHandle, SocketId, Upgrade, WebSocket,
+    Backlog, Delivery, Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, MAX_TAG_LENGTH,
+    MAX_TAGS, Outgoing, SocketHandle, SocketId, Upgrade, WebSocket,
 };

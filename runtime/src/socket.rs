@@ -7,6 +7,7 @@
 //! the upgrade, feeds incoming frames to it and writes what arrives on its [`Outgoing`] receiver.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
@@ -94,6 +95,100 @@ impl WebSocket {
     }
 }
 
+/// The bytes an object has sent on a socket that the transport has not written yet. Bounded, so
+/// a peer that stops reading cannot make the server hold its messages without end: past the
+/// limit further messages are dropped and [`Backlog::overflowed`] tells the transport to close
+/// the socket.
+#[derive(Debug)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+    /// Wakes a transport blocked writing to the peer that is not reading.
+    overflow: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn new(limit: usize) -> Self {
+        Backlog {
+            queued: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            overflow: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Resolves once the backlog overflowed.
+    pub async fn overflowed_wait(&self) {
+        loop {
+            let notified = self.overflow.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an overflow in between is not missed.
+            notified.as_mut().enable();
+            if self.overflowed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes `bytes` into the backlog; false (and overflowed from then on) when they would pass
+    /// the limit. A message to an empty backlog always fits, whatever its size.
+    fn push(&self, bytes: usize) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if before > 0 && before.saturating_add(bytes) > self.limit {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.overflow.notify_waiters();
+            return false;
+        }
+        true
+    }
+
+    /// The transport wrote a message of `bytes` to the peer.
+    pub fn written(&self, bytes: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The peer fell so far behind that messages were dropped: close the socket.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The object's end of a socket: queues what the transport writes, within the backlog limit.
+pub(crate) struct Sender {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    backlog: Arc<Backlog>,
+}
+
+impl Sender {
+    pub(crate) fn send(&self, out: Outgoing) {
+        if let Outgoing::Frame(frame) = &out
+            && !self.backlog.push(frame.len())
+        {
+            tracing::debug!(
+                queued = self.backlog.queued(),
+                "dropping a message: the peer is not reading"
+            );
+            return;
+        }
+        let _ = self.tx.send(out);
+    }
+}
+
 /// Put into a request's extensions by a transport to offer a WebSocket to the object.
 #[derive(Clone)]
 pub struct Upgrade {
@@ -102,16 +197,24 @@ pub struct Upgrade {
 
 struct UpgradeInner {
     tx: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
+    backlog: Arc<Backlog>,
     accepted: OnceLock<SocketHandle>,
 }
 
 impl Upgrade {
-    /// A fresh offer and the receiver of everything the object will send on the socket.
+    /// A fresh offer and the receiver of everything the object will send on the socket, with no
+    /// bound on what may wait to be written.
     pub fn new() -> (Upgrade, mpsc::UnboundedReceiver<Outgoing>) {
+        Upgrade::with_backlog_limit(usize::MAX)
+    }
+
+    /// A fresh offer whose unwritten messages may add up to `limit` bytes (see [`Backlog`]).
+    pub fn with_backlog_limit(limit: usize) -> (Upgrade, mpsc::UnboundedReceiver<Outgoing>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let upgrade = Upgrade {
             inner: Arc::new(UpgradeInner {
                 tx: Mutex::new(Some(tx)),
+                backlog: Arc::new(Backlog::new(limit)),
                 accepted: OnceLock::new(),
             }),
         };
@@ -123,8 +226,17 @@ impl Upgrade {
         self.inner.accepted.get().cloned()
     }
 
-    pub(crate) fn take_sender(&self) -> Option<mpsc::UnboundedSender<Outgoing>> {
-        lock(&self.inner.tx).take()
+    /// What the object has queued and the transport not yet written.
+    pub fn backlog(&self) -> Arc<Backlog> {
+        self.inner.backlog.clone()
+    }
+
+    pub(crate) fn take_sender(&self) -> Option<Sender> {
+        let tx = lock(&self.inner.tx).take()?;
+        Some(Sender {
+            tx,
+            backlog: self.inner.backlog.clone(),
+        })
     }
 
     pub(crate) fn set_accepted(&self, handle: SocketHandle) {
@@ -135,7 +247,7 @@ impl Upgrade {
 pub(crate) struct SocketEntry {
     pub(crate) tags: Box<[Box<str>]>,
     pub(crate) attachment: Option<Box<[u8]>>,
-    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) tx: Sender,
     pub(crate) auto_response_at: Option<SystemTime>,
 }
 
@@ -242,7 +354,7 @@ impl SocketHandle {
             if let Some(reply) = reply {
                 if let Some(entry) = inner.sockets.get_mut(&self.id) {
                     entry.auto_response_at = Some(SystemTime::now());
-                    let _ = entry.tx.send(Outgoing::Frame(Frame::Text(reply)));
+                    entry.tx.send(Outgoing::Frame(Frame::Text(reply)));
                 }
                 return Ok(Delivery::AutoResponded);
             }
@@ -278,5 +390,30 @@ impl SocketHandle {
     /// close event itself failed, so a dead socket is never listed forever).
     pub fn forget(&self) {
         self.sockets.lock().sockets.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn backlog_takes_one_message_of_any_size_then_bounds_the_total() {
+        let b = Backlog::new(100);
+        assert!(b.push(500), "a message to an empty backlog always fits");
+        assert!(!b.push(1), "anything more is refused while it waits");
+        assert!(b.overflowed());
+        b.written(500);
+        assert_eq!(b.queued(), 0);
+        assert!(!b.push(1), "an overflowed socket takes nothing more");
+
+        let b = Backlog::new(100);
+        assert!(b.push(60));
+        assert!(b.push(40));
+        b.written(60);
+        assert!(b.push(60));
+        assert!(!b.overflowed());
+        assert!(!b.push(1));
+        assert!(b.overflowed());
     }
 }
