@@ -222,13 +222,12 @@ impl SocketTask {
                         // The registry dropped the socket (the object failed while accepting it).
                         None => return End::ours(code::INTERNAL_ERROR, "the object dropped this socket"),
                     };
-                    // A peer that stops reading blocks this write; the overflow ends it.
-                    tokio::select! {
-                        sent = socket.send(msg) => {
-                            if let Err(e) = sent {
-                                return End::lost(e.to_string());
-                            }
-                        }
+                    // Most writes complete at once (biased: nothing else is even polled then); a
+                    // peer that stops reading blocks one, and then the overflow, shutdown or a
+                    // write timeout ends it.
+                    let sent = tokio::select! {
+                        biased;
+                        sent = socket.send(msg) => sent,
                         _ = self.backlog.overflowed_wait() => return self.overflowed(),
                         _ = self.shutdown.changed() => {
                             return End::ours(code::GOING_AWAY, "server shutting down");
@@ -240,6 +239,9 @@ impl SocketTask {
                                 None => std::future::pending().await,
                             }
                         } => return End::lost("write timeout: the peer stopped reading"),
+                    };
+                    if let Err(e) = sent {
+                        return End::lost(e.to_string());
                     }
                     self.backlog.written(len);
                 }
