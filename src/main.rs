@@ -44,7 +44,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run SQL against one object's database (its name, or its hex id with --id).
+    /// Run SQL against one object's database (its name, or its hex id with --id). While a
+    /// server runs on the data directory the query goes through it, as an event of the object.
     Sql {
         namespace: String,
         object: String,
@@ -53,6 +54,13 @@ enum Command {
         id: bool,
         #[arg(long, env = "DENIZEN_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Run the query through this server (e.g. http://127.0.0.1:8787) instead of opening the
+        /// file [default: the server running on the data directory, if any].
+        #[arg(long, env = "DENIZEN_SERVER")]
+        server: Option<String>,
+        /// The server's admin token, when it has one.
+        #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// List the instances of a workflow with their status (reads the data directory).
     Workflows {
@@ -194,8 +202,27 @@ fn main() -> Result<()> {
             query,
             id,
             data_dir,
+            server,
+            admin_token,
         } => {
             let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
+            let token = admin_token.or(file.admin_token);
+            let running = server.is_none();
+            let server = server.or_else(|| running_server(&dir));
+            if let Some(url) = server {
+                match remote_sql(&url, token.as_deref(), &namespace, &object, id, &query) {
+                    Ok(answer) => return print_answer(&answer),
+                    // The address file outlived a server killed without a chance to remove it.
+                    Err(Remote::Unreachable(e)) if running => {
+                        tracing::debug!(%url, error = %e, "no server answers for this data directory; opening the file");
+                    }
+                    Err(Remote::Unreachable(e)) => {
+                        return Err(e)
+                            .with_context(|| format!("no Denizen server answers at {url}"));
+                    }
+                    Err(Remote::Refused(message)) => bail!("{message}"),
+                }
+            }
             let address = if id {
                 Address::Id(&object)
             } else {
@@ -219,6 +246,118 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where `denizen serve` writes its address while it runs on a data directory.
+const SERVER_ADDRESS_FILE: &str = "server.address";
+
+/// The address of the server running on `dir`, from the file it keeps there while it runs.
+fn running_server(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(SERVER_ADDRESS_FILE)).ok()?;
+    let url = text.trim();
+    (!url.is_empty()).then(|| url.to_string())
+}
+
+enum Remote {
+    /// Nothing answered: no server there.
+    Unreachable(anyhow::Error),
+    /// The server answered with an error (bad SQL, unknown object, wrong token).
+    Refused(String),
+}
+
+/// Runs the query through a server's `/admin/sql` route.
+fn remote_sql(
+    url: &str,
+    token: Option<&str>,
+    namespace: &str,
+    object: &str,
+    by_id: bool,
+    query: &str,
+) -> std::result::Result<serde_json::Value, Remote> {
+    let segment = |s: &str| {
+        url::form_urlencoded::byte_serialize(s.as_bytes())
+            .collect::<String>()
+            .replace('+', "%20")
+    };
+    let mut endpoint = format!(
+        "{}/admin/sql/{}/{}",
+        url.trim_end_matches('/'),
+        segment(namespace),
+        segment(object)
+    );
+    if by_id {
+        endpoint.push_str("?id");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Remote::Unreachable(e.into()))?;
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(&endpoint)
+            .body(query.to_string());
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Remote::Unreachable(e.into()))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| Remote::Unreachable(e.into()))?;
+        if !status.is_success() {
+            return Err(Remote::Refused(format!(
+                "the server at {url} answered {status}: {}",
+                body.trim()
+            )));
+        }
+        serde_json::from_str(&body).map_err(|e| {
+            Remote::Refused(format!(
+                "the server at {url} answered something else than SQL results: {e}"
+            ))
+        })
+    })
+}
+
+fn print_answer(answer: &serde_json::Value) -> Result<()> {
+    let columns: Vec<&str> = answer["columns"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    println!("{}", columns.join("\t"));
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .as_array()
+            .map(|cells| {
+                cells
+                    .iter()
+                    .map(|v| match v {
+                        serde_json::Value::Null => "NULL".to_string(),
+                        serde_json::Value::String(t) => t.clone(),
+                        serde_json::Value::Object(o) => {
+                            match o.get("blob").and_then(|b| b.as_str()) {
+                                Some(hex) => format!("x'{hex}'"),
+                                None => v.to_string(),
+                            }
+                        }
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("{}", cells.join("\t"));
+    }
+    eprintln!(
+        "({} rows, {} read, {} written; through the server)",
+        rows.len(),
+        answer["rows_read"],
+        answer["rows_written"]
+    );
+    Ok(())
 }
 
 fn list_workflows(dir: &Path, name: &str, json: bool) -> Result<()> {
@@ -346,7 +485,14 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
             .router()
             .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS))
             .merge(denizen::workflows_http::routes(registry));
-        gateway.serve_router(listener, app, shutdown_signal()).await?;
+        // `denizen sql` finds the server running on this data directory here.
+        let address_file = options.data_dir.join(SERVER_ADDRESS_FILE);
+        if let Err(e) = std::fs::write(&address_file, format!("http://{addr}\n")) {
+            tracing::warn!(path = %address_file.display(), error = %e, "could not record the server's address; `denizen sql` will need --server");
+        }
+        let served = gateway.serve_router(listener, app, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&address_file);
+        served?;
         tracing::info!("stopped");
         Ok(())
     })

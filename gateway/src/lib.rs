@@ -253,7 +253,8 @@ impl Gateway {
         &self.inner.metrics
     }
 
-    /// The gateway's routes: `/objects/<namespace>/<name>[/rest]`, `/metrics`, `/healthz`.
+    /// The gateway's routes: `/objects/<namespace>/<name>[/rest]`, `/metrics`, `/healthz`, and
+    /// `POST /admin/sql/<namespace>/<name>` (an operator's query, run as an event of the object).
     /// Add or merge your own; [`Gateway::serve_router`] serves the result (and guards `/admin`
     /// routes you add with the admin token — see [`Gateway::guard_admin`] if you serve it
     /// yourself).
@@ -261,6 +262,10 @@ impl Gateway {
         let router = Router::new()
             .route("/objects/{*path}", any(object_route))
             .route("/metrics", get(metrics_route))
+            .route(
+                "/admin/sql/{namespace}/{object}",
+                axum::routing::post(sql_route),
+            )
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(self.inner.clone());
         self.guard_admin(router)
@@ -652,6 +657,61 @@ async fn admin_guard(
         }
     }
     next.run(req).await
+}
+
+/// `POST /admin/sql/<namespace>/<name>` (`?id` when `<name>` is an object id), the query as the
+/// body: runs it as an event of the object (see [`Runtime::sql`]) and answers
+/// `{"columns", "rows", "rows_read", "rows_written"}`; blobs are `{"blob": "<hex>"}`.
+async fn sql_route(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path((namespace, object)): axum::extract::Path<(String, String)>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let Ok(query) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the query must be UTF-8 text");
+    };
+    let by_id = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "id" || kv.starts_with("id=")));
+    let address = if by_id {
+        denizen_runtime::admin::Address::Id(&object)
+    } else {
+        denizen_runtime::admin::Address::Name(&object)
+    };
+    match inner.runtime.sql(&namespace, address, query).await {
+        Ok(cursor) => {
+            use denizen_runtime::Value;
+            let cell = |v: &Value| match v {
+                Value::Null => serde_json::Value::Null,
+                Value::Integer(i) => serde_json::json!(i),
+                Value::Real(r) => serde_json::json!(r),
+                Value::Text(t) => serde_json::json!(t),
+                Value::Blob(b) => serde_json::json!({
+                    "blob": b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                }),
+            };
+            let rows: Vec<Vec<serde_json::Value>> = cursor
+                .rows()
+                .iter()
+                .map(|row| row.iter().map(cell).collect())
+                .collect();
+            let answer = serde_json::json!({
+                "columns": cursor.columns(),
+                "rows": rows,
+                "rows_read": cursor.rows_read(),
+                "rows_written": cursor.rows_written(),
+            });
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                answer.to_string(),
+            )
+                .into_response()
+        }
+        // Bad SQL, a refused statement, a constraint: the operator's to fix.
+        Err(e @ RuntimeError::Storage(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error_response(&e),
+    }
 }
 
 async fn metrics_route(State(inner): State<Arc<Inner>>) -> Response {

@@ -69,6 +69,39 @@ impl<O: DurableObject> Job<O> for FetchJob {
     }
 }
 
+/// An operator's SQL query, run as an event of the object so it is serialized with the object's
+/// own events and commits like them.
+pub(crate) struct SqlJob {
+    query: String,
+    result: Option<denizen_storage::Cursor>,
+    tx: oneshot::Sender<Result<denizen_storage::Cursor>>,
+}
+
+impl SqlJob {
+    pub(crate) fn new(query: String, tx: oneshot::Sender<Result<denizen_storage::Cursor>>) -> Self {
+        SqlJob {
+            query,
+            result: None,
+            tx,
+        }
+    }
+}
+
+impl<O: DurableObject> Job<O> for SqlJob {
+    fn run<'a>(&'a mut self, _obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.result = Some(ctx.storage().exec(&self.query, ())?);
+            Ok(())
+        })
+    }
+    fn succeed(self: Box<Self>) {
+        let _ = self.tx.send(self.result.ok_or(Error::Unavailable));
+    }
+    fn fail(self: Box<Self>, error: Error) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
 pub(crate) struct CallJob<M: Message> {
     msg: Option<M>,
     reply: Option<M::Reply>,

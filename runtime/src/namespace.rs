@@ -8,7 +8,7 @@ use ractor::{ActorRef, ActorRuntime};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::actor::{Args, CallJob, Event, FetchJob, ObjectActor};
+use crate::actor::{Args, CallJob, Event, FetchJob, ObjectActor, SqlJob};
 use crate::error::{Error, Result};
 use crate::id::{IdMinter, ObjectId};
 use crate::object::{DurableObject, Handler, Message, Request, Response};
@@ -411,6 +411,12 @@ pub(crate) trait AnyNamespace: Send + Sync {
     fn fetch_by_id(self: Arc<Self>, id: &str, req: Request)
     -> BoxFuture<'static, Result<Response>>;
     fn deliver_alarm(self: Arc<Self>, id: [u8; 32], at_ms: i64, retry_count: u32) -> Result<()>;
+    /// Runs an operator's query on an existing object, as one of its events.
+    fn sql(
+        self: Arc<Self>,
+        address: crate::admin::Address<'_>,
+        query: String,
+    ) -> BoxFuture<'static, Result<denizen_storage::Cursor>>;
     /// Opens the object if it is hibernated; nothing else.
     fn warm(self: Arc<Self>, id: [u8; 32]) -> Result<()>;
     fn live(&self, id: &[u8; 32]) -> bool;
@@ -446,6 +452,39 @@ impl<O: DurableObject> AnyNamespace for NsInner<O> {
             Event::Alarm { at_ms, retry_count },
             true,
         )
+    }
+
+    fn sql(
+        self: Arc<Self>,
+        address: crate::admin::Address<'_>,
+        query: String,
+    ) -> BoxFuture<'static, Result<denizen_storage::Cursor>> {
+        let id = match address {
+            crate::admin::Address::Name(name) => self.minter.id_for_name(name),
+            crate::admin::Address::Id(hex) => match self.minter.parse(hex) {
+                Ok(id) => id,
+                Err(e) => return Box::pin(async move { Err(e) }),
+            },
+        };
+        // Never creates an object: only those with a database file.
+        let path =
+            denizen_storage::object_path(&self.shared.options.data_dir, &self.name, &id.to_hex());
+        if !path.exists() {
+            let e = Error::NoSuchObject {
+                namespace: self.name.to_string(),
+                object: match address {
+                    crate::admin::Address::Name(name) => format!("named `{name}`"),
+                    crate::admin::Address::Id(hex) => format!("with id {hex}"),
+                },
+            };
+            return Box::pin(async move { Err(e) });
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = self.send(&id, Event::Job(Box::new(SqlJob::new(query, tx))), false);
+        Box::pin(async move {
+            sent?;
+            rx.await.unwrap_or(Err(Error::Unavailable))
+        })
     }
 
     fn warm(self: Arc<Self>, id: [u8; 32]) -> Result<()> {

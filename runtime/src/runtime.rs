@@ -556,6 +556,21 @@ impl Runtime {
         }
     }
 
+    /// Runs an operator's SQL query on an existing object of a running runtime, as one of the
+    /// object's events: serialized with its other events, committed like them, under the same
+    /// rules as `ctx.storage().exec` (no `BEGIN`/`COMMIT`). Unknown objects are an error, never
+    /// created. The object's in-memory state does not see what the query changed until it
+    /// reads storage again.
+    pub async fn sql(
+        &self,
+        namespace: &str,
+        address: crate::admin::Address<'_>,
+        query: &str,
+    ) -> Result<denizen_storage::Cursor> {
+        let ns = self.shared.erased(namespace)?;
+        ns.sql(address, query.to_string()).await
+    }
+
     /// Every object ever created in a namespace (registered or not: the catalog remembers).
     pub fn list_objects(&self, namespace: &str) -> Result<Vec<ObjectInfo>> {
         let erased = self.shared.erased(namespace).ok();

@@ -1,0 +1,133 @@
+//! `denizen sql` while the server runs (the query goes through it, as an event of the object)
+//! and after it stopped (the file is opened directly), with bad input in both.
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::Server;
+
+fn sql(data_dir: &Path, extra: &[&str], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_denizen"))
+        .arg("sql")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .args(args)
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml")
+        .env_remove("DENIZEN_SERVER")
+        .env_remove("DENIZEN_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run denizen sql")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn count(client: &reqwest::Client, server: &Server, name: &str) -> String {
+    client
+        .get(server.url(&format!("/objects/counter/{name}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_goes_through_a_running_server_and_opens_the_file_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(dir.path(), &["--admin-token", "s3cret"]);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client
+            .post(server.url("/objects/counter/alice/increment"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let token = ["--admin-token", "s3cret"];
+
+    // The live object holds its file; the query runs inside it.
+    let read = sql(
+        &data,
+        &token,
+        &["counter", "alice", "SELECT count FROM counter"],
+    );
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(stdout(&read), "count\n3\n");
+    assert!(
+        stderr(&read).contains("through the server"),
+        "{}",
+        stderr(&read)
+    );
+
+    // A write is an event of the object: the object sees it at once.
+    let write = sql(
+        &data,
+        &token,
+        &["counter", "alice", "UPDATE counter SET count = 41"],
+    );
+    assert!(write.status.success(), "{}", stderr(&write));
+    assert_eq!(count(&client, &server, "alice").await, "{\"count\":41}");
+
+    // Bad input gets clear errors, and the object keeps working.
+    let bad = sql(&data, &token, &["counter", "alice", "SELEC nonsense"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("400"), "{}", stderr(&bad));
+    let refused = sql(&data, &token, &["counter", "alice", "BEGIN"]);
+    assert!(!refused.status.success());
+    let unknown = sql(&data, &token, &["counter", "nobody", "SELECT 1"]);
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+    let unknown_ns = sql(&data, &token, &["nope", "alice", "SELECT 1"]);
+    assert!(!unknown_ns.status.success());
+    assert!(
+        stderr(&unknown_ns).contains("nope"),
+        "{}",
+        stderr(&unknown_ns)
+    );
+    let no_token = sql(&data, &[], &["counter", "alice", "SELECT 1"]);
+    assert!(!no_token.status.success());
+    assert!(stderr(&no_token).contains("401"), "{}", stderr(&no_token));
+    // Asking a server that is not there is an error, not a silent switch to the file.
+    let nowhere = sql(
+        &data,
+        &["--server", "http://127.0.0.1:9"],
+        &["counter", "alice", "SELECT 1"],
+    );
+    assert!(!nowhere.status.success());
+    assert!(
+        stderr(&nowhere).contains("no Denizen server"),
+        "{}",
+        stderr(&nowhere)
+    );
+    assert_eq!(count(&client, &server, "alice").await, "{\"count\":41}");
+
+    // Stopped (and, separately, killed: the address file stays behind): the file is opened.
+    server.stop();
+    let offline = sql(
+        &data,
+        &[],
+        &["counter", "alice", "SELECT count FROM counter"],
+    );
+    assert!(offline.status.success(), "{}", stderr(&offline));
+    assert_eq!(stdout(&offline), "count\n41\n");
+    server.restart();
+    server.kill();
+    let after_kill = sql(
+        &data,
+        &[],
+        &["counter", "alice", "SELECT count FROM counter"],
+    );
+    assert!(after_kill.status.success(), "{}", stderr(&after_kill));
+    assert_eq!(stdout(&after_kill), "count\n41\n");
+}
