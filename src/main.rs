@@ -70,6 +70,10 @@ enum Command {
         /// Print JSON lines (the full status) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask this server for each status (e.g. http://127.0.0.1:8787) instead of opening the
+        /// files [default: the server running on the data directory, if any].
+        #[arg(long, env = "DENIZEN_SERVER")]
+        server: Option<String>,
     },
 }
 
@@ -192,9 +196,11 @@ fn main() -> Result<()> {
             name,
             data_dir,
             json,
+            server,
         } => {
             let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
-            list_workflows(&dir, &name, json)
+            let server = server.or_else(|| running_server(&dir));
+            list_workflows(&dir, &name, json, server.as_deref())
         }
         Command::Sql {
             namespace,
@@ -360,7 +366,36 @@ fn print_answer(answer: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn list_workflows(dir: &Path, name: &str, json: bool) -> Result<()> {
+/// An instance's status from the server's `GET /workflows/<name>/<id>`; `None` when no server
+/// answers there.
+fn remote_status(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    name: &str,
+    id: &str,
+) -> Option<Result<workflow::InstanceStatus>> {
+    let endpoint = format!("{}/workflows/{name}/{id}", url.trim_end_matches('/'));
+    rt.block_on(async {
+        let resp = reqwest::get(&endpoint).await.ok()?;
+        let status = resp.status();
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if !status.is_success() {
+            return Some(Err(anyhow::anyhow!("{status}: {}", body.trim())));
+        }
+        Some(serde_json::from_str(&body).map_err(anyhow::Error::from))
+    })
+}
+
+fn list_workflows(dir: &Path, name: &str, json: bool, server: Option<&str>) -> Result<()> {
+    // A running server holds its live instances' files: those are asked from it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut server = server.map(str::to_string);
     let namespace = workflow::namespace_of(name);
     let objects = admin::list_objects(dir, &namespace)?;
     if objects.is_empty() && !json {
@@ -373,9 +408,28 @@ fn list_workflows(dir: &Path, name: &str, json: bool) -> Result<()> {
         let Some(id) = o.name.as_deref() else {
             continue;
         };
-        let status = admin::open_object(dir, &namespace, Address::Name(id), Durability::Normal)
-            .map_err(anyhow::Error::from)
-            .and_then(|(_, mut storage)| Ok(workflow::read_status(&mut storage)?));
+        // The file first (a sleeping instance stays asleep); a live one, held by its server, from
+        // the server.
+        let status =
+            match admin::open_object(dir, &namespace, Address::Name(id), Durability::Normal) {
+                Ok((_, mut storage)) => {
+                    workflow::read_status(&mut storage).map_err(anyhow::Error::from)
+                }
+                Err(denizen::Error::Storage(denizen::storage::Error::Held { path })) => {
+                    match server
+                        .as_deref()
+                        .and_then(|url| remote_status(&rt, url, name, id))
+                    {
+                        Some(status) => status.map(Some),
+                        None => {
+                            // Nobody answers (the address file outlived a killed server).
+                            server = None;
+                            Err(denizen::storage::Error::Held { path }.into())
+                        }
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
         match (status, json) {
             (Ok(Some(s)), true) => println!("{}", serde_json::to_string(&s)?),
             (Ok(Some(s)), false) => println!(

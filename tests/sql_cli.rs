@@ -131,3 +131,77 @@ async fn sql_goes_through_a_running_server_and_opens_the_file_otherwise() {
     assert!(after_kill.status.success(), "{}", stderr(&after_kill));
     assert_eq!(stdout(&after_kill), "count\n41\n");
 }
+
+fn workflows(data_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_denizen"))
+        .args(["workflows", "approval", "--data-dir"])
+        .arg(data_dir)
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml")
+        .env_remove("DENIZEN_SERVER")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run denizen workflows")
+}
+
+fn row_status(table: &str, id: &str) -> Option<String> {
+    table
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_lists_live_instances_through_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Instances stay live (their files held by the server) for the whole test.
+    let mut server = Server::start(dir.path(), &["--idle-timeout", "1h"]);
+    let client = reqwest::Client::new();
+    let created = client
+        .post(server.url("/workflows/approval?id=w1"))
+        .body(r#"{"request": "ship it", "sleep_secs": 0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    support::wait_until(
+        "w1 to wait for approval",
+        std::time::Duration::from_secs(30),
+        || {
+            let (client, server) = (&client, &server);
+            async move {
+                let v: serde_json::Value = client
+                    .get(server.url("/workflows/approval/w1"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["status"] == "waiting"
+            }
+        },
+    )
+    .await;
+
+    let live = workflows(&data);
+    let table = stdout(&live);
+    assert!(live.status.success(), "{}", stderr(&live));
+    assert_eq!(
+        row_status(&table, "w1").as_deref(),
+        Some("waiting"),
+        "{table}"
+    );
+
+    // Killed: the address file stays behind, nobody answers, the files are read.
+    server.kill();
+    let offline = workflows(&data);
+    let table = stdout(&offline);
+    assert!(offline.status.success(), "{}", stderr(&offline));
+    assert_eq!(
+        row_status(&table, "w1").as_deref(),
+        Some("waiting"),
+        "{table}"
+    );
+}

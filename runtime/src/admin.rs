@@ -59,7 +59,8 @@ pub fn open_object(
             },
         });
     }
-    Ok((id, Storage::open(&path, durability)?))
+    // A live object's file is held by its server: say so at once rather than wait for it.
+    Ok((id, Storage::open_unheld(&path, durability)?))
 }
 
 fn open_catalog(data_dir: &Path) -> Result<Catalog> {

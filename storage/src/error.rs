@@ -33,6 +33,10 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path} is held by another process (a running server): ask that server, or stop it first"
+    )]
+    Held { path: PathBuf },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -258,6 +258,7 @@ pub(crate) fn open_connection(
     durability: Durability,
     sharing: Sharing,
     init: &str,
+    busy_timeout: std::time::Duration,
 ) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -271,7 +272,7 @@ pub(crate) fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(busy_timeout)?;
     if sharing == Sharing::Exclusive {
         // Must precede the first WAL access for the index to live in heap memory.
         conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))?;
@@ -381,9 +382,35 @@ fn create_database_file(path: &Path, durability: Durability) -> Result<()> {
     Ok(())
 }
 
+/// How long an open waits for a lock another connection holds.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Storage {
     /// Opens (creating it if needed) the database at `path` in WAL mode.
     pub fn open(path: &Path, durability: Durability) -> Result<Storage> {
+        Storage::open_waiting(path, durability, BUSY_TIMEOUT)
+    }
+
+    /// Opens the database at `path` for an operator's tool: fails at once with
+    /// [`Error::Held`] while another process (a running server) has it open, instead of waiting.
+    pub fn open_unheld(path: &Path, durability: Durability) -> Result<Storage> {
+        Storage::open_waiting(path, durability, std::time::Duration::ZERO).map_err(|e| match e {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Error::Held {
+                    path: path.to_path_buf(),
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn open_waiting(
+        path: &Path,
+        durability: Durability,
+        busy_timeout: std::time::Duration,
+    ) -> Result<Storage> {
         if !path.exists() {
             create_database_file(path, durability)?;
         }
@@ -391,7 +418,7 @@ impl Storage {
         let setup = format!(
             "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
         );
-        let conn = open_connection(path, durability, Sharing::Exclusive, &setup)?;
+        let conn = open_connection(path, durability, Sharing::Exclusive, &setup, busy_timeout)?;
         // With exclusive locking the WAL index is rebuilt from the WAL on every open (wake), so
         // the WAL is kept small: checkpoint at 256 pages and trim the file to 1 MiB.
         conn.execute_batch("PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576;")?;
