@@ -260,6 +260,19 @@ pub(crate) fn open_connection(
     init: &str,
     busy_timeout: std::time::Duration,
 ) -> Result<Connection> {
+    open_connection_with(path, durability, sharing, init, busy_timeout, false)
+}
+
+/// [`open_connection`]; `in_wal` skips switching to WAL mode when the caller knows the file is in
+/// it already (its WAL file exists), which saves a statement on every wake.
+fn open_connection_with(
+    path: &Path,
+    durability: Durability,
+    sharing: Sharing,
+    init: &str,
+    busy_timeout: std::time::Duration,
+    in_wal: bool,
+) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
@@ -287,7 +300,9 @@ pub(crate) fn open_connection(
         }
         Durability::Fsync => "FULL",
     };
-    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    if !in_wal {
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    }
     conn.execute_batch(init)?;
     conn.execute_batch(&format!(
         "PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY;"
@@ -301,6 +316,19 @@ pub(crate) fn open_connection(
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// A fresh, unguessable tag for the runtime's own statements (the authorizer lets them through),
+/// without a query: per-process random keys over a counter.
+fn statement_marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", h.finish())
 }
 
 const OBJECT_SCHEMA: &str =
@@ -414,11 +442,27 @@ impl Storage {
         if !path.exists() {
             create_database_file(path, durability)?;
         }
-        // The write creates the WAL file during setup, which runs without fsync in `normal` mode.
-        let setup = format!(
-            "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
-        );
-        let conn = open_connection(path, durability, Sharing::Exclusive, &setup, busy_timeout)?;
+        // Without a WAL (a new object, or one checkpointed to nothing), a write during setup
+        // creates it: setup runs without fsync in `normal` mode, where the first write of an
+        // event would sync the new WAL's header. A wake finds its WAL in place and writes nothing.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+        let setup = if has_wal {
+            OBJECT_SCHEMA.to_string()
+        } else {
+            format!(
+                "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
+            )
+        };
+        let conn = open_connection_with(
+            path,
+            durability,
+            Sharing::Exclusive,
+            &setup,
+            busy_timeout,
+            has_wal,
+        )?;
         // With exclusive locking the WAL index is rebuilt from the WAL on every open (wake), so
         // the WAL is kept small: checkpoint at 256 pages and trim the file to 1 MiB.
         conn.execute_batch("PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576;")?;
@@ -428,8 +472,7 @@ impl Storage {
         }));
         let hook = guard.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
-        let marker: String =
-            conn.query_row("SELECT lower(hex(randomblob(8)))", [], |r| r.get(0))?;
+        let marker = statement_marker();
         Ok(Storage {
             conn,
             path: path.to_path_buf(),
