@@ -180,7 +180,8 @@ pub trait AgentContext<A: Agent> {
     fn dequeue(&mut self, id: &str) -> Result<bool>;
     /// The queued items, in the order they will run.
     fn queued(&mut self) -> Result<Vec<QueueItem>>;
-    /// Tasks that failed every attempt, oldest first.
+    /// Tasks that failed every attempt, oldest first (the last
+    /// [`MAX_FAILURES`](crate::MAX_FAILURES)).
     fn failures(&mut self) -> Result<Vec<Failure>>;
 }
 

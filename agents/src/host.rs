@@ -563,6 +563,12 @@ fn record_failure<A: Agent>(
          VALUES (?, ?, ?, ?, ?, ?, ?)",
         (id, kind, callback, payload, error, attempts, now_ms()),
     )?;
+    let keep = i64::try_from(schedule::MAX_FAILURES).unwrap_or(i64::MAX);
+    cx.storage().exec(
+        "DELETE FROM cf_agents_failures
+         WHERE seq <= (SELECT max(seq) FROM cf_agents_failures) - ?",
+        (keep,),
+    )?;
     Ok(())
 }
 

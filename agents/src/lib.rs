@@ -83,5 +83,6 @@ pub use host::{AgentBuilder, AgentHost, Call, MAX_CONNECTION_ID};
 pub use mcp::{AgentPath, McpClient, McpNotifier};
 pub use methods::{Methods, StreamingResponse};
 pub use schedule::{
-    Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When,
+    Failure, MAX_FAILURES, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions,
+    When,
 };

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 
 /// A recurring interval is at most this long (as in the Agents SDK).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Failure records kept per agent (`cf_agents_failures`): the oldest go first, so a task that
+/// keeps failing cannot grow the agent's database without end.
+pub const MAX_FAILURES: usize = 1_000;
 /// Tasks handled per alarm before the agent lets other events in (the rest run right after).
 pub(crate) const BATCH: usize = 64;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use denizen_agents::{
     Agent, AgentBuilder, AgentContext, AgentHost, Call, Connect, ConnectInfo, Connection, Context,
-    Failure, Methods, Retry, Schedule, ScheduleOptions, Source,
+    Failure, MAX_FAILURES, Methods, Retry, Schedule, ScheduleOptions, Source,
 };
 use denizen_runtime::{
     Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, SocketHandle, Upgrade, http,
@@ -69,6 +69,18 @@ impl Agent for Probe {
         m.callable("set", |a, cx, (v,): (i64,)| Box::pin(a.set(cx, v)));
         m.callable("get", |_, cx, (): ()| {
             Box::pin(async move { Ok(cx.state()?.value) })
+        });
+        m.callable("fail_many", |_, cx, (n,): (usize,)| {
+            Box::pin(async move {
+                let once = Retry {
+                    max_attempts: 1,
+                    ..Retry::default()
+                };
+                for i in 0..n {
+                    cx.queue_with("flaky", &format!("f{i}"), once)?;
+                }
+                Ok(n)
+            })
         });
         m.callable("in_ms", |_, cx, (ms, task, note): (u64, String, Value)| {
             Box::pin(async move { Ok(cx.schedule(Duration::from_millis(ms), &task, &note)?) })
@@ -683,4 +695,23 @@ async fn failing_tasks_are_retried_then_recorded() {
     assert_eq!(failures[1].payload, json!("once"));
     assert_eq!(h.flaky_runs.load(Ordering::SeqCst), 4);
     h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn failure_records_keep_only_the_latest() {
+    let h = harness(usize::MAX, Duration::from_secs(10));
+    let n = MAX_FAILURES + 10;
+    call(&h, "f", "fail_many", json!([n])).await;
+    wait_for("every queued task to have failed", || async {
+        h.flaky_runs.load(Ordering::SeqCst) == n
+    })
+    .await;
+    let failures: Vec<Failure> =
+        serde_json::from_value(call(&h, "f", "failures", json!([])).await).unwrap();
+    assert_eq!(failures.len(), MAX_FAILURES);
+    assert_eq!(failures[0].payload, json!("f10"), "the oldest went first");
+    assert_eq!(
+        failures[MAX_FAILURES - 1].payload,
+        json!(format!("f{}", n - 1))
+    );
 }
