@@ -122,8 +122,16 @@ impl Agent for Assistant {
 const CALLBACK_HOST: &str = "http://localhost:1";
 
 fn runtime(dir: &std::path::Path) -> (Runtime, Namespace<AgentHost<Assistant>>) {
+    runtime_idle(dir, Duration::from_secs(10))
+}
+
+fn runtime_idle(
+    dir: &std::path::Path,
+    idle: Duration,
+) -> (Runtime, Namespace<AgentHost<Assistant>>) {
     let runtime = Runtime::builder()
         .data_dir(dir)
+        .idle_timeout(idle)
         .agent_with("assistant", || Assistant {
             mcp: AgentMcp::new(ManagerOptions {
                 // A dead server is noticed and a call to it fails fast.
@@ -477,6 +485,41 @@ async fn oauth_completes_on_the_agent_callback_route_across_restarts() {
     })
     .await;
     drop(c);
+    rt.shutdown().await;
+    peer.kill().await;
+}
+
+#[tokio::test]
+async fn an_agent_with_servers_hibernates_and_reconnects_on_wake() {
+    init_tracing();
+    let peer = Peer::everything("streamableHttp", free_port()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, ns) = runtime_idle(dir.path(), Duration::from_millis(300));
+    let stub = ns.get_by_name("hal");
+    let added = stub
+        .call(Call::new("addServer", json!(["every", peer.url])))
+        .await
+        .expect("addServer");
+    assert_eq!(added["state"], "ready", "{added}");
+
+    // Connected servers do not keep the agent awake.
+    let deadline = Instant::now() + WAIT;
+    while ns.live_count() > 0 {
+        assert!(Instant::now() < deadline, "the agent never hibernated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A call wakes it; the server comes back from its SQLite and the tool works.
+    let echo = stub
+        .call(Call::new(
+            "callTool",
+            json!(["every__echo", {"message": "awake"}]),
+        ))
+        .await
+        .expect("callTool after the wake");
+    assert!(
+        echo["text"].as_str().unwrap_or("").contains("awake"),
+        "{echo}"
+    );
     rt.shutdown().await;
     peer.kill().await;
 }
