@@ -12,6 +12,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 
 use crate::agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
+use crate::context::AgentContext;
 use crate::context::{ConnMeta, STATE_ROW, broadcast_state, meta, methods_of, rearm, store_state};
 use crate::mcp::{AgentPath, McpChanged, McpNotifier, no_servers};
 use crate::methods::{Callable, Methods, StreamingResponse};
@@ -61,13 +62,7 @@ impl<A: Agent> AgentHost<A> {
             return Ok(());
         }
         self.mcp_sent = Some(text);
-        let frame = protocol::mcp_servers(servers).to_string();
-        for ws in cx.get_websockets(None) {
-            if meta(cx, ws).is_some_and(|m| m.protocol) {
-                cx.send(ws, frame.clone());
-            }
-        }
-        Ok(())
+        Ok(cx.broadcast_json(&protocol::mcp_servers(servers), &[])?)
     }
 
     /// Restores the agent's MCP servers and has their changes come back as events.
@@ -600,21 +595,16 @@ impl<A: Agent> DurableObject for AgentHost<A> {
         if req.extensions().get::<Upgrade>().is_some() {
             return self.connect(cx, req).await;
         }
-        let callback = match self.agent.mcp() {
-            Some(mcp) => match mcp.callback(&req) {
-                Some(answer) => Some(answer.await),
-                None => None,
-            },
+        // Awaited here, so the borrow of the agent ends before its servers are sent.
+        let callback = match self.agent.mcp().and_then(|mcp| mcp.callback(&req)) {
+            Some(answer) => Some(answer.await?),
             None => None,
         };
-        match callback {
-            Some(answer) => {
-                let answer = answer?;
-                self.mcp_changed(cx)?;
-                Ok(answer)
-            }
-            None => self.agent.on_request(cx, req).await,
+        if let Some(answer) = callback {
+            self.mcp_changed(cx)?;
+            return Ok(answer);
         }
+        self.agent.on_request(cx, req).await
     }
 
     async fn websocket_message(

@@ -106,8 +106,8 @@ pub trait McpClient: Send + 'static {
     fn callback<'a>(&'a mut self, req: &'a Request) -> Option<BoxFuture<'a, Result<Response>>>;
 }
 
-/// The `mcp` object of an agent without an MCP client.
-pub(crate) fn no_servers() -> Value {
+/// The `mcp` object of an agent without MCP servers.
+pub fn no_servers() -> Value {
     serde_json::json!({ "prompts": [], "resources": [], "servers": {}, "tools": [] })
 }
 

@@ -170,11 +170,23 @@ impl AgentMcp {
         manager.add_server(config)?;
         self.persist_now(cx.storage())?;
         let timeout = options.timeout.unwrap_or(self.options.connect_timeout);
-        let settled = settle(&manager, id, timeout).await;
+        // Ready, or waiting for the user; after the timeout, whatever it is (it goes on
+        // reconnecting).
+        let settled = manager
+            .wait_for_state(id, timeout, |s| {
+                matches!(
+                    s,
+                    ServerState::Ready | ServerState::Authenticating | ServerState::Closed
+                )
+            })
+            .await;
         // The route it took and, when it wants authorization, the PKCE verifier the callback
         // needs: saved before the URL leaves, so a restart in between does not lose them.
         self.persist_now(cx.storage())?;
-        let status = settled?;
+        let status = match settled? {
+            Some(status) => status,
+            None => manager.server(id)?,
+        };
         info!(server = %id, state = %status.state, "MCP server added");
         Ok(AddedServer {
             id: status.id,
@@ -267,34 +279,6 @@ impl AgentMcp {
     }
 }
 
-/// Waits until the server is ready or wants authorization; after `timeout` answers its state
-/// as it is (it goes on reconnecting).
-async fn settle(
-    manager: &McpClientManager,
-    id: &str,
-    timeout: Duration,
-) -> Result<crate::ServerStatus> {
-    let mut changes = manager.subscribe();
-    let wait = async {
-        loop {
-            let status = manager.server(id)?;
-            if matches!(
-                status.state,
-                ServerState::Ready | ServerState::Authenticating | ServerState::Closed
-            ) {
-                return Ok(status);
-            }
-            if changes.changed().await.is_err() {
-                return manager.server(id);
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, wait).await {
-        Ok(status) => status,
-        Err(_) => manager.server(id),
-    }
-}
-
 impl McpClient for AgentMcp {
     fn start(
         &mut self,
@@ -321,9 +305,7 @@ impl McpClient for AgentMcp {
     fn servers(&self) -> serde_json::Value {
         match &self.manager {
             Some(manager) => manager.agents_state(),
-            None => {
-                serde_json::json!({ "prompts": [], "resources": [], "servers": {}, "tools": [] })
-            }
+            None => denizen_agents::mcp::no_servers(),
         }
     }
 

@@ -546,27 +546,18 @@ impl McpClientManager {
 
     /// Waits until the server is ready; fails with its last error after `timeout`.
     pub async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<ServerStatus> {
-        let mut changes = self.subscribe();
-        let wait = async {
-            loop {
-                let s = self.server(id)?;
-                if s.state == ServerState::Ready {
-                    return Ok(s);
-                }
-                if s.state == ServerState::Closed {
-                    return Err(Error::NotReady {
-                        id: id.to_owned(),
-                        state: s.state.to_string(),
-                    });
-                }
-                if changes.changed().await.is_err() {
-                    return Err(Error::UnknownServer(id.to_owned()));
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(r) => r,
-            Err(_) => {
+        let settled = self
+            .wait_for_state(id, timeout, |s| {
+                matches!(s, ServerState::Ready | ServerState::Closed)
+            })
+            .await?;
+        match settled {
+            Some(s) if s.state == ServerState::Ready => Ok(s),
+            Some(s) => Err(Error::NotReady {
+                id: id.to_owned(),
+                state: s.state.to_string(),
+            }),
+            None => {
                 let s = self.server(id)?;
                 Err(Error::NotReady {
                     id: id.to_owned(),
@@ -576,6 +567,31 @@ impl McpClientManager {
                     },
                 })
             }
+        }
+    }
+
+    /// Waits until the server's state satisfies `done`; `None` when `timeout` passes first.
+    pub(crate) async fn wait_for_state(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(ServerState) -> bool,
+    ) -> Result<Option<ServerStatus>> {
+        let mut changes = self.subscribe();
+        let wait = async {
+            loop {
+                let s = self.server(id)?;
+                if done(s.state) {
+                    return Ok(s);
+                }
+                if changes.changed().await.is_err() {
+                    return Err(Error::UnknownServer(id.to_owned()));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
         }
     }
 

@@ -14,7 +14,7 @@ use denizen_runtime::{Bytes, Frame, Namespace, Outgoing, Result, Runtime, Socket
 use denizen_runtime::{Upgrade, http};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use support::{Peer, free_port, init_tracing};
+use support::{Peer, authorize, free_port, init_tracing};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -387,26 +387,6 @@ async fn an_agent_uses_mcp_tools_and_keeps_its_clients_current() {
     peer.kill().await;
 }
 
-/// The demo authorization server approves at once and redirects to the callback: its
-/// `Location` is what the user's browser would open on the agent's route.
-async fn authorize(auth_url: &str) -> http::Uri {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let response = client.get(auth_url).send().await.expect("authorize");
-    assert!(response.status().is_redirection(), "{}", response.status());
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .expect("Location")
-        .to_owned();
-    let expected = format!("{CALLBACK_HOST}/agents/assistant/grace/callback?");
-    assert!(location.starts_with(&expected), "{location}");
-    location.parse().expect("callback URI")
-}
-
 async fn get(ns: &Namespace<AgentHost<Assistant>>, uri: &str) -> (u16, String) {
     let mut req = http::Request::new(Bytes::new());
     *req.uri_mut() = uri.parse().expect("uri");
@@ -442,7 +422,11 @@ async fn oauth_completes_on_the_agent_callback_route_across_restarts() {
     rt.shutdown().await;
     drop(rt);
     let (rt, ns) = runtime(dir.path());
-    let callback = authorize(&auth_url).await;
+    let expected = format!("{CALLBACK_HOST}/agents/assistant/grace/callback?");
+    let callback: http::Uri = authorize(&auth_url, &expected)
+        .await
+        .parse()
+        .expect("callback URI");
     let path_and_query = callback
         .path_and_query()
         .expect("path")

@@ -11,7 +11,7 @@ use denizen_mcp::{
 };
 use denizen_storage::{Durability, Storage};
 use serde_json::json;
-use support::{Peer, free_port, init_tracing};
+use support::{Peer, authorize, free_port, init_tracing};
 
 const READY: Duration = Duration::from_secs(30);
 const CALLBACK: &str = "http://localhost:1/agents/assistant/callback";
@@ -22,25 +22,6 @@ fn options() -> ManagerOptions {
         allow_private_oauth_metadata: true,
         ..ManagerOptions::default()
     }
-}
-
-/// The "browser": the demo authorization server approves at once and redirects to the callback;
-/// the redirect's `Location` is what the object's callback route would receive.
-async fn authorize(auth_url: &str) -> String {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let response = client.get(auth_url).send().await.expect("authorize");
-    assert!(response.status().is_redirection(), "{}", response.status());
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .expect("Location")
-        .to_owned();
-    assert!(location.starts_with(CALLBACK), "{location}");
-    location
 }
 
 async fn wait_for_auth_url(manager: &McpClientManager, id: &str) -> String {
@@ -102,7 +83,7 @@ async fn full_flow_then_token_reused_after_restart() {
         let forged = format!("{CALLBACK}?code=nope&state=forged");
         assert!(manager.complete_authorization("ts", &forged).await.is_err());
 
-        let callback = authorize(&auth_url).await;
+        let callback = authorize(&auth_url, CALLBACK).await;
         let state = manager.agents_state();
         assert_eq!(state["servers"]["ts"]["state"], "authenticating");
         assert_eq!(state["servers"]["ts"]["auth_url"], auth_url.as_str());
@@ -212,7 +193,7 @@ async fn callback_after_the_object_restarted_mid_flow() {
         auth_url
     };
     // The user authorizes while the object is gone (hibernated or restarted).
-    let callback = authorize(&auth_url).await;
+    let callback = authorize(&auth_url, CALLBACK).await;
 
     let mut storage = Storage::open(&db, Durability::Normal).expect("reopen");
     let manager = McpClientManager::new(options());

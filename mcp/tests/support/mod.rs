@@ -187,6 +187,26 @@ impl Peer {
     }
 }
 
+/// The user's browser at the demo authorization server, which approves at once and redirects
+/// to the callback: answers that redirect's `Location` (what the object's callback route would
+/// receive), checking it starts with `callback_prefix`.
+pub async fn authorize(auth_url: &str, callback_prefix: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = client.get(auth_url).send().await.expect("authorize");
+    assert!(response.status().is_redirection(), "{}", response.status());
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .expect("Location")
+        .to_owned();
+    assert!(location.starts_with(callback_prefix), "{location}");
+    location
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
