@@ -213,13 +213,13 @@ fn main() -> Result<()> {
         } => {
             let dir = data_dir.or(file.data_dir).unwrap_or_else(|| "data".into());
             let token = admin_token.or(file.admin_token);
-            let running = server.is_none();
+            let from_address_file = server.is_none();
             let server = server.or_else(|| running_server(&dir));
             if let Some(url) = server {
                 match remote_sql(&url, token.as_deref(), &namespace, &object, id, &query) {
                     Ok(answer) => return print_answer(&answer),
                     // The address file outlived a server killed without a chance to remove it.
-                    Err(Remote::Unreachable(e)) if running => {
+                    Err(Remote::Unreachable(e)) if from_address_file => {
                         tracing::debug!(%url, error = %e, "no server answers for this data directory; opening the file");
                     }
                     Err(Remote::Unreachable(e)) => {
@@ -238,16 +238,19 @@ fn main() -> Result<()> {
                 admin::open_object(&dir, &namespace, address, Durability::Normal)?;
             let cursor = storage.exec(&query, [])?;
             storage.commit()?;
-            println!("{}", cursor.columns().join("\t"));
-            for row in cursor.rows() {
-                let cells: Vec<String> = row.iter().map(show).collect();
-                println!("{}", cells.join("\t"));
-            }
-            eprintln!(
-                "({} rows, {} read, {} written)",
-                cursor.rows().len(),
-                cursor.rows_read(),
-                cursor.rows_written()
+            let rows: Vec<Vec<String>> = cursor
+                .rows()
+                .iter()
+                .map(|row| row.iter().map(show).collect())
+                .collect();
+            print_table(
+                cursor.columns(),
+                &rows,
+                &format!(
+                    "{} read, {} written",
+                    cursor.rows_read(),
+                    cursor.rows_written()
+                ),
             );
             Ok(())
         }
@@ -328,42 +331,56 @@ fn remote_sql(
     })
 }
 
+/// A result as `POST /admin/sql` answers it, printed like one read from the file.
 fn print_answer(answer: &serde_json::Value) -> Result<()> {
-    let columns: Vec<&str> = answer["columns"]
+    let columns: Vec<String> = answer["columns"]
         .as_array()
-        .map(|c| c.iter().filter_map(|c| c.as_str()).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c.as_str())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
-    println!("{}", columns.join("\t"));
-    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .as_array()
-            .map(|cells| {
-                cells
-                    .iter()
-                    .map(|v| match v {
-                        serde_json::Value::Null => "NULL".to_string(),
-                        serde_json::Value::String(t) => t.clone(),
-                        serde_json::Value::Object(o) => {
-                            match o.get("blob").and_then(|b| b.as_str()) {
-                                Some(hex) => format!("x'{hex}'"),
-                                None => v.to_string(),
-                            }
-                        }
-                        other => other.to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        println!("{}", cells.join("\t"));
-    }
-    eprintln!(
-        "({} rows, {} read, {} written; through the server)",
-        rows.len(),
-        answer["rows_read"],
-        answer["rows_written"]
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "NULL".to_string(),
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Object(o) => match o.get("blob").and_then(|b| b.as_str()) {
+            Some(hex) => format!("x'{hex}'"),
+            None => v.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = answer["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    row.as_array()
+                        .map(|cells| cells.iter().map(cell).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print_table(
+        &columns,
+        &rows,
+        &format!(
+            "{} read, {} written; through the server",
+            answer["rows_read"], answer["rows_written"]
+        ),
     );
     Ok(())
+}
+
+/// Tab-separated: the column names, then one line per row; the counts on stderr.
+fn print_table(columns: &[String], rows: &[Vec<String>], counts: &str) {
+    println!("{}", columns.join("\t"));
+    for row in rows {
+        println!("{}", row.join("\t"));
+    }
+    eprintln!("({} rows, {counts})", rows.len());
 }
 
 /// An instance's status from the server's `GET /workflows/<name>/<id>`; `None` when no server

@@ -45,6 +45,18 @@ pub fn open_object(
 ) -> Result<(ObjectId, Storage)> {
     let catalog = open_catalog(data_dir)?;
     let minter = IdMinter::new(&catalog.secret_key()?, namespace);
+    let (id, path) = existing_object(&minter, data_dir, namespace, address)?;
+    // A live object's file is held by its server: say so at once rather than wait for it.
+    Ok((id, Storage::open_unheld(&path, durability)?))
+}
+
+/// The id and database file of an object that exists (has a database file); never creates one.
+pub(crate) fn existing_object(
+    minter: &IdMinter,
+    data_dir: &Path,
+    namespace: &str,
+    address: Address<'_>,
+) -> Result<(ObjectId, std::path::PathBuf)> {
     let id = match address {
         Address::Name(name) => minter.id_for_name(name),
         Address::Id(hex) => minter.parse(hex)?,
@@ -59,8 +71,7 @@ pub fn open_object(
             },
         });
     }
-    // A live object's file is held by its server: say so at once rather than wait for it.
-    Ok((id, Storage::open_unheld(&path, durability)?))
+    Ok((id, path))
 }
 
 fn open_catalog(data_dir: &Path) -> Result<Catalog> {

@@ -459,26 +459,16 @@ impl<O: DurableObject> AnyNamespace for NsInner<O> {
         address: crate::admin::Address<'_>,
         query: String,
     ) -> BoxFuture<'static, Result<denizen_storage::Cursor>> {
-        let id = match address {
-            crate::admin::Address::Name(name) => self.minter.id_for_name(name),
-            crate::admin::Address::Id(hex) => match self.minter.parse(hex) {
-                Ok(id) => id,
-                Err(e) => return Box::pin(async move { Err(e) }),
-            },
+        let existing = crate::admin::existing_object(
+            &self.minter,
+            &self.shared.options.data_dir,
+            &self.name,
+            address,
+        );
+        let id = match existing {
+            Ok((id, _)) => id,
+            Err(e) => return Box::pin(async move { Err(e) }),
         };
-        // Never creates an object: only those with a database file.
-        let path =
-            denizen_storage::object_path(&self.shared.options.data_dir, &self.name, &id.to_hex());
-        if !path.exists() {
-            let e = Error::NoSuchObject {
-                namespace: self.name.to_string(),
-                object: match address {
-                    crate::admin::Address::Name(name) => format!("named `{name}`"),
-                    crate::admin::Address::Id(hex) => format!("with id {hex}"),
-                },
-            };
-            return Box::pin(async move { Err(e) });
-        }
         let (tx, rx) = oneshot::channel();
         let sent = self.send(&id, Event::Job(Box::new(SqlJob::new(query, tx))), false);
         Box::pin(async move {

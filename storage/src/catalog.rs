@@ -71,6 +71,7 @@ impl Catalog {
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
              INSERT OR IGNORE INTO meta(key, value) VALUES ('secret', randomblob(32));",
             crate::storage::BUSY_TIMEOUT,
+            false,
         )?;
         Ok(Catalog {
             conn: Mutex::new(conn),

@@ -259,18 +259,8 @@ pub(crate) fn open_connection(
     sharing: Sharing,
     init: &str,
     busy_timeout: std::time::Duration,
-) -> Result<Connection> {
-    open_connection_with(path, durability, sharing, init, busy_timeout, false)
-}
-
-/// [`open_connection`]; `in_wal` skips switching to WAL mode when the caller knows the file is in
-/// it already (its WAL file exists), which saves a statement on every wake.
-fn open_connection_with(
-    path: &Path,
-    durability: Durability,
-    sharing: Sharing,
-    init: &str,
-    busy_timeout: std::time::Duration,
+    // The caller knows the file is in WAL mode already (its WAL file exists): the switch is
+    // skipped, which saves a statement on every wake.
     in_wal: bool,
 ) -> Result<Connection> {
     if let Some(dir) = path.parent() {
@@ -455,7 +445,7 @@ impl Storage {
                 "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
             )
         };
-        let conn = open_connection_with(
+        let conn = open_connection(
             path,
             durability,
             Sharing::Exclusive,
