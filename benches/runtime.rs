@@ -295,6 +295,11 @@ async fn alarm_lateness(count: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    let files = support::allow_open_files(65_536);
+    eprintln!(
+        "(open-files limit {files}; objects kept open at most: {})",
+        open_bound()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -324,7 +329,7 @@ fn main() {
             let mut v = Vec::new();
             let mut dirs = Vec::new();
             for _ in 0..ROUNDS {
-                let (rate, dir) = activations_per_second(count, 32).await;
+                let (rate, dir) = activations_per_second(count, std::env::var("C").ok().and_then(|n| n.parse().ok()).unwrap_or(32)).await;
                 v.push(rate);
                 dirs.push(dir);
             }

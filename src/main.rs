@@ -234,10 +234,9 @@ fn main() -> Result<()> {
             } else {
                 Address::Name(&object)
             };
-            let (_, mut storage) =
-                admin::open_object(&dir, &namespace, address, Durability::Normal)?;
-            let cursor = storage.exec(&query, [])?;
-            storage.commit()?;
+            let mut opened = admin::open_object(&dir, &namespace, address, Durability::Normal)?;
+            let cursor = opened.storage.exec(&query, [])?;
+            opened.storage.commit()?;
             let rows: Vec<Vec<String>> = cursor
                 .rows()
                 .iter()
@@ -425,12 +424,11 @@ fn list_workflows(dir: &Path, name: &str, json: bool, server: Option<&str>) -> R
         let Some(id) = o.name.as_deref() else {
             continue;
         };
-        // The file first (a sleeping instance stays asleep); a live one, held by its server, from
-        // the server.
+        // From the file when no server runs on the directory; from the server when one does.
         let status =
             match admin::open_object(dir, &namespace, Address::Name(id), Durability::Normal) {
-                Ok((_, mut storage)) => {
-                    workflow::read_status(&mut storage).map_err(anyhow::Error::from)
+                Ok(mut opened) => {
+                    workflow::read_status(&mut opened.storage).map_err(anyhow::Error::from)
                 }
                 Err(denizen::Error::Storage(denizen::storage::Error::Held { path })) => {
                     match server

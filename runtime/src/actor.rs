@@ -337,7 +337,12 @@ impl<O: DurableObject> State<O> {
             if let Err(e) = ctx.storage.commit() {
                 tracing::error!(error = %e, "commit at hibernation failed");
             }
-            let size = ctx.storage.database_size().ok();
+            // Only writes change the size; the catalog keeps the last one otherwise.
+            let size = if ctx.storage.written_since_open() {
+                ctx.storage.database_size().ok()
+            } else {
+                None
+            };
             self.ns.shared.touch_later(denizen_storage::ObjectTouch {
                 namespace: self.ns.name.to_string(),
                 id: ctx.id.to_hex(),
@@ -363,15 +368,28 @@ impl<O: DurableObject> State<O> {
                 Ctx::open(&self.ns, &self.id)
             } else {
                 let (ns, id) = (self.ns.clone(), self.id.clone());
+                let _permit = self.ns.shared.creations.acquire().await;
                 tokio::task::spawn_blocking(move || Ctx::open(&ns, &id))
                     .await
                     .map_err(|e| Error::StartFailed {
                         message: format!("opening the database panicked: {e}"),
                     })?
             };
-            self.ctx = Some(opened.map_err(|e| Error::StartFailed {
+            let (ctx, registration) = opened.map_err(|e| Error::StartFailed {
                 message: e.to_string(),
-            })?);
+            })?;
+            if let Some(registration) = registration {
+                // Nothing the new object does is acknowledged before it is in the catalog.
+                registration
+                    .await
+                    .unwrap_or_else(|_| Err("the catalog writer stopped".into()))
+                    .map_err(|message| Error::StartFailed {
+                        message: format!(
+                            "recording the new object in the catalog failed: {message}"
+                        ),
+                    })?;
+            }
+            self.ctx = Some(ctx);
         }
         if self.instance.is_none() {
             let Some(ctx) = self.ctx.as_mut() else {

@@ -1,13 +1,12 @@
 //! Offline access to a data directory, for operators (the `denizen` CLI): list a namespace's
 //! objects and open one object's database without registering its type.
 //!
-//! Opening a database while a server runs on the same directory is safe for SQLite (WAL allows one
-//! writer and many readers across processes), but writes made this way bypass the live object:
-//! treat it as an operator's tool.
+//! A running server holds its data directory ([`DataDirLock`]): object databases are opened here
+//! only when no server runs there; otherwise ask the server (`Runtime::sql`, the HTTP routes).
 
 use std::path::Path;
 
-use denizen_storage::{Catalog, Durability, Storage};
+use denizen_storage::{Catalog, DataDirLock, Durability, Storage};
 
 use crate::error::{Error, Result};
 use crate::id::{IdMinter, ObjectId};
@@ -36,18 +35,30 @@ pub fn list_objects(data_dir: &Path, namespace: &str) -> Result<Vec<ObjectInfo>>
         .collect())
 }
 
-/// Opens an existing object's database. Unknown objects are an error, never created.
+/// An object's database opened by an operator's tool, with the data directory held meanwhile.
+pub struct OpenObject {
+    pub id: ObjectId,
+    pub storage: Storage,
+    _lock: DataDirLock,
+}
+
+/// Opens an existing object's database. Unknown objects are an error, never created. While a
+/// server runs on `data_dir` this fails at once with `storage::Error::Held`.
 pub fn open_object(
     data_dir: &Path,
     namespace: &str,
     address: Address<'_>,
     durability: Durability,
-) -> Result<(ObjectId, Storage)> {
+) -> Result<OpenObject> {
     let catalog = open_catalog(data_dir)?;
     let minter = IdMinter::new(&catalog.secret_key()?, namespace);
     let (id, path) = existing_object(&minter, data_dir, namespace, address)?;
-    // A live object's file is held by its server: say so at once rather than wait for it.
-    Ok((id, Storage::open_unheld(&path, durability)?))
+    let lock = DataDirLock::acquire(data_dir)?;
+    Ok(OpenObject {
+        id,
+        storage: Storage::open(&path, durability)?,
+        _lock: lock,
+    })
 }
 
 /// The id and database file of an object that exists (has a database file); never creates one.

@@ -63,12 +63,16 @@ fn from_ms(ms: i64) -> SystemTime {
 }
 
 impl<O: DurableObject> Ctx<O> {
-    /// Opens the object's database and records it in the catalog.
-    pub(crate) fn open(ns: &Arc<NsInner<O>>, id: &ObjectId) -> Result<Self> {
+    /// Opens the object's database and records it in the catalog. A new object comes with its
+    /// catalog registration, which must be committed before the object reveals anything.
+    pub(crate) fn open(
+        ns: &Arc<NsInner<O>>,
+        id: &ObjectId,
+    ) -> Result<(Self, Option<crate::runtime::Recorded>)> {
         let shared = &ns.shared;
         let path = denizen_storage::object_path(&shared.options.data_dir, &ns.name, &id.to_hex());
-        let is_new = !path.exists();
         let mut storage = Storage::open(&path, shared.options.durability)?;
+        let is_new = storage.created();
         let mut id = id.clone();
         if id.name().is_none() {
             let stored = match storage.meta_get(NAME_KEY)? {
@@ -90,13 +94,13 @@ impl<O: DurableObject> Ctx<O> {
             at_ms: now_ms(),
             size_bytes: None,
         };
-        if is_new {
-            // A new object is in the catalog before anything it does is acknowledged.
-            shared.catalog.touch_objects(&[touch])?;
+        let registration = if is_new {
+            Some(shared.register_object(touch))
         } else {
             shared.touch_later(touch);
-        }
-        Ok(Ctx {
+            None
+        };
+        let ctx = Ctx {
             sockets: ns.sockets_of(&id),
             id,
             ns: ns.clone(),
@@ -106,7 +110,8 @@ impl<O: DurableObject> Ctx<O> {
             accepted: Vec::new(),
             alarm_dirty: false,
             background: 0,
-        })
+        };
+        Ok((ctx, registration))
     }
 
     /// This object's id; `id().name()` is the name it was addressed by.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use denizen_storage::{Catalog, Durability, ObjectTouch};
+use denizen_storage::{Catalog, DataDirLock, Durability, ObjectTouch};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
@@ -50,14 +50,27 @@ impl Default for Options {
 /// WAL index in memory, so there is no `-shm` file).
 const FDS_PER_OBJECT: u64 = 2;
 
-/// The process's soft limit on open files.
+/// The process's soft limit on open files, first raised (once) to its hard limit: each open
+/// object holds file descriptors, and the soft limit is often far below what the system allows.
 fn open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
+        static RAISED: std::sync::Once = std::sync::Once::new();
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        RAISED.call_once(|| {
+            // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+            unsafe {
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                    && limit.rlim_cur < limit.rlim_max
+                {
+                    limit.rlim_cur = limit.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
+            }
+        });
         // SAFETY: getrlimit only writes the struct we pass.
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
         (rc == 0).then_some(limit.rlim_cur)
@@ -68,15 +81,14 @@ fn open_files_limit() -> Option<u64> {
     }
 }
 
-/// 1,000, or fewer when half the open-files limit cannot hold that many databases (the other
-/// half is left for sockets and everything else). Not more by default because SQLite's unix
-/// layer walks a list of every open database file on each open, so activations slow down as the
-/// number of open objects grows (measured: 2,900 first touches/s at 500 open, 1,900/s at 2,000).
+/// A quarter of the open-files limit (two descriptors per object; the other half is left for
+/// sockets and everything else), at most 16,384. An open object costs about 80 KiB (its SQLite
+/// connection), so the cap is about 1.3 GiB when that many objects are in use at once.
 fn default_open_objects() -> usize {
     let by_limit = open_files_limit()
         .map(|l| l / 2 / FDS_PER_OBJECT)
         .unwrap_or(1_000);
-    usize::try_from(by_limit.clamp(16, 1_000)).unwrap_or(1_000)
+    usize::try_from(by_limit.clamp(16, 16_384)).unwrap_or(1_000)
 }
 
 /// One row of a namespace listing.
@@ -93,8 +105,14 @@ pub struct ObjectInfo {
 
 enum CatalogOp {
     Touch(ObjectTouch),
+    /// A new object: answered once its row is committed.
+    Register(ObjectTouch, RecordedAck),
     Flush(std_mpsc::SyncSender<()>),
 }
+
+/// The answer to a new object's registration: its catalog row is committed, or why not.
+pub(crate) type RecordedAck = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+pub(crate) type Recorded = tokio::sync::oneshot::Receiver<std::result::Result<(), String>>;
 
 struct NsEntry {
     erased: Arc<dyn AnyNamespace>,
@@ -112,6 +130,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) next_socket_id: AtomicU64,
     catalog_tx: std::sync::Mutex<Option<std_mpsc::Sender<CatalogOp>>>,
+    /// Object databases being created at once: creation is blocking file I/O on the blocking
+    /// pool, and more threads than cores doing it only contend.
+    pub(crate) creations: tokio::sync::Semaphore,
+    /// Held from build to the end of shutdown.
+    data_dir_lock: std::sync::Mutex<Option<DataDirLock>>,
     alarms_tx: mpsc::UnboundedSender<alarm::Op>,
     namespaces: RwLock<HashMap<String, NsEntry>>,
     shutting_down: AtomicBool,
@@ -213,6 +236,27 @@ impl Shared {
         if let Some(tx) = tx.as_ref() {
             let _ = tx.send(CatalogOp::Touch(touch));
         }
+    }
+
+    /// Records a new object in the catalog in the writer's next batch (one commit for every
+    /// object created meanwhile). The receiver answers once the row is committed.
+    pub(crate) fn register_object(&self, touch: ObjectTouch) -> Recorded {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let tx = crate::socket::lock(&self.catalog_tx);
+        match tx.as_ref() {
+            Some(tx) => {
+                if let Err(std_mpsc::SendError(CatalogOp::Register(touch, ack))) =
+                    tx.send(CatalogOp::Register(touch, ack))
+                {
+                    let _ = ack.send(write_now(&self.catalog, touch));
+                }
+            }
+            // The writer is gone (shutdown): write it here.
+            None => {
+                let _ = ack.send(write_now(&self.catalog, touch));
+            }
+        }
+        done
     }
 
     fn flush_catalog(&self) {
@@ -416,6 +460,16 @@ impl Builder {
                 "max_open_objects needs more file descriptors than the process may open; lower it or raise the limit (ulimit -n)"
             );
         }
+        let mut options = options;
+        // Object paths are built from it, and the object VFS takes absolute paths as they are.
+        options.data_dir = std::path::absolute(&options.data_dir).map_err(|source| {
+            Error::Storage(denizen_storage::Error::Io {
+                path: options.data_dir.clone(),
+                source,
+            })
+        })?;
+        // One process per data directory: object databases are opened without SQLite's locks.
+        let data_dir_lock = DataDirLock::acquire(&options.data_dir)?;
         let catalog = Arc::new(Catalog::open(&options.data_dir, options.durability)?);
         let secret = catalog.secret_key()?;
         let (alarms_tx, alarms_rx) = mpsc::unbounded_channel();
@@ -427,6 +481,10 @@ impl Builder {
             metrics: Metrics::default(),
             next_socket_id: AtomicU64::new(1),
             catalog_tx: std::sync::Mutex::new(Some(catalog_tx)),
+            data_dir_lock: std::sync::Mutex::new(Some(data_dir_lock)),
+            creations: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             alarms_tx,
             namespaces: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -464,12 +522,17 @@ impl Builder {
 /// Writes activity records in batches: one transaction for everything queued.
 fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
     let mut batch = Vec::new();
+    let mut registered = Vec::new();
     let mut acks = Vec::new();
     while let Ok(op) = rx.recv() {
         let mut next = Some(op);
         while let Some(op) = next.take() {
             match op {
                 CatalogOp::Touch(t) => batch.push(t),
+                CatalogOp::Register(t, ack) => {
+                    batch.push(t);
+                    registered.push(ack);
+                }
                 CatalogOp::Flush(ack) => acks.push(ack),
             }
             if batch.len() < 4096 {
@@ -477,8 +540,12 @@ fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
             }
         }
         if !batch.is_empty() {
-            if let Err(e) = catalog.touch_objects(&batch) {
+            let written = catalog.touch_objects(&batch).map_err(|e| e.to_string());
+            if let Err(e) = &written {
                 tracing::warn!(error = %e, "could not record object activity in the catalog");
+            }
+            for ack in registered.drain(..) {
+                let _ = ack.send(written.clone());
             }
             batch.clear();
         }
@@ -486,6 +553,10 @@ fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
             let _ = ack.send(());
         }
     }
+}
+
+fn write_now(catalog: &Catalog, touch: ObjectTouch) -> std::result::Result<(), String> {
+    catalog.touch_objects(&[touch]).map_err(|e| e.to_string())
 }
 
 /// The object host. Cheap to clone.
@@ -619,5 +690,7 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         crate::socket::lock(&self.shared.catalog_tx).take();
+        // Every object database is closed: another process may use the directory now.
+        crate::socket::lock(&self.shared.data_dir_lock).take();
     }
 }

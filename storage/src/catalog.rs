@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::Durability;
 use crate::error::{Error, Result};
-use crate::storage::{Sharing, open_connection};
+use crate::storage::open_connection;
 
 /// One object as the catalog remembers it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -52,7 +52,6 @@ impl Catalog {
         let conn = open_connection(
             &data_dir.join("catalog.sqlite"),
             durability,
-            Sharing::Shared,
             "CREATE TABLE IF NOT EXISTS objects(
                 namespace TEXT NOT NULL,
                 id TEXT NOT NULL,
@@ -71,7 +70,6 @@ impl Catalog {
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
              INSERT OR IGNORE INTO meta(key, value) VALUES ('secret', randomblob(32));",
             crate::storage::BUSY_TIMEOUT,
-            false,
         )?;
         Ok(Catalog {
             conn: Mutex::new(conn),

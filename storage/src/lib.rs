@@ -46,6 +46,7 @@ mod cursor;
 mod error;
 mod storage;
 mod value;
+mod vfs;
 
 use std::path::{Path, PathBuf};
 
@@ -97,6 +98,43 @@ pub fn object_path(data_dir: &Path, namespace: &str, id_hex: &str) -> PathBuf {
         .join(namespace)
         .join(shard)
         .join(format!("{id_hex}.sqlite"))
+}
+
+/// The lock a process holds on a data directory while it uses the object databases in it: a
+/// second server, or an operator's tool opening object files, on the same directory is refused
+/// with [`Error::Held`] instead of sharing files SQLite does not lock (see [`Storage::open`]).
+/// Released when dropped, and by the kernel when the process dies.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `dir` (created if missing), or fails at once if another holder has it.
+    pub fn acquire(dir: &Path) -> Result<DataDirLock> {
+        let io = |source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Held {
+                path: dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
+        }
+    }
 }
 
 /// Removes an object's database files (db, `-wal`, `-shm`); absent files are fine.

@@ -166,6 +166,12 @@ pub struct Storage {
     in_txn: bool,
     writes: bool,
     savepoints: u32,
+    created: bool,
+    /// The WAL does not exist yet and the connection runs without fsync until the commit that
+    /// creates it (see `OBJECT_SETTINGS_FIRST_WRITE`).
+    first_write: bool,
+    /// Something was committed since the database was opened.
+    written: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -242,32 +248,18 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Who may open a database besides its owner.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sharing {
-    /// One owner (an object's database: one instance per id). SQLite keeps the WAL index in
-    /// memory and holds the file lock, so there is no `-shm` file, no mmap and no lock traffic.
-    Exclusive,
-    /// Readable by other processes while open (the catalog, read by the CLI).
-    Shared,
-}
-
-/// Opens a database in WAL mode, runs `init` (schema) and then applies `durability`.
+/// Opens the catalog: a database other processes (the CLI) may read while the server runs, in
+/// WAL mode, with `init` (its schema) applied.
 pub(crate) fn open_connection(
     path: &Path,
     durability: Durability,
-    sharing: Sharing,
     init: &str,
     busy_timeout: std::time::Duration,
-    // The caller knows the file is in WAL mode already (its WAL file exists): the switch is
-    // skipped, which saves a statement on every wake.
-    in_wal: bool,
 ) -> Result<Connection> {
+    // Before SQLite's first connection: the object VFS also sets process-wide options.
+    crate::vfs::objects()?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     }
     let conn = Connection::open_with_flags(
         path,
@@ -276,27 +268,38 @@ pub(crate) fn open_connection(
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(busy_timeout)?;
-    if sharing == Sharing::Exclusive {
-        // Must precede the first WAL access for the index to live in heap memory.
-        conn.query_row("PRAGMA locking_mode=EXCLUSIVE", [], |_| Ok(()))?;
-    }
-    let sync = match durability {
-        Durability::Normal => {
-            // Creating a file, switching it to WAL and writing the first WAL header would fsync
-            // the file, the WAL and the directory. `normal` promises survival of a process crash,
-            // which never loses writes the OS already has, so setup runs without fsync.
-            conn.execute_batch("PRAGMA synchronous=OFF")?;
-            "NORMAL"
-        }
-        Durability::Fsync => "FULL",
-    };
-    if !in_wal {
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
-    }
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.execute_batch(init)?;
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA temp_store=MEMORY;"
-    ))?;
+    conn.execute_batch(match durability {
+        Durability::Normal => "PRAGMA synchronous=NORMAL;",
+        Durability::Fsync => "PRAGMA synchronous=FULL;",
+    })?;
+    Ok(conn)
+}
+
+/// The settings of an object's connection. `locking_mode` must come first: with exclusive
+/// locking the WAL index lives in heap memory, which the object VFS (no shared memory) needs.
+/// The WAL is kept small because a wake rebuilds its index by reading it.
+const OBJECT_SETTINGS_NORMAL: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL;
+     PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
+const OBJECT_SETTINGS_FSYNC: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=FULL;
+     PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
+/// `normal` without a WAL yet: the commit that creates the WAL would fsync its header (and the
+/// file and directory). `normal` promises survival of a process crash, which never loses writes
+/// the OS already has, so that commit runs without fsync, and without checkpointing (whose
+/// ordering does matter on power loss); [`RESTORE_NORMAL`] follows it.
+const OBJECT_SETTINGS_FIRST_WRITE: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=OFF;
+     PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
+const RESTORE_NORMAL: &str = "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=256;";
+
+/// Opens an existing object database through the object VFS.
+fn open_object_connection(path: &Path, settings: &str) -> Result<Connection> {
+    let conn = Connection::open_with_flags_and_vfs(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        crate::vfs::objects()?,
+    )?;
+    conn.execute_batch(settings)?;
     // Closing (hibernation) leaves the WAL in place instead of checkpointing it: the commits in
     // it are already as durable as the mode promises, and a wake then reuses it. SQLite still
     // checkpoints as the WAL grows.
@@ -334,7 +337,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// The bytes of an empty object database (WAL mode, internal tables), built once per process.
 /// Creating an object then costs one file write instead of SQLite's journal switch and schema
-/// transactions.
+/// transactions, and opening it needs no schema statement.
 fn empty_database(near: &Path) -> Result<&'static [u8]> {
     static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     static BUILDING: Mutex<()> = Mutex::new(());
@@ -377,13 +380,20 @@ fn remove_files(path: &Path) -> Result<()> {
 fn create_database_file(path: &Path, durability: Durability) -> Result<()> {
     use std::io::Write;
     let image = empty_database(path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    // The shard directory usually exists: create it only when the file cannot be.
+    let mut file = match std::fs::File::create(&tmp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+            }
+            std::fs::File::create(&tmp)
+        }
+        other => other,
+    }
+    .map_err(io_error(&tmp))?;
     file.write_all(image).map_err(io_error(&tmp))?;
     if durability == Durability::Fsync {
         file.sync_all().map_err(io_error(&tmp))?;
@@ -405,57 +415,26 @@ pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 impl Storage {
     /// Opens (creating it if needed) the database at `path` in WAL mode.
+    ///
+    /// The caller owns the file: one `Storage` per file at a time, in one process. The runtime
+    /// guarantees it with one instance per object and the [`crate::DataDirLock`] on its data
+    /// directory; SQLite's own file locks are not used.
     pub fn open(path: &Path, durability: Durability) -> Result<Storage> {
-        Storage::open_waiting(path, durability, BUSY_TIMEOUT)
-    }
-
-    /// Opens the database at `path` for an operator's tool: fails at once with
-    /// [`Error::Held`] while another process (a running server) has it open, instead of waiting.
-    pub fn open_unheld(path: &Path, durability: Durability) -> Result<Storage> {
-        Storage::open_waiting(path, durability, std::time::Duration::ZERO).map_err(|e| match e {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                Error::Held {
-                    path: path.to_path_buf(),
-                }
-            }
-            other => other,
-        })
-    }
-
-    fn open_waiting(
-        path: &Path,
-        durability: Durability,
-        busy_timeout: std::time::Duration,
-    ) -> Result<Storage> {
-        if !path.exists() {
-            create_database_file(path, durability)?;
-        }
-        // Without a WAL (a new object, or one checkpointed to nothing), a write during setup
-        // creates it: setup runs without fsync in `normal` mode, where the first write of an
-        // event would sync the new WAL's header. A wake finds its WAL in place and writes nothing.
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
+        // A WAL in place means the database exists (one stat on a wake).
         let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
-        let setup = if has_wal {
-            OBJECT_SCHEMA.to_string()
-        } else {
-            format!(
-                "{OBJECT_SCHEMA} INSERT OR REPLACE INTO _denizen_meta(key, value) VALUES ('opened', 1);"
-            )
+        let created = !has_wal && !path.exists();
+        if created {
+            create_database_file(path, durability)?;
+        }
+        let first_write = !has_wal && durability == Durability::Normal;
+        let settings = match durability {
+            _ if first_write => OBJECT_SETTINGS_FIRST_WRITE,
+            Durability::Normal => OBJECT_SETTINGS_NORMAL,
+            Durability::Fsync => OBJECT_SETTINGS_FSYNC,
         };
-        let conn = open_connection(
-            path,
-            durability,
-            Sharing::Exclusive,
-            &setup,
-            busy_timeout,
-            has_wal,
-        )?;
-        // With exclusive locking the WAL index is rebuilt from the WAL on every open (wake), so
-        // the WAL is kept small: checkpoint at 256 pages and trim the file to 1 MiB.
-        conn.execute_batch("PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576;")?;
+        let conn = open_object_connection(path, settings)?;
         let guard = Arc::new(Mutex::new(Guard {
             enabled: false,
             denial: None,
@@ -471,7 +450,15 @@ impl Storage {
             in_txn: false,
             writes: false,
             savepoints: 0,
+            created,
+            first_write,
+            written: false,
         })
+    }
+
+    /// Whether this open created the database (a new object).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     pub fn path(&self) -> &Path {
@@ -510,10 +497,20 @@ impl Storage {
                 return Err(e.into());
             }
             self.in_txn = false;
+            self.written |= self.writes;
+            if self.first_write && self.writes {
+                self.first_write = false;
+                self.conn.execute_batch(RESTORE_NORMAL)?;
+            }
             self.writes = false;
             self.savepoints = 0;
         }
         Ok(())
+    }
+
+    /// Whether anything was committed since the database was opened (its size may have changed).
+    pub fn written_since_open(&self) -> bool {
+        self.written
     }
 
     /// Discards the implicit transaction, if one is open.
