@@ -399,9 +399,16 @@ impl<O: DurableObject> State<O> {
             let caught: Caught = AssertUnwindSafe(instance.on_start(ctx))
                 .catch_unwind()
                 .await;
-            self.finish(caught).map_err(|e| Error::StartFailed {
-                message: format!("on_start failed: {e}"),
-            })?;
+            // Writes alone join the transaction of the event that follows (one commit for both,
+            // as storage writes coalesce in Durable Objects); if that event fails, they are
+            // rolled back with it and the next instance runs on_start again. Anything on_start
+            // reveals is committed and released now.
+            let writes_only = matches!(caught, Ok(Ok(()))) && !ctx.holds_outputs();
+            if !writes_only {
+                self.finish(caught).map_err(|e| Error::StartFailed {
+                    message: format!("on_start failed: {e}"),
+                })?;
+            }
             self.instance = Some(instance);
         }
         Ok(())

@@ -425,6 +425,14 @@ impl<O: DurableObject> Ctx<O> {
         Ok(())
     }
 
+    /// Whether the current event has anything to reveal or hand over at its commit.
+    pub(crate) fn holds_outputs(&self) -> bool {
+        !self.outbox.is_empty()
+            || !self.pending.is_empty()
+            || !self.accepted.is_empty()
+            || self.alarm_dirty
+    }
+
     pub(crate) fn release_outputs(&mut self) {
         if !self.outbox.is_empty() {
             let inner = self.sockets.lock();

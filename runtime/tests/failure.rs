@@ -81,3 +81,60 @@ async fn messages_of_a_failed_event_are_never_sent() {
     );
     rt.shutdown().await;
 }
+
+#[tokio::test]
+async fn on_start_writes_commit_with_the_first_event_and_roll_back_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let ns = rt.namespace::<Probe>("probe").unwrap();
+    // on_start creates the `counter` table; the first event fails: neither is committed.
+    let err = ns.get_by_name("fresh").call(Fail::Error).await.unwrap_err();
+    assert!(matches!(err, Error::Custom(_)), "{err:?}");
+    let id = ns.id_from_name("fresh").to_hex();
+    rt.shutdown().await;
+    let path = denizen_runtime::storage::object_path(dir.path(), "probe", &id);
+    let mut db =
+        denizen_runtime::Storage::open(&path, denizen_runtime::Durability::Normal).unwrap();
+    let tables: Vec<String> = db
+        .exec("SELECT name FROM sqlite_schema WHERE name = 'counter'", [])
+        .unwrap()
+        .all()
+        .unwrap();
+    assert!(
+        tables.is_empty(),
+        "on_start's table outlived the failed event: {tables:?}"
+    );
+    drop(db);
+
+    // The next activation runs on_start again and its writes commit with the event.
+    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("fresh");
+    assert_eq!(stub.call(Incr).await.unwrap(), 1);
+    assert_eq!(probes.starts(), 2);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_runtime_per_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    let first = runtime(dir.path(), &probes, Duration::from_secs(30));
+    let second = denizen_runtime::Runtime::builder()
+        .data_dir(dir.path())
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            second,
+            Error::Storage(denizen_runtime::storage::Error::Held { .. })
+        ),
+        "{second:?}"
+    );
+    assert!(second.to_string().contains("held by another process"));
+    first.shutdown().await;
+    // Released at shutdown: the directory can be served again.
+    let again = runtime(dir.path(), &probes, Duration::from_secs(30));
+    again.shutdown().await;
+}
