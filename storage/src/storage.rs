@@ -500,7 +500,10 @@ impl Storage {
             self.written |= self.writes;
             if self.first_write && self.writes {
                 self.first_write = false;
-                self.conn.execute_batch(RESTORE_NORMAL)?;
+                // The commit stands either way: a failure here must not report it as failed.
+                if let Err(e) = self.conn.execute_batch(RESTORE_NORMAL) {
+                    tracing::warn!(error = %e, path = %self.path.display(), "could not restore synchronous=NORMAL after the first write");
+                }
             }
             self.writes = false;
             self.savepoints = 0;
@@ -895,6 +898,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(&dir.path().join("t.sqlite"), Durability::Normal).unwrap();
         (dir, s)
+    }
+
+    fn pragma(s: &Storage, name: &str) -> i64 {
+        s.conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_database_skips_fsync_only_until_its_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.sqlite");
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        assert!(s.created());
+        assert_eq!(pragma(&s, "synchronous"), 0);
+        assert_eq!(pragma(&s, "wal_autocheckpoint"), 0);
+        // A read creates no WAL: still relaxed.
+        assert_eq!(s.get::<bool>("x").unwrap(), None);
+        s.commit().unwrap();
+        assert_eq!(pragma(&s, "synchronous"), 0);
+        s.put("x", &true).unwrap();
+        s.commit().unwrap();
+        assert_eq!(pragma(&s, "synchronous"), 1);
+        assert_eq!(pragma(&s, "wal_autocheckpoint"), 256);
+        drop(s);
+        // Reopened with its WAL in place: normal from the start, and the data is there.
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        assert!(!s.created());
+        assert_eq!(pragma(&s, "synchronous"), 1);
+        assert_eq!(s.get::<bool>("x").unwrap(), Some(true));
+        drop(s);
+        let s = Storage::open(&dir.path().join("f.sqlite"), Durability::Fsync).unwrap();
+        assert_eq!(pragma(&s, "synchronous"), 2);
     }
 
     #[test]
