@@ -69,7 +69,6 @@ impl Catalog {
              CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms(at_ms);
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
              INSERT OR IGNORE INTO meta(key, value) VALUES ('secret', randomblob(32));",
-            crate::storage::BUSY_TIMEOUT,
         )?;
         Ok(Catalog {
             conn: Mutex::new(conn),

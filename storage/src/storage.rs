@@ -248,26 +248,25 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Opens the catalog: a database other processes (the CLI) may read while the server runs, in
-/// WAL mode, with `init` (its schema) applied.
+/// How long a catalog statement waits for a lock another process (the CLI) holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the catalog (its directory exists): a database other processes (the CLI) may read while
+/// the server runs, in WAL mode, with `init` (its schema) applied.
 pub(crate) fn open_connection(
     path: &Path,
     durability: Durability,
     init: &str,
-    busy_timeout: std::time::Duration,
 ) -> Result<Connection> {
     // Before SQLite's first connection: the object VFS also sets process-wide options.
     crate::vfs::objects()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(busy_timeout)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.execute_batch(init)?;
     conn.execute_batch(match durability {
@@ -277,19 +276,28 @@ pub(crate) fn open_connection(
     Ok(conn)
 }
 
-/// The settings of an object's connection. `locking_mode` must come first: with exclusive
-/// locking the WAL index lives in heap memory, which the object VFS (no shared memory) needs.
-/// The WAL is kept small because a wake rebuilds its index by reading it.
-const OBJECT_SETTINGS_NORMAL: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=NORMAL;
-     PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
-const OBJECT_SETTINGS_FSYNC: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=FULL;
-     PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
+/// The settings of an object's connection, with its `synchronous` mode and WAL autocheckpoint.
+/// `locking_mode` must come first: with exclusive locking the WAL index lives in heap memory,
+/// which the object VFS (no shared memory) needs. The WAL is kept small because a wake rebuilds
+/// its index by reading it.
+macro_rules! object_settings {
+    ($sync:literal, $checkpoint:literal) => {
+        concat!(
+            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=",
+            $sync,
+            "; PRAGMA wal_autocheckpoint=",
+            $checkpoint,
+            "; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;"
+        )
+    };
+}
+const OBJECT_SETTINGS_NORMAL: &str = object_settings!("NORMAL", 256);
+const OBJECT_SETTINGS_FSYNC: &str = object_settings!("FULL", 256);
 /// `normal` without a WAL yet: the commit that creates the WAL would fsync its header (and the
 /// file and directory). `normal` promises survival of a process crash, which never loses writes
 /// the OS already has, so that commit runs without fsync, and without checkpointing (whose
 /// ordering does matter on power loss); [`RESTORE_NORMAL`] follows it.
-const OBJECT_SETTINGS_FIRST_WRITE: &str = "PRAGMA locking_mode=EXCLUSIVE; PRAGMA synchronous=OFF;
-     PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=1048576; PRAGMA temp_store=MEMORY;";
+const OBJECT_SETTINGS_FIRST_WRITE: &str = object_settings!("OFF", 0);
 const RESTORE_NORMAL: &str = "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=256;";
 
 /// Opens an existing object database through the object VFS.
@@ -409,9 +417,6 @@ fn create_database_file(path: &Path, durability: Durability) -> Result<()> {
     }
     Ok(())
 }
-
-/// How long an open waits for a lock another connection holds.
-pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Storage {
     /// Opens (creating it if needed) the database at `path` in WAL mode.
