@@ -365,11 +365,11 @@ impl<O: DurableObject> State<O> {
                 &self.id.to_hex(),
             );
             let opened = if path.exists() {
-                Ctx::open(&self.ns, &self.id)
+                Ctx::open(&self.ns, &self.id, &path)
             } else {
                 let (ns, id) = (self.ns.clone(), self.id.clone());
                 let _permit = self.ns.shared.creations.acquire().await;
-                tokio::task::spawn_blocking(move || Ctx::open(&ns, &id))
+                tokio::task::spawn_blocking(move || Ctx::open(&ns, &id, &path))
                     .await
                     .map_err(|e| Error::StartFailed {
                         message: format!("opening the database panicked: {e}"),

@@ -68,10 +68,10 @@ impl<O: DurableObject> Ctx<O> {
     pub(crate) fn open(
         ns: &Arc<NsInner<O>>,
         id: &ObjectId,
+        path: &std::path::Path,
     ) -> Result<(Self, Option<crate::runtime::Recorded>)> {
         let shared = &ns.shared;
-        let path = denizen_storage::object_path(&shared.options.data_dir, &ns.name, &id.to_hex());
-        let mut storage = Storage::open(&path, shared.options.durability)?;
+        let mut storage = Storage::open(path, shared.options.durability)?;
         let is_new = storage.created();
         let mut id = id.clone();
         if id.name().is_none() {
