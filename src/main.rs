@@ -273,6 +273,13 @@ enum Remote {
     Refused(String),
 }
 
+/// `s` percent-encoded as one URL path segment.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
 /// Runs the query through a server's `/admin/sql` route.
 fn remote_sql(
     url: &str,
@@ -282,11 +289,6 @@ fn remote_sql(
     by_id: bool,
     query: &str,
 ) -> std::result::Result<serde_json::Value, Remote> {
-    let segment = |s: &str| {
-        url::form_urlencoded::byte_serialize(s.as_bytes())
-            .collect::<String>()
-            .replace('+', "%20")
-    };
     let mut endpoint = format!(
         "{}/admin/sql/{}/{}",
         url.trim_end_matches('/'),
@@ -390,7 +392,12 @@ fn remote_status(
     name: &str,
     id: &str,
 ) -> Option<Result<workflow::InstanceStatus>> {
-    let endpoint = format!("{}/workflows/{name}/{id}", url.trim_end_matches('/'));
+    let endpoint = format!(
+        "{}/workflows/{}/{}",
+        url.trim_end_matches('/'),
+        segment(name),
+        segment(id)
+    );
     rt.block_on(async {
         let resp = reqwest::get(&endpoint).await.ok()?;
         let status = resp.status();
@@ -406,7 +413,7 @@ fn remote_status(
 }
 
 fn list_workflows(dir: &Path, name: &str, json: bool, server: Option<&str>) -> Result<()> {
-    // A running server holds its live instances' files: those are asked from it.
+    // A running server holds the data directory: its instances are asked from it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -457,7 +464,7 @@ fn list_workflows(dir: &Path, name: &str, json: bool, server: Option<&str>) -> R
                 )
             ),
             (Ok(None), _) => {}
-            // A live instance's database is held by the server: say so and go on.
+            // One instance that cannot be read: say so and go on.
             (Err(e), true) => println!("{}", serde_json::json!({"id": id, "error": e.to_string()})),
             (Err(e), false) => println!("{id:<36} {:<10} {e:#}", "?"),
         }
