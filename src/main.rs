@@ -94,8 +94,8 @@ struct ServeArgs {
     /// Events queued per object before callers get 503 [default: 1024].
     #[arg(long, env = "DENIZEN_MAILBOX_CAPACITY")]
     mailbox_capacity: Option<usize>,
-    /// Objects kept in memory (each with its SQLite file open) before idle ones hibernate early
-    /// [default: a quarter of the open-files limit, at most 16384].
+    /// Objects kept in memory (each with its SQLite database open, about 80 KiB) before idle
+    /// ones hibernate early [default: 16384].
     #[arg(long, env = "DENIZEN_MAX_OPEN_OBJECTS")]
     max_open_objects: Option<usize>,
     /// Largest WebSocket message in bytes; bigger closes the socket with 1009 [default: 32 MiB].

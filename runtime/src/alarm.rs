@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
@@ -37,12 +37,19 @@ pub(crate) fn key(namespace: &str, id: [u8; 32]) -> Key {
     (namespace.into(), id)
 }
 
+/// How close together alarms must be for [`run`] to poll for them instead of sleeping.
+const DENSE: Duration = Duration::from_millis(2);
+
 pub(crate) async fn run(shared: Weak<Shared>, mut ops: mpsc::UnboundedReceiver<Op>) {
     let mut index = Index::default();
+    // Under load tokio looks at its timers only every few dozen task polls, which made alarms
+    // milliseconds late. Once a timer wake-up is late and more alarms are due within `DENSE`,
+    // the loop polls again behind the tasks already queued instead, until alarms thin out.
+    let mut polling = false;
     loop {
-        let next = index.next_wake();
-        let wait = next.map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)));
-        tokio::select! {
+        let wait = index.next_wake().map(until);
+        polling = polling && wait.is_some_and(|w| w <= DENSE);
+        let fire = tokio::select! {
             op = ops.recv() => {
                 let Some(op) = op else { break };
                 index.apply(op);
@@ -50,19 +57,38 @@ pub(crate) async fn run(shared: Weak<Shared>, mut ops: mpsc::UnboundedReceiver<O
                 while let Ok(op) = ops.try_recv() {
                     index.apply(op);
                 }
+                false
             }
-            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => {
-                let Some(shared) = shared.upgrade() else { break };
-                let now = now_ms();
-                while let Some((at_ms, key, retry_count)) = index.pop_due(now) {
-                    shared.deliver_alarm(&key.0, key.1, at_ms, retry_count);
-                }
-                while let Some(key) = index.pop_warm(now) {
-                    shared.warm_for_alarm(&key.0, key.1);
-                }
-            }
+            _ = tokio::task::yield_now(), if polling => true,
+            _ = tokio::time::sleep(wait.unwrap_or(DENSE)), if wait.is_some() && !polling => true,
+        };
+        let now = now_ms();
+        if !fire && !index.has_work(now) {
+            continue;
+        }
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        if let Some(first) = index.first_due(now) {
+            polling = now - first >= 1;
+        }
+        while let Some((at_ms, key, retry_count)) = index.pop_due(now) {
+            shared.deliver_alarm(&key.0, key.1, at_ms, retry_count);
+        }
+        while let Some(key) = index.pop_warm(now) {
+            shared.warm_for_alarm(&key.0, key.1);
         }
     }
+}
+
+/// How long until `at_ms`, to the microsecond: counting from the current millisecond instead
+/// would add up to a millisecond of lateness to every alarm, on top of the timer's own rounding
+/// up to its next millisecond tick.
+fn until(at_ms: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_millis(u64::try_from(at_ms).unwrap_or(0)).saturating_sub(now)
 }
 
 /// Pending alarms by time and by object, and the ones whose object has not been woken yet.
@@ -81,6 +107,20 @@ impl Index {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether an alarm is due or an object should be warmed at `now`.
+    fn has_work(&self, now: i64) -> bool {
+        self.next_wake().is_some_and(|at| at <= now)
+    }
+
+    /// The time of the earliest alarm due at `now`.
+    fn first_due(&self, now: i64) -> Option<i64> {
+        self.by_time
+            .keys()
+            .next()
+            .map(|(at, _)| *at)
+            .filter(|at| *at <= now)
     }
 
     fn pop_due(&mut self, now: i64) -> Option<(i64, Key, u32)> {

@@ -28,9 +28,10 @@ pub struct Options {
     /// Events queued (plus the running one) per object before callers get `Overloaded`.
     /// Default 1024.
     pub mailbox_capacity: usize,
-    /// At most this many objects (each with its SQLite file open) in memory; past it the least
-    /// recently used idle ones hibernate early. Default 1,000 (lower if half the process's
-    /// open-files limit cannot hold that many databases).
+    /// At most this many objects (each with its SQLite database open, about 80 KiB) in memory;
+    /// past it the least recently used idle ones hibernate early. Default 16,384 (about
+    /// 1.3 GiB when that many are in use at once). Not bounded by the open-files limit: open
+    /// objects share a pool of file descriptors, half the limit.
     pub max_open_objects: usize,
 }
 
@@ -41,17 +42,14 @@ impl Default for Options {
             idle_timeout: Duration::from_secs(10),
             durability: Durability::Normal,
             mailbox_capacity: 1024,
-            max_open_objects: default_open_objects(),
+            max_open_objects: DEFAULT_OPEN_OBJECTS,
         }
     }
 }
 
-/// Each open object holds two file descriptors (database and WAL; exclusive locking keeps the
-/// WAL index in memory, so there is no `-shm` file).
-const FDS_PER_OBJECT: u64 = 2;
-
-/// The process's soft limit on open files, first raised (once) to its hard limit: each open
-/// object holds file descriptors, and the soft limit is often far below what the system allows.
+/// The process's soft limit on open files, first raised (once) to its hard limit: object files
+/// and sockets hold file descriptors, and the soft limit is often far below what the system
+/// allows.
 fn open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
@@ -81,15 +79,8 @@ fn open_files_limit() -> Option<u64> {
     }
 }
 
-/// A quarter of the open-files limit (two descriptors per object; the other half is left for
-/// sockets and everything else), at most 16,384. An open object costs about 80 KiB (its SQLite
-/// connection), so the cap is about 1.3 GiB when that many objects are in use at once.
-fn default_open_objects() -> usize {
-    let by_limit = open_files_limit()
-        .map(|l| l / 2 / FDS_PER_OBJECT)
-        .unwrap_or(1_000);
-    usize::try_from(by_limit.clamp(16, 16_384)).unwrap_or(1_000)
-}
+/// See [`Options::max_open_objects`].
+const DEFAULT_OPEN_OBJECTS: usize = 16_384;
 
 /// One row of a namespace listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -450,17 +441,11 @@ impl Builder {
 
     /// Opens the data directory and starts the alarm timer. Call inside a tokio runtime.
     pub fn build(self) -> Result<Runtime> {
-        let options = self.options;
-        if let Some(limit) = open_files_limit()
-            && (options.max_open_objects as u64).saturating_mul(FDS_PER_OBJECT) > limit
-        {
-            tracing::warn!(
-                max_open_objects = options.max_open_objects,
-                open_files_limit = limit,
-                "max_open_objects needs more file descriptors than the process may open; lower it or raise the limit (ulimit -n)"
-            );
+        let mut options = self.options;
+        // Object databases and WALs share half the descriptors; the rest is left to sockets.
+        if let Some(limit) = open_files_limit() {
+            denizen_storage::set_max_open_files(usize::try_from(limit / 2).unwrap_or(usize::MAX));
         }
-        let mut options = options;
         // Object paths are built from it, and the object VFS takes absolute paths as they are.
         options.data_dir = std::path::absolute(&options.data_dir).map_err(|source| {
             Error::Storage(denizen_storage::Error::Io {

@@ -55,6 +55,7 @@ pub use cursor::Cursor;
 pub use error::{Error, Result};
 pub use storage::{ListOptions, Storage};
 pub use value::{Params, Value};
+pub use vfs::{open_files, set_max_open_files};
 
 /// Longest key, in bytes.
 pub const MAX_KEY_SIZE: usize = 2048;
