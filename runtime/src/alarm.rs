@@ -214,6 +214,34 @@ mod tests {
     }
 
     #[test]
+    fn work_is_due_when_an_alarm_or_a_warm_up_is() {
+        let mut index = Index::default();
+        assert!(!index.has_work(i64::MAX));
+        set(&mut index, 1, 10_000);
+        assert!(!index.has_work(10_000 - WARM_LEAD_MS - 1));
+        assert!(index.has_work(10_000 - WARM_LEAD_MS));
+        assert_eq!(index.first_due(9_999), None);
+        assert!(index.pop_warm(10_000).is_some());
+        assert!(!index.has_work(9_999));
+        assert_eq!(index.first_due(10_003), Some(10_000));
+        assert!(index.has_work(10_000));
+    }
+
+    #[test]
+    fn a_wait_never_runs_past_its_millisecond() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        // Counting from the current millisecond would wait the full 5 ms past `now`.
+        let at = i64::try_from(now.as_millis()).unwrap_or(i64::MAX) + 5;
+        assert!(
+            until(at)
+                <= Duration::from_millis(5) - (now - Duration::from_millis(now.as_millis() as u64))
+        );
+        assert_eq!(until(0), Duration::ZERO);
+    }
+
+    #[test]
     fn an_alarm_that_fires_unwarmed_leaves_nothing_behind() {
         let mut index = Index::default();
         set(&mut index, 1, 10_000);

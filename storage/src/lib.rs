@@ -17,6 +17,9 @@
 //!   ends (the runtime calls it after each event); [`Storage::transaction`] nests a savepoint.
 //! - **Durability**: WAL mode; [`Durability::Normal`] (`synchronous=NORMAL`) survives a process
 //!   crash, [`Durability::Fsync`] (`synchronous=FULL`) survives power loss.
+//! - **Open files**: object databases take no file locks (one process owns a data directory,
+//!   [`DataDirLock`]) and share a process-wide pool of descriptors ([`set_max_open_files`]), so
+//!   how many stay open is a question of memory, not of the open-files limit.
 //!
 //! ```
 //! use denizen_storage::{Durability, ListOptions, Storage};

@@ -351,8 +351,8 @@ unsafe fn object_file<'a>(file: *mut ffi::sqlite3_file) -> &'a mut ObjectFile {
 }
 
 fn io_code(e: &io::Error, code: c_int) -> c_int {
-    match e.raw_os_error() {
-        Some(28) | Some(122) => ffi::SQLITE_FULL, // ENOSPC, EDQUOT
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ffi::SQLITE_FULL,
         _ => code,
     }
 }
