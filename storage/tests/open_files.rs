@@ -12,17 +12,16 @@ fn descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-fn write_rounds(db: &mut Storage, object: usize, rounds: u64) {
-    for round in 0..rounds {
-        db.put(&format!("k{round}"), &(object as u64 * 1000 + round))
-            .expect("put");
-        db.exec(
-            "INSERT INTO log(object, round) VALUES (?, ?)",
-            (object as i64, round as i64),
-        )
-        .expect("insert");
-        db.commit().expect("commit");
-    }
+/// One committed event's worth of writes: a KV pair and a row.
+fn write_round(db: &mut Storage, object: usize, round: u64) {
+    db.put(&format!("k{round}"), &(object as u64 * 1000 + round))
+        .expect("put");
+    db.exec(
+        "INSERT INTO log(object, round) VALUES (?, ?)",
+        (object as i64, round as i64),
+    )
+    .expect("insert");
+    db.commit().expect("commit");
 }
 
 fn check(db: &mut Storage, object: usize, rounds: u64) {
@@ -64,14 +63,7 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
         .collect();
     for round in 0..3 {
         for (i, db) in dbs.iter_mut().enumerate() {
-            db.put(&format!("k{round}"), &(i as u64 * 1000 + round))
-                .expect("put");
-            db.exec(
-                "INSERT INTO log(object, round) VALUES (?, ?)",
-                (i as i64, round as i64),
-            )
-            .expect("insert");
-            db.commit().expect("commit");
+            write_round(db, i, round);
             assert!(open_files() <= LIMIT, "{} files open", open_files());
         }
     }
@@ -116,8 +108,10 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
                         (i, db)
                     })
                     .collect();
-                for (i, db) in &mut dbs {
-                    write_rounds(db, *i, 20);
+                for round in 0..20 {
+                    for (i, db) in &mut dbs {
+                        write_round(db, *i, round);
+                    }
                 }
                 for (i, db) in &mut dbs {
                     check(db, *i, 20);
