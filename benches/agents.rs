@@ -29,10 +29,9 @@ fn serve() {
         .build()
         .expect("tokio");
     rt.block_on(async move {
-        let dir = tempfile::tempdir().expect("tempdir");
         let runtime = denizen::apps::register(
             Runtime::builder()
-                .data_dir(dir.path())
+                .data_dir(support::server_data_dir())
                 .idle_timeout(Duration::from_millis(idle_ms))
                 .max_open_objects(2_000),
             "http://127.0.0.1",

@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 /// Set in the child's environment: the bench binary then serves instead of measuring.
 pub const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
+/// The child's data directory, made and removed by the parent: the child is killed, so it
+/// cannot clean up after itself.
+const DATA_ENV: &str = "DENIZEN_BENCH_DATA";
+
+/// In server mode: where the parent wants the data kept.
+pub fn server_data_dir() -> std::path::PathBuf {
+    std::env::var_os(DATA_ENV)
+        .expect("the bench server runs with its data directory in DENIZEN_BENCH_DATA")
+        .into()
+}
 
 /// Whether the figure `name` was asked for (no filter on the command line asks for all).
 pub fn wanted(name: &str) -> bool {
@@ -60,12 +70,22 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// Removed after the child is gone (fields drop after `Drop::drop`).
+    _data: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start(idle_ms: u64) -> Server {
+        Server::start_mode(idle_ms, "1")
+    }
+
+    /// Starts the child with `mode` in [`SERVER_ENV`] (a bench binary may serve more than one
+    /// thing).
+    pub fn start_mode(idle_ms: u64, mode: &str) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .env(SERVER_ENV, "1")
+            .env(SERVER_ENV, mode)
+            .env(DATA_ENV, data.path())
             .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
@@ -78,6 +98,7 @@ impl Server {
         Server {
             child,
             addr: line.trim().to_string(),
+            _data: data,
         }
     }
 

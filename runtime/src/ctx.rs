@@ -71,7 +71,7 @@ impl<O: DurableObject> Ctx<O> {
         path: &std::path::Path,
     ) -> Result<(Self, Option<crate::runtime::Recorded>)> {
         let shared = &ns.shared;
-        let mut storage = Storage::open(path, shared.options.durability)?;
+        let mut storage = Storage::open_with_schema(path, shared.options.durability, O::SCHEMA)?;
         let is_new = storage.created();
         let mut id = id.clone();
         if id.name().is_none() {

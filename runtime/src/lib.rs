@@ -29,11 +29,8 @@
 //! }
 //!
 //! impl DurableObject for Counter {
-//!     async fn on_start(&mut self, ctx: &mut Ctx<Self>) -> Result<()> {
-//!         ctx.storage()
-//!             .exec("CREATE TABLE IF NOT EXISTS c(k INTEGER PRIMARY KEY, n INTEGER)", [])?;
-//!         Ok(())
-//!     }
+//!     // In place before the first event: a new object's file is created with it.
+//!     const SCHEMA: &'static str = "CREATE TABLE IF NOT EXISTS c(k INTEGER PRIMARY KEY, n INTEGER)";
 //! }
 //!
 //! impl Handler<Increment> for Counter {

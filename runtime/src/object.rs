@@ -32,8 +32,17 @@ pub struct AlarmInfo {
 ///
 /// [`on_start`]: DurableObject::on_start
 pub trait DurableObject: Send + Sized + 'static {
+    /// The tables and indexes every object of this type has, as SQL statements that can run
+    /// again (`CREATE TABLE IF NOT EXISTS …`). A new object's database is created with them in
+    /// place, so its first event runs no schema statement; an object last started with another
+    /// `SCHEMA` runs this one when it next starts, in a transaction of its own. Statements that
+    /// need more than that (moving data) belong in [`on_start`]. Empty (the default): no tables.
+    ///
+    /// [`on_start`]: DurableObject::on_start
+    const SCHEMA: &'static str = "";
+
     /// Runs before the first event of every activation, with no other event delivered until it
-    /// finishes. Schema migrations go here. Failing resets the object and fails the waiting event.
+    /// finishes. Data migrations go here. Failing resets the object and fails the waiting event.
     fn on_start(&mut self, ctx: &mut Ctx<Self>) -> impl Future<Output = Result<()>> + Send {
         let _ = ctx;
         async { Ok(()) }

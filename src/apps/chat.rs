@@ -58,15 +58,13 @@ fn user_of(req: &Request) -> Option<String> {
 }
 
 impl DurableObject for ChatRoom {
+    const SCHEMA: &'static str = "CREATE TABLE IF NOT EXISTS messages(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user TEXT NOT NULL,
+        text TEXT NOT NULL,
+        at INTEGER NOT NULL)";
+
     async fn on_start(&mut self, ctx: &mut Ctx<Self>) -> Result<()> {
-        ctx.storage().exec(
-            "CREATE TABLE IF NOT EXISTS messages(
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                user TEXT NOT NULL,
-                text TEXT NOT NULL,
-                at INTEGER NOT NULL)",
-            [],
-        )?;
         ctx.set_auto_response(Some(("ping", "pong")))?;
         Ok(())
     }

@@ -11,13 +11,9 @@ use serde_json::json;
 pub struct Counter;
 
 impl DurableObject for Counter {
-    async fn on_start(&mut self, ctx: &mut Ctx<Self>) -> Result<()> {
-        ctx.storage().exec(
-            "CREATE TABLE IF NOT EXISTS counter(id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL)",
-            [],
-        )?;
-        Ok(())
-    }
+    const SCHEMA: &'static str = "CREATE TABLE IF NOT EXISTS counter(
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        count INTEGER NOT NULL)";
 
     async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
         let count: i64 = match (req.method(), req.uri().path()) {

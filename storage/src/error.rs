@@ -22,6 +22,8 @@ pub enum Error {
     ReservedTable { name: String },
     #[error("SQL error: {message}")]
     Sql { message: String },
+    #[error("the object type's SCHEMA failed: {message} — fix the SQL in SCHEMA")]
+    Schema { message: String },
     #[error("expected exactly one row, got {rows}; use first() or all() for other shapes")]
     NotOneRow { rows: usize },
     #[error("could not decode the stored data into the requested type: {message}")]

@@ -15,6 +15,9 @@
 //!   values ≤ [`MAX_VALUE_SIZE`] bytes encoded.
 //! - **Transactions**: every operation joins an implicit transaction that [`Storage::commit`]
 //!   ends (the runtime calls it after each event); [`Storage::transaction`] nests a savepoint.
+//! - **Schema**: [`Storage::open_with_schema`] creates a new database with its tables already in
+//!   place (written from an image built once per process and schema, so creating an object runs
+//!   no schema statement) and brings an older one up to a changed schema once.
 //! - **Durability**: WAL mode; [`Durability::Normal`] (`synchronous=NORMAL`) survives a process
 //!   crash, [`Durability::Fsync`] (`synchronous=FULL`) survives power loss.
 //! - **Open files**: object databases take no file locks (one process owns a data directory,

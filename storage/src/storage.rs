@@ -343,18 +343,18 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// The bytes of an empty object database (WAL mode, internal tables), built once per process.
-/// Creating an object then costs one file write instead of SQLite's journal switch and schema
-/// transactions, and opening it needs no schema statement.
-fn empty_database(near: &Path) -> Result<&'static [u8]> {
-    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    static BUILDING: Mutex<()> = Mutex::new(());
-    if let Some(image) = IMAGE.get() {
-        return Ok(image);
-    }
-    // One builder; the others wait for its image.
-    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(image) = IMAGE.get() {
+/// The metadata key holding the schema an object's database was last brought up to.
+const SCHEMA_KEY: &str = "schema";
+
+/// The bytes of an empty object database (WAL mode, internal tables, and `schema` applied), built
+/// once per process and schema. Creating an object then costs one file write instead of SQLite's
+/// journal switch and schema transactions, and opening it needs no schema statement.
+fn empty_database(near: &Path, schema: &str) -> Result<&'static [u8]> {
+    static IMAGES: Mutex<Vec<(String, &'static [u8])>> = Mutex::new(Vec::new());
+    // One builder at a time; the others wait for its image. A failed build is not kept: the
+    // error reaches every caller that asks.
+    let mut images = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, image)) = images.iter().find(|(s, _)| s == schema) {
         return Ok(image);
     }
     let dir = near.parent().unwrap_or(Path::new("."));
@@ -370,13 +370,57 @@ fn empty_database(near: &Path) -> Result<&'static [u8]> {
         let conn = Connection::open(&tmp)?;
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         conn.execute_batch(OBJECT_SCHEMA)?;
+        if !schema.is_empty() {
+            // Through the same guard as user SQL: a schema gets no more than `exec` would.
+            conn.execute_batch("BEGIN")?;
+            let guard = Arc::new(Mutex::new(Guard {
+                enabled: true,
+                denial: None,
+            }));
+            let hook = guard.clone();
+            conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
+            let applied = conn.execute_batch(schema);
+            let denial = guard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .denial
+                .take();
+            conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
+            if let Err(e) = applied {
+                return Err(schema_error(sql_error(e), denial));
+            }
+            conn.execute(
+                "INSERT INTO _denizen_meta(key, value) VALUES (?1, ?2)",
+                [SCHEMA_KEY, schema],
+            )?;
+            conn.execute_batch("COMMIT")?;
+        }
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         drop(conn);
         std::fs::read(&tmp).map_err(io_error(&tmp))
     })();
     let _ = remove_files(&tmp);
-    let image = built?;
-    Ok(IMAGE.get_or_init(|| image))
+    let image: &'static [u8] = Box::leak(built?.into_boxed_slice());
+    images.push((schema.to_string(), image));
+    Ok(image)
+}
+
+/// The error of a schema that failed, with what the guard refused if that was the cause.
+fn schema_error(error: Error, denial: Option<Denial>) -> Error {
+    let message = match denial {
+        Some(Denial::Transaction(statement)) => {
+            format!("`{statement}` is not allowed: the schema runs in a transaction of its own")
+        }
+        Some(Denial::Reserved(name)) => {
+            format!("table `{name}` is reserved for Denizen's own use")
+        }
+        Some(Denial::Other(message)) => message,
+        None => match error {
+            Error::Sql { message } => message,
+            other => other.to_string(),
+        },
+    };
+    Error::Schema { message }
 }
 
 fn remove_files(path: &Path) -> Result<()> {
@@ -385,9 +429,9 @@ fn remove_files(path: &Path) -> Result<()> {
 
 /// Writes the empty database image to `path` atomically: a crash leaves either no file or a
 /// complete one.
-fn create_database_file(path: &Path, durability: Durability) -> Result<()> {
+fn create_database_file(path: &Path, durability: Durability, schema: &str) -> Result<()> {
     use std::io::Write;
-    let image = empty_database(path)?;
+    let image = empty_database(path, schema)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
@@ -425,13 +469,22 @@ impl Storage {
     /// guarantees it with one instance per object and the [`crate::DataDirLock`] on its data
     /// directory; SQLite's own file locks are not used.
     pub fn open(path: &Path, durability: Durability) -> Result<Storage> {
+        Self::open_with_schema(path, durability, "")
+    }
+
+    /// Opens like [`Storage::open`], with `schema` (SQL statements that can run again, such as
+    /// `CREATE TABLE IF NOT EXISTS`) in place. A new database is created with it already applied,
+    /// so a new object runs no schema statement at all; a database last brought up to another
+    /// schema runs this one now, in a transaction of its own, and remembers it. The guard of
+    /// [`Storage::exec`] applies: no transaction statements, no reserved tables.
+    pub fn open_with_schema(path: &Path, durability: Durability, schema: &str) -> Result<Storage> {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         // A WAL in place means the database exists (one stat on a wake).
         let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
         let created = !has_wal && !path.exists();
         if created {
-            create_database_file(path, durability)?;
+            create_database_file(path, durability, schema)?;
         }
         let first_write = !has_wal && durability == Durability::Normal;
         let settings = match durability {
@@ -447,7 +500,7 @@ impl Storage {
         let hook = guard.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
         let marker = statement_marker();
-        Ok(Storage {
+        let mut storage = Storage {
             conn,
             path: path.to_path_buf(),
             guard,
@@ -458,7 +511,34 @@ impl Storage {
             created,
             first_write,
             written: false,
-        })
+        };
+        if !created && !schema.is_empty() {
+            storage.bring_up_to(schema)?;
+        }
+        Ok(storage)
+    }
+
+    /// Applies `schema` unless it is the one the database was last brought up to.
+    fn bring_up_to(&mut self, schema: &str) -> Result<()> {
+        if matches!(self.meta_get(SCHEMA_KEY)?, Some(Value::Text(s)) if s == schema) {
+            return Ok(());
+        }
+        let applied = self
+            .exec(schema, ())
+            .and_then(|_| self.meta_set(SCHEMA_KEY, Some(Value::Text(schema.to_string()))))
+            .and_then(|()| self.commit());
+        if let Err(e) = applied {
+            let _ = self.rollback();
+            let denial = match &e {
+                Error::TransactionStatement { statement } => {
+                    Some(Denial::Transaction(statement.clone()))
+                }
+                Error::ReservedTable { name } => Some(Denial::Reserved(name.clone())),
+                _ => None,
+            };
+            return Err(schema_error(e, denial));
+        }
+        Ok(())
     }
 
     /// Whether this open created the database (a new object).
@@ -1184,5 +1264,102 @@ mod tests {
         assert_eq!(s.meta_get("alarm").unwrap(), Some(Value::Integer(5)));
         s.delete_all().unwrap();
         assert_eq!(s.meta_get("alarm").unwrap(), Some(Value::Integer(5)));
+    }
+
+    const NOTES: &str =
+        "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL)";
+
+    fn tables(s: &mut Storage) -> Vec<String> {
+        s.exec(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '\\_denizen%' ESCAPE '\\' ORDER BY 1",
+            (),
+        )
+        .unwrap()
+        .all::<(String,)>()
+        .unwrap()
+        .into_iter()
+        .map(|(n,)| n)
+        .collect()
+    }
+
+    #[test]
+    fn a_schema_is_in_a_new_database_and_applied_once_to_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // New: the table is there before any statement ran.
+        let path = dir.path().join("new.sqlite");
+        let mut s = Storage::open_with_schema(&path, Durability::Normal, NOTES).unwrap();
+        assert!(s.created());
+        assert!(!s.has_writes());
+        assert_eq!(tables(&mut s), ["notes"]);
+        s.exec("INSERT INTO notes(body) VALUES ('a')", ()).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let mut s = Storage::open_with_schema(&path, Durability::Normal, NOTES).unwrap();
+        assert_eq!(
+            s.meta_get(SCHEMA_KEY).unwrap(),
+            Some(Value::Text(NOTES.into()))
+        );
+        let n: i64 = s
+            .exec("SELECT count(*) FROM notes", ())
+            .unwrap()
+            .one()
+            .unwrap();
+        assert_eq!(n, 1);
+        drop(s);
+
+        // Created without it, opened with it: applied now and remembered; data kept.
+        let path = dir.path().join("old.sqlite");
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        s.put("k", &1).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let grown = format!("{NOTES}; CREATE TABLE IF NOT EXISTS tags(name TEXT PRIMARY KEY)");
+        let mut s = Storage::open_with_schema(&path, Durability::Normal, &grown).unwrap();
+        assert!(!s.created());
+        assert_eq!(tables(&mut s), ["notes", "tags"]);
+        assert_eq!(s.get::<i32>("k").unwrap(), Some(1));
+        assert_eq!(
+            s.meta_get(SCHEMA_KEY).unwrap(),
+            Some(Value::Text(grown.clone()))
+        );
+        // Committed at open: a rollback of the first event keeps it.
+        s.exec("INSERT INTO tags VALUES ('x')", ()).unwrap();
+        s.rollback().unwrap();
+        drop(s);
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        assert_eq!(tables(&mut s), ["notes", "tags"]);
+    }
+
+    #[test]
+    fn a_bad_schema_is_a_clear_error_and_the_database_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.sqlite");
+        for (schema, says) in [
+            ("CREATE TABLE (", "syntax error"),
+            ("BEGIN; CREATE TABLE t(x)", "`BEGIN` is not allowed"),
+            ("CREATE TABLE _denizen_x(a)", "reserved"),
+        ] {
+            let err = Storage::open_with_schema(&path, Durability::Normal, schema).unwrap_err();
+            assert!(matches!(err, Error::Schema { .. }), "{err:?}");
+            assert!(err.to_string().contains(says), "{schema}: {err}");
+            assert!(err.to_string().contains("SCHEMA"), "{err}");
+            assert!(!path.exists(), "{schema}: no file for a schema that failed");
+        }
+        // The same mistakes on an existing database leave it as it was.
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        s.put("k", &1).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        for schema in [
+            "CREATE TABLE ok(x); CREATE TABLE (",
+            "CREATE TABLE ok(x); COMMIT",
+        ] {
+            let err = Storage::open_with_schema(&path, Durability::Normal, schema).unwrap_err();
+            assert!(matches!(err, Error::Schema { .. }), "{err:?}");
+        }
+        let mut s = Storage::open(&path, Durability::Normal).unwrap();
+        assert!(tables(&mut s).is_empty());
+        assert_eq!(s.get::<i32>("k").unwrap(), Some(1));
+        assert_eq!(s.meta_get(SCHEMA_KEY).unwrap(), None);
     }
 }
