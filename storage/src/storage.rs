@@ -373,12 +373,7 @@ fn empty_database(near: &Path, schema: &str) -> Result<&'static [u8]> {
         if !schema.is_empty() {
             // Through the same guard as user SQL: a schema gets no more than `exec` would.
             conn.execute_batch("BEGIN")?;
-            let guard = Arc::new(Mutex::new(Guard {
-                enabled: true,
-                denial: None,
-            }));
-            let hook = guard.clone();
-            conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
+            let guard = install_guard(&conn, true)?;
             let applied = conn.execute_batch(schema);
             let denial = guard
                 .lock()
@@ -387,7 +382,7 @@ fn empty_database(near: &Path, schema: &str) -> Result<&'static [u8]> {
                 .take();
             conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
             if let Err(e) = applied {
-                return Err(schema_error(sql_error(e), denial));
+                return Err(schema_error(guarded_error(sql_error(e), denial)));
             }
             conn.execute(
                 "INSERT INTO _denizen_meta(key, value) VALUES (?1, ?2)",
@@ -405,20 +400,38 @@ fn empty_database(near: &Path, schema: &str) -> Result<&'static [u8]> {
     Ok(image)
 }
 
-/// The error of a schema that failed, with what the guard refused if that was the cause.
-fn schema_error(error: Error, denial: Option<Denial>) -> Error {
-    let message = match denial {
-        Some(Denial::Transaction(statement)) => {
+/// Installs the authorizer that refuses, while enabled, what user SQL may not do.
+fn install_guard(conn: &Connection, enabled: bool) -> Result<Arc<Mutex<Guard>>> {
+    let guard = Arc::new(Mutex::new(Guard {
+        enabled,
+        denial: None,
+    }));
+    let hook = guard.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
+    Ok(guard)
+}
+
+/// The error of a guarded statement: what the guard refused, if that was the cause.
+fn guarded_error(error: Error, denial: Option<Denial>) -> Error {
+    match denial {
+        Some(Denial::Transaction(statement)) => Error::TransactionStatement { statement },
+        Some(Denial::Reserved(name)) => Error::ReservedTable { name },
+        Some(Denial::Other(message)) => Error::Sql { message },
+        None => error,
+    }
+}
+
+/// The error of a schema that failed, said in terms of the schema.
+fn schema_error(error: Error) -> Error {
+    let message = match error {
+        Error::TransactionStatement { statement } => {
             format!("`{statement}` is not allowed: the schema runs in a transaction of its own")
         }
-        Some(Denial::Reserved(name)) => {
+        Error::ReservedTable { name } => {
             format!("table `{name}` is reserved for Denizen's own use")
         }
-        Some(Denial::Other(message)) => message,
-        None => match error {
-            Error::Sql { message } => message,
-            other => other.to_string(),
-        },
+        Error::Sql { message } => message,
+        other => other.to_string(),
     };
     Error::Schema { message }
 }
@@ -493,12 +506,7 @@ impl Storage {
             Durability::Fsync => OBJECT_SETTINGS_FSYNC,
         };
         let conn = open_object_connection(path, settings)?;
-        let guard = Arc::new(Mutex::new(Guard {
-            enabled: false,
-            denial: None,
-        }));
-        let hook = guard.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| authorize(&hook, ctx)))?;
+        let guard = install_guard(&conn, false)?;
         let marker = statement_marker();
         let mut storage = Storage {
             conn,
@@ -529,14 +537,7 @@ impl Storage {
             .and_then(|()| self.commit());
         if let Err(e) = applied {
             let _ = self.rollback();
-            let denial = match &e {
-                Error::TransactionStatement { statement } => {
-                    Some(Denial::Transaction(statement.clone()))
-                }
-                Error::ReservedTable { name } => Some(Denial::Reserved(name.clone())),
-                _ => None,
-            };
-            return Err(schema_error(e, denial));
+            return Err(schema_error(e));
         }
         Ok(())
     }
@@ -625,15 +626,7 @@ impl Storage {
         self.set_guard(true);
         let result = self.exec_guarded(sql, &params);
         let denial = self.set_guard(false);
-        match (result, denial) {
-            (Ok(cursor), _) => Ok(cursor),
-            (Err(_), Some(Denial::Transaction(statement))) => {
-                Err(Error::TransactionStatement { statement })
-            }
-            (Err(_), Some(Denial::Reserved(name))) => Err(Error::ReservedTable { name }),
-            (Err(_), Some(Denial::Other(message))) => Err(Error::Sql { message }),
-            (Err(e), None) => Err(e),
-        }
+        result.map_err(|e| guarded_error(e, denial))
     }
 
     fn set_guard(&self, enabled: bool) -> Option<Denial> {
