@@ -17,15 +17,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-/// Server mode: what `denizen serve` hosts (the agents route included), idle timeout from the
-/// environment.
+/// Server mode: what `denizen serve` hosts (the agents route included, idle polling as its
+/// default), idle timeout from the environment.
 fn serve() {
     let idle_ms: u64 = std::env::var("DENIZEN_BENCH_IDLE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let poll = denizen::IdlePoll::start(denizen::IdlePoll::DEFAULT_WINDOW);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(poll.on_park())
         .build()
         .expect("tokio");
     rt.block_on(async move {

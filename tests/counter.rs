@@ -85,3 +85,47 @@ async fn counter_counts_and_survives_a_restart() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no object named `nobody`"));
 }
+
+/// The server's threads named like the idle polling threads (`denizen-idle-poll-<cpu>`, cut to
+/// the kernel's 15 characters).
+#[cfg(target_os = "linux")]
+fn idle_poll_threads(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("denizen-idle-po"))
+        })
+        .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn idle_polling_is_on_by_default_off_with_a_zero_window_and_a_bad_value_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let polling = Server::start(&dir.path().join("on"), &[]);
+    let quiet = Server::start(&dir.path().join("off"), &["--idle-poll", "0s"]);
+    let client = reqwest::Client::new();
+    assert_eq!(post_increment(&client, &polling, "a").await, 1);
+    assert_eq!(post_increment(&client, &quiet, "a").await, 1);
+    assert!(idle_poll_threads(polling.pid()) >= 1);
+    assert_eq!(idle_poll_threads(quiet.pid()), 0);
+
+    let config = dir.path().join("denizen.toml");
+    std::fs::write(&config, "idle_poll = \"soon\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_denizen"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .env("DENIZEN_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`idle_poll` in the config file: `soon` is not a duration"),
+        "{stderr}"
+    );
+}

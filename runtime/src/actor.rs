@@ -277,8 +277,9 @@ impl<O: DurableObject> Actor for ObjectActor<O> {
             event => {
                 state.process(event).instrument(self.span.clone()).await;
                 state.gate.release();
-                state.last_event = Instant::now();
-                state.gate.touch(state.ns.shared.clock_ms());
+                let now = Instant::now();
+                state.last_event = now;
+                state.gate.touch(state.ns.shared.clock_ms_at(now));
                 if !state.timer_armed {
                     state.arm_timer(&myself, state.ns.shared.options.idle_timeout);
                 }

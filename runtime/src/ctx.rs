@@ -394,13 +394,13 @@ impl<O: DurableObject> Ctx<O> {
     }
 
     pub(crate) fn commit_writes(&mut self) -> Result<()> {
-        let shared = self.ns.shared.clone();
         let alarm = if self.alarm_dirty {
             let at = self.stored_alarm()?;
             if let Some(at) = at {
                 // The due index may name an alarm that never commits (harmless: the object's own
                 // file is checked when it fires), but must never miss one that did.
-                shared
+                self.ns
+                    .shared
                     .catalog
                     .set_alarm(&self.ns.name, &self.id.to_hex(), at, 0)?;
             }
@@ -408,13 +408,17 @@ impl<O: DurableObject> Ctx<O> {
         } else {
             None
         };
-        let started = Instant::now();
-        if let Err(e) = self.storage.commit() {
-            return Err(Error::CommitFailed {
-                message: e.to_string(),
-            });
+        let shared = &self.ns.shared;
+        // An event that touched no storage has nothing to commit (and no latency to record).
+        if self.storage.in_transaction() {
+            let started = Instant::now();
+            if let Err(e) = self.storage.commit() {
+                return Err(Error::CommitFailed {
+                    message: e.to_string(),
+                });
+            }
+            shared.metrics.commit_latency.observe(started.elapsed());
         }
-        shared.metrics.commit_latency.observe(started.elapsed());
         self.alarm_dirty = false;
         self.accepted.clear();
         match alarm {

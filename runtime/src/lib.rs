@@ -69,6 +69,7 @@ mod ctx;
 mod error;
 pub mod http_util;
 mod id;
+mod idle_poll;
 mod metrics;
 mod namespace;
 mod object;
@@ -82,6 +83,7 @@ pub use denizen_storage::{Cursor, Durability, ListOptions, Storage, Value, param
 pub use error::{Error, Result};
 pub use http;
 pub use id::{MAX_NAME_LEN, ObjectId};
+pub use idle_poll::IdlePoll;
 pub use metrics::{Histogram, Metrics};
 pub use namespace::{Namespace, Stub};
 pub use object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};

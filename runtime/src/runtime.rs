@@ -161,7 +161,11 @@ impl Shared {
     }
 
     pub(crate) fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock_ms_at(Instant::now())
+    }
+
+    pub(crate) fn clock_ms_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Past the bound on open objects, asks the least recently used ones to hibernate, down to
