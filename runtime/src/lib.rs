@@ -17,6 +17,10 @@
 //! - **Alarms** at least once, across restarts, retried with backoff (2 s, ×2, ±25%, 6 retries).
 //! - **Overload is explicit**: a full mailbox answers [`Error::Overloaded`].
 //!
+//! For latency, an application that builds its own tokio runtime can add [`IdlePoll`] (what
+//! `denizen serve` runs): idle CPUs poll briefly instead of halting, so the next message needs no
+//! wake-up of a halted virtual CPU.
+//!
 //! ```
 //! use denizen_runtime::{Ctx, DurableObject, Handler, Message, Result, Runtime};
 //!
