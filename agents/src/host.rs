@@ -568,12 +568,48 @@ fn record_failure<A: Agent>(
 }
 
 impl<A: Agent> DurableObject for AgentHost<A> {
+    // An agent's tables, named as the Agents SDK names them: its state, schedules, queue and
+    // failed tasks. In place before the first event; no DDL on a wake.
+    const SCHEMA: &'static str = "
+CREATE TABLE IF NOT EXISTS cf_agents_state(id TEXT PRIMARY KEY NOT NULL, state TEXT);
+CREATE TABLE IF NOT EXISTS cf_agents_schedules (
+    id TEXT PRIMARY KEY NOT NULL,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    type TEXT NOT NULL CHECK(type IN ('scheduled', 'delayed', 'cron', 'interval')),
+    time INTEGER NOT NULL,
+    delay_ms INTEGER,
+    cron TEXT,
+    interval_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    retry TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cf_agents_schedules_time ON cf_agents_schedules(time);
+CREATE TABLE IF NOT EXISTS cf_agents_queues (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    retry TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cf_agents_failures (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    callback TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at INTEGER NOT NULL
+);";
+
     async fn on_start(&mut self, cx: &mut Ctx<Self>) -> Result<()> {
-        cx.storage().exec(
-            "CREATE TABLE IF NOT EXISTS cf_agents_state(id TEXT PRIMARY KEY NOT NULL, state TEXT)",
-            (),
-        )?;
-        cx.storage().exec(schedule::SCHEMA, ())?;
         if state_text(cx)?.is_none() {
             let initial = serde_json::to_value(self.agent.initial_state())
                 .map_err(|e| Error::msg(format!("could not encode the initial state: {e}")))?;

@@ -23,44 +23,6 @@ pub const MAX_FAILURES: usize = 1_000;
 /// Tasks handled per alarm before the agent lets other events in (the rest run right after).
 pub(crate) const BATCH: usize = 64;
 
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS cf_agents_schedules (
-    id TEXT PRIMARY KEY NOT NULL,
-    callback TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    type TEXT NOT NULL CHECK(type IN ('scheduled', 'delayed', 'cron', 'interval')),
-    time INTEGER NOT NULL,
-    delay_ms INTEGER,
-    cron TEXT,
-    interval_ms INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    retry TEXT,
-    created_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS cf_agents_schedules_time ON cf_agents_schedules(time);
-CREATE TABLE IF NOT EXISTS cf_agents_queues (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    callback TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    retry TEXT,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cf_agents_failures (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    callback TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    error TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    failed_at INTEGER NOT NULL
-)";
-
 /// When a schedule runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum When {
