@@ -344,7 +344,6 @@ fn main() {
             drop(dirs);
             println!("first-touch activations/s (file created): {:.0} (median of {ROUNDS})", median(v));
         }
-        if let Ok(s) = std::env::var("SLEEP") { tokio::time::sleep(Duration::from_secs(s.parse().unwrap())).await; }
         if wanted("wake") {
             let mut p50 = Vec::new();
             let mut p99 = Vec::new();
