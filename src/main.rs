@@ -193,10 +193,7 @@ fn main() -> Result<()> {
                         o.name.as_deref().unwrap_or("-"),
                         o.id,
                         o.size_bytes,
-                        humantime::format_rfc3339_millis(
-                            std::time::UNIX_EPOCH
-                                + Duration::from_millis(o.last_active_ms.max(0) as u64)
-                        )
+                        humantime::format_rfc3339_millis(denizen::time::from_ms(o.last_active_ms))
                     );
                 }
             }
@@ -469,9 +466,7 @@ fn list_workflows(dir: &Path, name: &str, json: bool, server: Option<&str>) -> R
                 id,
                 s.status,
                 s.steps.len(),
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + Duration::from_millis(s.updated_ms.max(0) as u64)
-                )
+                humantime::format_rfc3339_millis(denizen::time::from_ms(s.updated_ms))
             ),
             (Ok(None), _) => {}
             // One instance that cannot be read: say so and go on.
@@ -498,7 +493,10 @@ fn show(v: &Value) -> String {
 fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
     let defaults = Options::default();
     let options = Options {
-        data_dir: args.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| defaults.data_dir.clone()),
         idle_timeout: match args.idle_timeout {
             Some(d) => d,
             None => duration("idle_timeout", file.idle_timeout.as_deref())?
@@ -516,6 +514,7 @@ fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
             .max_open_objects
             .or(file.max_open_objects)
             .unwrap_or(defaults.max_open_objects),
+        ..defaults
     };
     if options.mailbox_capacity == 0 || options.max_open_objects == 0 {
         bail!("mailbox_capacity and max_open_objects must be at least 1");

@@ -3,7 +3,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use denizen_runtime::storage::Params;
 use denizen_runtime::{Cursor, Value as SqlValue, WebSocket};
@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::methods::Methods;
 use crate::protocol;
 use crate::schedule::{
-    Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When, new_id,
-    next_cron, now_ms, to_ms,
+    Failure, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions, When,
+    from_ms, new_id, next_cron, now_ms, to_ms,
 };
 
 pub(crate) const STATE_ROW: &str = "cf_state_row_id";
@@ -561,9 +561,7 @@ pub(crate) fn rearm<A: Agent>(cx: &mut Context<A>) -> Result<()> {
         .one()?;
     let current = cx.get_alarm()?.map(to_ms);
     match next {
-        Some(at) if current != Some(at) => cx.set_alarm(
-            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0)),
-        )?,
+        Some(at) if current != Some(at) => cx.set_alarm(from_ms(at))?,
         None if current.is_some() => cx.delete_alarm()?,
         _ => {}
     }

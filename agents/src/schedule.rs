@@ -6,12 +6,14 @@
 //! due at once: the queue runs as the next event after the current one, in insertion order.
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use denizen_runtime::retry::RetryPolicy;
 
 use crate::error::{Error, Result};
 
@@ -89,13 +91,21 @@ impl Retry {
             .unwrap_or_default()
     }
 
+    /// After `attempts` failed runs, the jittered delay in milliseconds before the next one.
     pub(crate) fn delay_ms(&self, attempts: u32) -> i64 {
-        let base = self.base_delay.as_millis() as f64
-            * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
-        let capped = base.min(self.max_delay.as_millis() as f64);
-        // ±20% jitter so many agents failing together do not retry together.
-        let jitter = rand::rng().random_range(0.8..1.2);
-        (capped * jitter) as i64
+        let delay = RetryPolicy::from(*self).jittered_delay(attempts);
+        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl From<Retry> for RetryPolicy {
+    /// `base_delay` doubling up to `max_delay`, ±20 % jitter so many agents failing together do
+    /// not retry together.
+    fn from(r: Retry) -> Self {
+        RetryPolicy::exponential(r.base_delay, 2.0)
+            .with_max_delay(r.max_delay)
+            .with_max_attempts(r.max_attempts)
+            .with_jitter(0.2)
     }
 }
 
@@ -159,16 +169,7 @@ pub struct Failure {
     pub failed_at: i64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    to_ms(SystemTime::now())
-}
-
-pub(crate) fn to_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
-}
+pub(crate) use denizen_runtime::time::{from_ms, now_ms, to_ms};
 
 pub(crate) fn new_id() -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use denizen_runtime::retry::RetryPolicy;
 use rmcp::{
     RoleClient,
     model::{
@@ -137,9 +138,8 @@ pub struct ManagerOptions {
     pub connect_timeout: Duration,
     /// Default bound on one request.
     pub request_timeout: Duration,
-    /// First reconnect delay; doubles up to `backoff_max`.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
+    /// How a lost server is re-dialled: by default 100 ms doubling up to 30 s, ±25 %, forever.
+    pub reconnect: RetryPolicy,
     /// Let OAuth metadata discovery reach loopback and private addresses (rmcp refuses them by
     /// default against SSRF). For servers on a private network, and tests.
     pub allow_private_oauth_metadata: bool,
@@ -154,8 +154,7 @@ impl std::fmt::Debug for ManagerOptions {
             .field("client_version", &self.client_version)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
+            .field("reconnect", &self.reconnect)
             .field(
                 "allow_private_oauth_metadata",
                 &self.allow_private_oauth_metadata,
@@ -172,8 +171,9 @@ impl Default for ManagerOptions {
             client_version: env!("CARGO_PKG_VERSION").into(),
             connect_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(60),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
+            reconnect: RetryPolicy::exponential(Duration::from_millis(100), 2.0)
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter(0.25),
             allow_private_oauth_metadata: false,
             elicitation: None,
         }
@@ -1313,14 +1313,17 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                 set_state(&inner, &server, ServerState::Failed, Some(e.to_string()));
             }
         }
-        // Exponential backoff with jitter; a redial request skips the wait.
-        let base = inner.options.backoff_min.as_millis() as u64;
-        let max = inner.options.backoff_max.as_millis() as u64;
-        let delay = base.saturating_mul(1u64 << attempt.min(16)).min(max);
-        let jitter = rand::random_range(0..=delay / 4 + 1);
+        // The reconnect policy's delay; a redial request skips the wait.
         attempt = attempt.saturating_add(1);
+        let Some(delay) = inner.options.reconnect.next_delay(attempt) else {
+            warn!(
+                attempts = attempt,
+                "MCP server unreachable; giving up as the reconnect policy says"
+            );
+            return;
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(delay + jitter)) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = server.redial.notified() => {}
             _ = server.shutdown.cancelled() => return,
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use denizen_agents::Methods;
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Call, Context, McpClient};
 use denizen_mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen_runtime::retry::RetryPolicy;
 use denizen_runtime::{Bytes, Frame, Namespace, Outgoing, Result, Runtime, SocketHandle};
 use denizen_runtime::{Upgrade, http};
 use serde::{Deserialize, Serialize};
@@ -136,8 +137,8 @@ fn runtime_idle(
             mcp: AgentMcp::new(ManagerOptions {
                 // A dead server is noticed and a call to it fails fast.
                 connect_timeout: Duration::from_secs(3),
-                backoff_min: Duration::from_millis(50),
-                backoff_max: Duration::from_millis(500),
+                reconnect: RetryPolicy::exponential(Duration::from_millis(50), 2.0)
+                    .with_max_delay(Duration::from_millis(500)),
                 // The test's authorization server is on loopback.
                 allow_private_oauth_metadata: true,
                 ..ManagerOptions::default()

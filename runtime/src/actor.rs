@@ -13,16 +13,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::ctx::{Ctx, now_ms};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::namespace::{Gate, NsInner};
 use crate::object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
 use crate::socket::{SocketEventKind, SocketId, WebSocket};
-
-/// Alarm retries as in Durable Objects: 2 s, doubling, 25% jitter, 6 retries.
-pub(crate) const ALARM_RETRY_START: Duration = Duration::from_secs(2);
-pub(crate) const ALARM_MAX_RETRIES: u32 = 6;
+use crate::time::now_ms;
 
 /// One unit of work that produces a reply, kept type-erased so RPC messages of any type share the
 /// mailbox.
@@ -545,7 +542,8 @@ impl<O: DurableObject> State<O> {
             }
             Event::Alarm { retry_count, .. } => {
                 // Not the handler's fault: retry without counting it.
-                let next = now_ms() + backoff_ms(0);
+                let delay = self.ns.shared.options.alarm_retry.jittered_delay(1);
+                let next = now_ms().saturating_add(millis(delay));
                 self.ns
                     .shared
                     .retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count);
@@ -600,10 +598,11 @@ impl<O: DurableObject> State<O> {
                     Err(e) => Ok(Err(e)),
                 };
                 if let Err(error) = self.finish(caught) {
-                    if retry_count < ALARM_MAX_RETRIES {
-                        let next = now_ms() + backoff_ms(retry_count);
+                    let attempts = retry_count.saturating_add(1);
+                    if let Some(delay) = shared.options.alarm_retry.next_delay(attempts) {
+                        let next = now_ms().saturating_add(millis(delay));
                         tracing::warn!(error = %error, retry_count, "alarm handler failed; retrying");
-                        shared.retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count + 1);
+                        shared.retry_alarm(&self.ns.name, *self.id.bytes(), next, attempts);
                     } else {
                         tracing::error!(error = %error, "alarm handler failed {} times; giving up", retry_count + 1);
                         self.give_up_alarm().await;
@@ -626,9 +625,6 @@ impl<O: DurableObject> State<O> {
     }
 }
 
-/// 2 s × 2^retry, ±25%.
-pub(crate) fn backoff_ms(retry_count: u32) -> i64 {
-    let base = ALARM_RETRY_START.as_millis() as f64 * 2f64.powi(retry_count.min(9) as i32);
-    let jitter = 0.75 + rand::random::<f64>() * 0.5;
-    (base * jitter) as i64
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

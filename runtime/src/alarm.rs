@@ -10,12 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::ctx::now_ms;
 use crate::runtime::Shared;
+use crate::time::{now_ms, until_ms as until};
 
 type Key = (Arc<str>, [u8; 32]);
 
@@ -79,16 +79,6 @@ pub(crate) async fn run(shared: Weak<Shared>, mut ops: mpsc::UnboundedReceiver<O
             shared.warm_for_alarm(&key.0, key.1);
         }
     }
-}
-
-/// How long until `at_ms`, to the microsecond: counting from the current millisecond instead
-/// would add up to a millisecond of lateness to every alarm, on top of the timer's own rounding
-/// up to its next millisecond tick.
-fn until(at_ms: i64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_millis(u64::try_from(at_ms).unwrap_or(0)).saturating_sub(now)
 }
 
 /// Pending alarms by time and by object, and the ones whose object has not been woken yet.
@@ -170,6 +160,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn set(index: &mut Index, n: u8, at_ms: i64) {
         index.apply(Op::Set {

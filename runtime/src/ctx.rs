@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use denizen_storage::{ObjectTouch, Storage, Value};
 use futures_util::FutureExt;
@@ -19,6 +19,7 @@ use crate::socket::{
     Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, ObjectSockets, Outgoing, SocketEntry,
     SocketHandle, SocketId, Upgrade, WebSocket, validate_tags,
 };
+use crate::time::{from_ms, now_ms, to_ms};
 
 pub(crate) const ALARM_KEY: &str = "alarm";
 const NAME_KEY: &str = "name";
@@ -38,28 +39,6 @@ pub struct Ctx<O: DurableObject> {
     accepted: Vec<SocketId>,
     pub(crate) alarm_dirty: bool,
     pub(crate) background: usize,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-fn to_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-fn from_ms(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
 }
 
 impl<O: DurableObject> Ctx<O> {

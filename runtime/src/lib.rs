@@ -14,7 +14,8 @@
 //! - **Hibernation.** After `idle_timeout` without events or background work the instance is
 //!   dropped and its database closed; its WebSockets stay registered (with tags and attachment)
 //!   and the next event rebuilds it.
-//! - **Alarms** at least once, across restarts, retried with backoff (2 s, ×2, ±25%, 6 retries).
+//! - **Alarms** at least once, across restarts, retried with backoff ([`Options::alarm_retry`]:
+//!   2 s, ×2, ±25%, 6 retries).
 //! - **Overload is explicit**: a full mailbox answers [`Error::Overloaded`].
 //!
 //! For latency, an application that builds its own tokio runtime can add [`IdlePoll`] (what
@@ -77,8 +78,10 @@ mod idle_poll;
 mod metrics;
 mod namespace;
 mod object;
+pub mod retry;
 mod runtime;
 mod socket;
+pub mod time;
 
 pub use bytes::Bytes;
 pub use ctx::Ctx;

@@ -15,6 +15,7 @@ use crate::id::ObjectId;
 use crate::metrics::Metrics;
 use crate::namespace::{AnyNamespace, LruEntry, Namespace, NsInner};
 use crate::object::{DurableObject, Request, Response};
+use crate::retry::RetryPolicy;
 
 /// How the runtime runs. Every field has a default; see [`Options::default`].
 #[derive(Clone, Debug)]
@@ -33,6 +34,17 @@ pub struct Options {
     /// 1.3 GiB when that many are in use at once). Not bounded by the open-files limit: open
     /// objects share a pool of file descriptors, half the limit.
     pub max_open_objects: usize,
+    /// How a failing alarm handler is retried. Default [`Options::DEFAULT_ALARM_RETRY`], as in
+    /// Durable Objects.
+    pub alarm_retry: RetryPolicy,
+}
+
+impl Options {
+    /// Alarm retries as in Durable Objects: 2 s, doubling, ±25 % jitter, 6 retries.
+    pub const DEFAULT_ALARM_RETRY: RetryPolicy =
+        RetryPolicy::exponential(Duration::from_secs(2), 2.0)
+            .with_max_attempts(7)
+            .with_jitter(0.25);
 }
 
 impl Default for Options {
@@ -43,6 +55,7 @@ impl Default for Options {
             durability: Durability::Normal,
             mailbox_capacity: 1024,
             max_open_objects: DEFAULT_OPEN_OBJECTS,
+            alarm_retry: Options::DEFAULT_ALARM_RETRY,
         }
     }
 }

@@ -5,9 +5,8 @@
 //! `GET /objects/chat/<room>` answers the history as JSON. The room hibernates while its clients
 //! stay connected; `ping` is answered with `pong` without waking it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use denizen_runtime::http::StatusCode;
+use denizen_runtime::time::now_ms;
 use denizen_runtime::{
     Ctx, DurableObject, Frame, Request, Response, Result, Upgrade, WebSocket, http_util,
 };
@@ -29,13 +28,6 @@ pub struct ChatMessage {
     pub user: String,
     pub text: String,
     pub at: i64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn history(ctx: &mut Ctx<ChatRoom>) -> Result<Vec<ChatMessage>> {

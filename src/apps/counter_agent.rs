@@ -19,6 +19,7 @@ use denizen_agents::{
     Agent, AgentContext, Context, Failure, Methods, Schedule, Source, StreamingResponse,
 };
 use denizen_runtime::http::StatusCode;
+use denizen_runtime::time::now_ms;
 use denizen_runtime::{Error, Request, Response, Result, http_util};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -134,13 +135,6 @@ impl CounterAgent {
     async fn ticks(&mut self, cx: &mut Context<Self>) -> Result<i64> {
         Ok(cx.sql("SELECT n FROM ticks", ())?.first()?.unwrap_or(0))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Agent for CounterAgent {

@@ -1,6 +1,6 @@
 //! What an instance keeps in its SQLite file (KV entries), and the status it reports.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use denizen_storage::{ListOptions, Storage};
 use serde::{Deserialize, Serialize};
@@ -23,20 +23,7 @@ pub(crate) fn event_key(seq: u64) -> String {
     format!("{EVENT_PREFIX}{seq:020}")
 }
 
-pub(crate) fn now_ms() -> i64 {
-    to_ms(SystemTime::now())
-}
-
-pub(crate) fn to_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
-}
-
-pub(crate) fn from_ms(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
-}
+pub(crate) use denizen_runtime::time::{from_ms, now_ms, to_ms};
 
 /// Where an instance is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use denizen_runtime::Runtime;
+use denizen_runtime::retry::{Growth, RetryPolicy};
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -70,13 +71,23 @@ impl StepConfig {
 
     /// The delay before retry `n` (1-based).
     pub fn delay_before(&self, n: u32) -> Duration {
-        let n = n.max(1);
-        match self.backoff {
-            Backoff::Constant => self.delay,
-            Backoff::Linear => self.delay.saturating_mul(n),
-            Backoff::Exponential => self
-                .delay
-                .saturating_mul(2u32.saturating_pow((n - 1).min(31))),
+        RetryPolicy::from(self).delay(n)
+    }
+}
+
+impl From<&StepConfig> for RetryPolicy {
+    /// Exact delays (no jitter), no cap, `retries + 1` attempts.
+    fn from(c: &StepConfig) -> Self {
+        RetryPolicy {
+            initial: c.delay,
+            growth: match c.backoff {
+                Backoff::Constant => Growth::Constant,
+                Backoff::Linear => Growth::Linear,
+                Backoff::Exponential => Growth::Exponential(2.0),
+            },
+            max_delay: None,
+            max_attempts: Some(c.retries.saturating_add(1)),
+            jitter: 0.0,
         }
     }
 }
