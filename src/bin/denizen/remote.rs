@@ -1,0 +1,27 @@
+//! Reaching the server that runs on a data directory.
+
+use std::path::Path;
+
+/// Where `denizen serve` writes its address while it runs on a data directory.
+pub(crate) const SERVER_ADDRESS_FILE: &str = "server.address";
+
+/// The address of the server running on `dir`, from the file it keeps there while it runs.
+pub(crate) fn running_server(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(SERVER_ADDRESS_FILE)).ok()?;
+    let url = text.trim();
+    (!url.is_empty()).then(|| url.to_string())
+}
+
+pub(crate) enum Remote {
+    /// Nothing answered: no server there.
+    Unreachable(anyhow::Error),
+    /// The server answered with an error (bad SQL, unknown object, wrong token).
+    Refused(String),
+}
+
+/// `s` percent-encoded as one URL path segment.
+pub(crate) fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}

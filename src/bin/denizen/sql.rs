@@ -1,0 +1,190 @@
+//! `denizen sql`: one object's database, through the running server or from its file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use denizen::admin::{self, Address};
+use denizen::{Durability, Value};
+
+use crate::remote::{Remote, running_server, segment};
+
+/// One `denizen sql` invocation.
+pub(crate) struct Query<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) namespace: &'a str,
+    pub(crate) object: &'a str,
+    pub(crate) by_id: bool,
+    pub(crate) query: &'a str,
+    /// `--server`: the server named on the command line, if any.
+    pub(crate) server: Option<String>,
+    pub(crate) token: Option<String>,
+}
+
+/// Runs the query through the server running on the data directory, or on the file.
+pub(crate) fn run(q: Query<'_>) -> Result<()> {
+    let Query {
+        dir,
+        namespace,
+        object,
+        by_id: id,
+        query,
+        server,
+        token,
+    } = q;
+    let from_address_file = server.is_none();
+    let server = server.or_else(|| running_server(dir));
+    if let Some(url) = server {
+        match remote_sql(&url, token.as_deref(), namespace, object, id, query) {
+            Ok(answer) => return print_answer(&answer),
+            // The address file outlived a server killed without a chance to remove it.
+            Err(Remote::Unreachable(e)) if from_address_file => {
+                tracing::debug!(%url, error = %e, "no server answers for this data directory; opening the file");
+            }
+            Err(Remote::Unreachable(e)) => {
+                return Err(e).with_context(|| format!("no Denizen server answers at {url}"));
+            }
+            Err(Remote::Refused(message)) => bail!("{message}"),
+        }
+    }
+    let address = if id {
+        Address::Id(object)
+    } else {
+        Address::Name(object)
+    };
+    let mut opened = admin::open_object(dir, namespace, address, Durability::Normal)?;
+    let cursor = opened.storage.exec(query, [])?;
+    opened.storage.commit()?;
+    let rows: Vec<Vec<String>> = cursor
+        .rows()
+        .iter()
+        .map(|row| row.iter().map(show).collect())
+        .collect();
+    print_table(
+        cursor.columns(),
+        &rows,
+        &format!(
+            "{} read, {} written",
+            cursor.rows_read(),
+            cursor.rows_written()
+        ),
+    );
+    Ok(())
+}
+
+/// Runs the query through a server's `/admin/sql` route.
+pub(crate) fn remote_sql(
+    url: &str,
+    token: Option<&str>,
+    namespace: &str,
+    object: &str,
+    by_id: bool,
+    query: &str,
+) -> std::result::Result<serde_json::Value, Remote> {
+    let mut endpoint = format!(
+        "{}/admin/sql/{}/{}",
+        url.trim_end_matches('/'),
+        segment(namespace),
+        segment(object)
+    );
+    if by_id {
+        endpoint.push_str("?id");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Remote::Unreachable(e.into()))?;
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .post(&endpoint)
+            .body(query.to_string());
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Remote::Unreachable(e.into()))?;
+        let status = resp.status();
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| Remote::Unreachable(e.into()))?;
+        if !status.is_success() {
+            return Err(Remote::Refused(format!(
+                "the server at {url} answered {status}: {}",
+                body.trim()
+            )));
+        }
+        serde_json::from_str(&body).map_err(|e| {
+            Remote::Refused(format!(
+                "the server at {url} answered something else than SQL results: {e}"
+            ))
+        })
+    })
+}
+
+/// A result as `POST /admin/sql` answers it, printed like one read from the file.
+pub(crate) fn print_answer(answer: &serde_json::Value) -> Result<()> {
+    let columns: Vec<String> = answer["columns"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c.as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "NULL".to_string(),
+        serde_json::Value::String(t) => t.clone(),
+        serde_json::Value::Object(o) => match o.get("blob").and_then(|b| b.as_str()) {
+            Some(hex) => format!("x'{hex}'"),
+            None => v.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = answer["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    row.as_array()
+                        .map(|cells| cells.iter().map(cell).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print_table(
+        &columns,
+        &rows,
+        &format!(
+            "{} read, {} written; through the server",
+            answer["rows_read"], answer["rows_written"]
+        ),
+    );
+    Ok(())
+}
+
+/// Tab-separated: the column names, then one line per row; the counts on stderr.
+pub(crate) fn print_table(columns: &[String], rows: &[Vec<String>], counts: &str) {
+    println!("{}", columns.join("\t"));
+    for row in rows {
+        println!("{}", row.join("\t"));
+    }
+    eprintln!("({} rows, {counts})", rows.len());
+}
+
+/// A value as a table cell: SQL literals for NULL and blobs.
+pub(crate) fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => r.to_string(),
+        Value::Text(t) => t.clone(),
+        Value::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    }
+}
