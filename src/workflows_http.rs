@@ -84,7 +84,7 @@ async fn create(
 }
 
 async fn list(State(registry): State<Registry>, Path(name): Path<String>) -> Response {
-    let ids = match registry.list(&name) {
+    let ids = match registry.list(&name).await {
         Ok(ids) => ids,
         Err(e) => return error(e),
     };

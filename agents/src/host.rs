@@ -281,7 +281,7 @@ impl<A: Agent> AgentHost<A> {
             return Ok(());
         };
         // Everything before the call is committed, so a failing call rolls back only itself.
-        cx.commit()?;
+        cx.commit().await?;
         let before = if conn.readonly { state_text(cx)? } else { None };
         let span = tracing::debug_span!("rpc", method = %method, connection = %conn.id);
         let _enter = span.enter();
@@ -385,7 +385,7 @@ impl<A: Agent> AgentHost<A> {
                         .exec("DELETE FROM cf_agents_queues WHERE id = ?", (id.as_str(),))?;
                 }
             }
-            cx.commit()?;
+            cx.commit().await?;
         }
         let due: Vec<DueSchedule> = cx
             .storage()
@@ -416,7 +416,7 @@ impl<A: Agent> AgentHost<A> {
                 )?
                 .first()?;
             if still_there.is_none() {
-                cx.commit()?;
+                cx.commit().await?;
                 continue;
             }
             let recurring_next = || -> Result<Option<i64>> {
@@ -472,7 +472,7 @@ impl<A: Agent> AgentHost<A> {
                     }
                 }
             }
-            cx.commit()?;
+            cx.commit().await?;
         }
         Ok(())
     }
@@ -485,7 +485,7 @@ impl<A: Agent> AgentHost<A> {
         callback: &str,
         payload: &str,
     ) -> Result<std::result::Result<(), String>> {
-        cx.commit()?;
+        cx.commit().await?;
         let methods = self.methods.clone();
         let payload: Value = match serde_json::from_str(payload) {
             Ok(p) => p,

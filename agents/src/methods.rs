@@ -65,7 +65,7 @@ pub(crate) enum Callable<A: Agent> {
 ///     }
 ///     async fn count(&mut self, cx: &mut Context<Self>, s: StreamingResponse, n: u32) -> Result<()> {
 ///         for i in 0..n {
-///             s.send(cx, i)?;
+///             s.send(cx, i).await?;
 ///         }
 ///         s.end(cx, "done")
 ///     }
@@ -251,7 +251,7 @@ pub struct StreamingResponse {
 
 impl StreamingResponse {
     /// Sends one chunk (`done: false`).
-    pub fn send<A: Agent>(&self, cx: &mut Context<A>, chunk: impl Serialize) -> Result<()> {
+    pub async fn send<A: Agent>(&self, cx: &mut Context<A>, chunk: impl Serialize) -> Result<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(Error::msg("the stream was already ended"));
         }
@@ -261,7 +261,7 @@ impl StreamingResponse {
             self.ws,
             protocol::rpc_result(&self.id, Some(chunk), false).to_string(),
         );
-        cx.commit()
+        cx.commit().await
     }
 
     /// Ends the stream with a final value (`done: true`).

@@ -141,7 +141,7 @@ impl Agent for Probe {
         m.streaming("stream", |_, cx, s, (n,): (u32,)| {
             Box::pin(async move {
                 for i in 0..n {
-                    s.send(cx, i)?;
+                    s.send(cx, i).await?;
                 }
                 if n == 2 {
                     return Err(Error::msg("stream broke"));

@@ -554,7 +554,7 @@ async fn a_thousand_concurrent_instances_complete() {
         done += 1;
     }
     assert_eq!(done, 1000);
-    assert_eq!(c.list().unwrap().len(), 1000);
+    assert_eq!(c.list().await.unwrap().len(), 1000);
     for i in 0..1000 {
         assert_eq!(script.calls.get(&format!("i{i}/extra-1")), 1);
     }
@@ -602,7 +602,7 @@ async fn bad_input_gets_clear_errors() {
     let err = registry.create("script", dup, json!({})).await.unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     // Nothing was created for the unknown instance.
-    assert_eq!(registry.list("script").unwrap(), vec![id]);
+    assert_eq!(registry.list("script").await.unwrap(), vec![id]);
     rt.shutdown().await;
 }
 

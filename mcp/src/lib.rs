@@ -58,11 +58,11 @@
 //!
 //! ```
 //! use denizen_mcp::{McpClientManager, ManagerOptions, ServerConfig, store};
-//! use denizen_storage::{Durability, Storage};
+//! use denizen_storage::{Database, Durability};
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let mut storage = Storage::open(&dir.path().join("agent.sqlite"), Durability::Normal)?;
+//! let mut storage = Database::open(&dir.path().join("agent.sqlite"), Durability::Normal)?;
 //! let manager = McpClientManager::new(ManagerOptions::default());
 //! manager.add_server(ServerConfig::new("docs", "http://127.0.0.1:9/mcp"))?;
 //! store::save_all(&mut storage, &manager)?;

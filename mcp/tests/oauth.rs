@@ -9,7 +9,7 @@ use std::time::Duration;
 use denizen_mcp::{
     CallOptions, ManagerOptions, McpClientManager, OAuthOptions, ServerConfig, ServerState, store,
 };
-use denizen_storage::{Durability, Storage};
+use denizen_storage::{Database, Durability};
 use serde_json::json;
 use support::{Peer, authorize, free_port, init_tracing};
 
@@ -62,7 +62,7 @@ async fn full_flow_then_token_reused_after_restart() {
     let db = dir.path().join("agent.sqlite");
 
     {
-        let mut storage = Storage::open(&db, Durability::Normal).expect("open");
+        let mut storage = Database::open(&db, Durability::Normal).expect("open");
         let manager = McpClientManager::new(options());
         let mut config = ServerConfig::new("ts", &peer.url);
         config.oauth = Some(OAuthOptions {
@@ -113,7 +113,7 @@ async fn full_flow_then_token_reused_after_restart() {
     }
 
     // The object restarts: the stored registration and token are used, nobody is asked.
-    let mut storage = Storage::open(&db, Durability::Normal).expect("reopen");
+    let mut storage = Database::open(&db, Durability::Normal).expect("reopen");
     let manager = McpClientManager::new(options());
     store::restore(&mut storage, &manager).expect("restore");
     let mut changes = manager.subscribe();
@@ -178,7 +178,7 @@ async fn callback_after_the_object_restarted_mid_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("agent.sqlite");
     let auth_url = {
-        let mut storage = Storage::open(&db, Durability::Normal).expect("open");
+        let mut storage = Database::open(&db, Durability::Normal).expect("open");
         let manager = McpClientManager::new(options());
         let mut config = ServerConfig::new("ts", &peer.url);
         config.oauth = Some(OAuthOptions {
@@ -195,7 +195,7 @@ async fn callback_after_the_object_restarted_mid_flow() {
     // The user authorizes while the object is gone (hibernated or restarted).
     let callback = authorize(&auth_url, CALLBACK).await;
 
-    let mut storage = Storage::open(&db, Durability::Normal).expect("reopen");
+    let mut storage = Database::open(&db, Durability::Normal).expect("reopen");
     let manager = McpClientManager::new(options());
     store::restore(&mut storage, &manager).expect("restore");
     manager

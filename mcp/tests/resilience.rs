@@ -9,7 +9,7 @@ use denizen_mcp::{
     CallOptions, Era, Error, ManagerOptions, McpClientManager, ServerConfig, ServerState,
     TransportKind, store,
 };
-use denizen_storage::{Durability, Storage};
+use denizen_storage::{Database, Durability};
 use serde_json::json;
 use support::{Peer, free_port, init_tracing};
 
@@ -142,7 +142,7 @@ async fn servers_and_routes_survive_an_object_restart() {
     let ev = Peer::everything("sse", free_port()).await;
 
     {
-        let mut storage = Storage::open(&db, Durability::Normal).expect("open");
+        let mut storage = Database::open(&db, Durability::Normal).expect("open");
         let manager = McpClientManager::new(ManagerOptions::default());
         store::restore(&mut storage, &manager).expect("restore");
         assert!(manager.servers().is_empty());
@@ -159,7 +159,7 @@ async fn servers_and_routes_survive_an_object_restart() {
     }
 
     // A new activation: nothing in memory, everything from SQLite.
-    let mut storage = Storage::open(&db, Durability::Normal).expect("reopen");
+    let mut storage = Database::open(&db, Durability::Normal).expect("reopen");
     let saved = store::load_servers(&mut storage).expect("load");
     assert_eq!(saved.len(), 2);
     let ev_saved = saved.iter().find(|c| c.id == "ev").expect("ev saved");

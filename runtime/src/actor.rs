@@ -1,6 +1,7 @@
 //! The object's mailbox: a ractor actor that owns the instance and its `Ctx`, runs one event at a
 //! time, commits after each, and hibernates when idle.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -87,7 +88,10 @@ impl SqlJob {
 impl<O: DurableObject> Job<O> for SqlJob {
     fn run<'a>(&'a mut self, _obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.result = Some(ctx.storage().exec(&self.query, ())?);
+            let limits = ctx.ns.shared.options.operator_query_limits;
+            let (query, storage) = (&self.query, ctx.storage());
+            // A long query must not hold a worker thread other objects' events need.
+            self.result = Some(off_worker(|| storage.exec_limited(query, (), &limits))?);
             Ok(())
         })
     }
@@ -328,10 +332,12 @@ impl<O: DurableObject> State<O> {
         true
     }
 
-    /// Drops the instance and closes the database, recording size and activity in the catalog.
+    /// Drops the instance and closes the database, recording size and activity in the catalog
+    /// (an object never written to has neither).
     fn hibernate(&mut self) {
         self.instance = None;
-        if let Some(mut ctx) = self.ctx.take() {
+        if let Some(mut ctx) = self.ctx.take().filter(|ctx| ctx.exists()) {
+            // Only reads can be left open here: every event ends committed or rolled back.
             if let Err(e) = ctx.storage.commit() {
                 tracing::error!(error = %e, "commit at hibernation failed");
             }
@@ -355,46 +361,26 @@ impl<O: DurableObject> State<O> {
     /// Opens the database and builds the instance (running `on_start`) if needed.
     async fn ensure_started(&mut self) -> Result<()> {
         if self.ctx.is_none() {
-            // Creating a database is slow blocking file I/O: it runs on the blocking pool, so
-            // many first touches overlap. Reopening one (a wake) is quick and stays inline.
             let path = denizen_storage::object_path(
                 &self.ns.shared.options.data_dir,
                 &self.ns.name,
                 &self.id.to_hex(),
             );
-            let opened = if path.exists() {
-                Ctx::open(&self.ns, &self.id, &path)
-            } else {
-                let (ns, id) = (self.ns.clone(), self.id.clone());
-                let _permit = self.ns.shared.creations.acquire().await;
-                tokio::task::spawn_blocking(move || Ctx::open(&ns, &id, &path))
-                    .await
-                    .map_err(|e| Error::StartFailed {
-                        message: format!("opening the database panicked: {e}"),
-                    })?
-            };
-            let (ctx, registration) = opened.map_err(|e| Error::StartFailed {
+            // A new object opens in memory (its file is written at its first write); an existing
+            // one is reopened: both quick enough to stay inline.
+            let ctx = Ctx::open(&self.ns, &self.id, &path).map_err(|e| Error::StartFailed {
                 message: e.to_string(),
             })?;
-            if let Some(registration) = registration {
-                // Nothing the new object does is acknowledged before it is in the catalog.
-                registration
-                    .await
-                    .unwrap_or_else(|_| Err("the catalog writer stopped".into()))
-                    .map_err(|message| Error::StartFailed {
-                        message: format!(
-                            "recording the new object in the catalog failed: {message}"
-                        ),
-                    })?;
-            }
             self.ctx = Some(ctx);
         }
         if self.instance.is_none() {
+            let timeout = self.ns.shared.options.event_timeout;
             let Some(ctx) = self.ctx.as_mut() else {
                 return Err(Error::Unavailable);
             };
             let mut instance = (self.ns.factory)();
-            let caught: Caught = AssertUnwindSafe(instance.on_start(ctx))
+            ctx.storage.set_time_budget(timeout);
+            let caught: Caught = AssertUnwindSafe(bounded(timeout, instance.on_start(ctx)))
                 .catch_unwind()
                 .await;
             // Writes alone join the transaction of the event that follows (one commit for both,
@@ -403,7 +389,7 @@ impl<O: DurableObject> State<O> {
             // reveals is committed and released now.
             let writes_only = matches!(caught, Ok(Ok(()))) && !ctx.holds_outputs();
             if !writes_only {
-                self.finish(caught).map_err(|e| Error::StartFailed {
+                self.finish(caught).await.map_err(|e| Error::StartFailed {
                     message: format!("on_start failed: {e}"),
                 })?;
             }
@@ -413,7 +399,7 @@ impl<O: DurableObject> State<O> {
     }
 
     /// Commits a successful event and releases its outputs; rolls back and resets a failed one.
-    fn finish(&mut self, caught: Caught) -> Result<()> {
+    async fn finish(&mut self, caught: Caught) -> Result<()> {
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(Error::Unavailable);
         };
@@ -425,7 +411,11 @@ impl<O: DurableObject> State<O> {
                 Err(Error::Panicked { message })
             }
         };
-        let result = result.and_then(|()| ctx.commit_writes());
+        let result = match result {
+            Ok(()) => ctx.commit_writes().await,
+            Err(e) => Err(e),
+        };
+        ctx.storage.set_time_budget(None);
         match result {
             Ok(()) => {
                 ctx.release_outputs();
@@ -469,19 +459,21 @@ impl<O: DurableObject> State<O> {
             self.fail_undelivered(event, error);
             return;
         }
+        let timeout = self.ns.shared.options.event_timeout;
         let (Some(instance), Some(ctx)) = (self.instance.as_mut(), self.ctx.as_mut()) else {
             return;
         };
+        ctx.storage.set_time_budget(timeout);
         match event {
             Event::Job(mut job) => {
                 let is_task = job.is_task();
-                let caught: Caught = AssertUnwindSafe(job.run(instance, ctx))
+                let caught: Caught = AssertUnwindSafe(bounded(timeout, job.run(instance, ctx)))
                     .catch_unwind()
                     .await;
                 if is_task {
                     ctx.background = ctx.background.saturating_sub(1);
                 }
-                match self.finish(caught) {
+                match self.finish(caught).await {
                     Ok(()) => job.succeed(),
                     Err(e) => job.fail(e),
                 }
@@ -495,26 +487,32 @@ impl<O: DurableObject> State<O> {
                 let closing = !matches!(kind, SocketEventKind::Message(_));
                 let caught: Caught = match kind {
                     SocketEventKind::Message(frame) => {
-                        AssertUnwindSafe(instance.websocket_message(ctx, ws, frame))
-                            .catch_unwind()
-                            .await
+                        AssertUnwindSafe(bounded(
+                            timeout,
+                            instance.websocket_message(ctx, ws, frame),
+                        ))
+                        .catch_unwind()
+                        .await
                     }
                     SocketEventKind::Close {
                         code,
                         reason,
                         was_clean,
                     } => {
-                        AssertUnwindSafe(instance.websocket_close(ctx, ws, code, reason, was_clean))
-                            .catch_unwind()
-                            .await
+                        AssertUnwindSafe(bounded(
+                            timeout,
+                            instance.websocket_close(ctx, ws, code, reason, was_clean),
+                        ))
+                        .catch_unwind()
+                        .await
                     }
                     SocketEventKind::Error(error) => {
-                        AssertUnwindSafe(instance.websocket_error(ctx, ws, error))
+                        AssertUnwindSafe(bounded(timeout, instance.websocket_error(ctx, ws, error)))
                             .catch_unwind()
                             .await
                     }
                 };
-                if let Err(e) = self.finish(caught) {
+                if let Err(e) = self.finish(caught).await {
                     tracing::warn!(error = %e, socket, "websocket handler failed");
                 }
                 if closing && let Some(ctx) = self.ctx.as_mut() {
@@ -549,7 +547,8 @@ impl<O: DurableObject> State<O> {
                     .retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count);
             }
             Event::Socket { socket, kind } if !matches!(kind, SocketEventKind::Message(_)) => {
-                self.ns.sockets_of(&self.id).lock().sockets.remove(&socket);
+                let sockets = self.ns.sockets_of(&self.id);
+                self.ns.remove_socket(&sockets, socket);
             }
             _ => {}
         }
@@ -557,6 +556,7 @@ impl<O: DurableObject> State<O> {
 
     async fn run_alarm(&mut self, at_ms: i64, retry_count: u32) {
         let shared = self.ns.shared.clone();
+        let timeout = shared.options.event_timeout;
         let (Some(instance), Some(ctx)) = (self.instance.as_mut(), self.ctx.as_mut()) else {
             return;
         };
@@ -591,13 +591,13 @@ impl<O: DurableObject> State<O> {
                             retry_count,
                             is_retry: retry_count > 0,
                         };
-                        AssertUnwindSafe(instance.alarm(ctx, info))
+                        AssertUnwindSafe(bounded(timeout, instance.alarm(ctx, info)))
                             .catch_unwind()
                             .await
                     }
                     Err(e) => Ok(Err(e)),
                 };
-                if let Err(error) = self.finish(caught) {
+                if let Err(error) = self.finish(caught).await {
                     let attempts = retry_count.saturating_add(1);
                     if let Some(delay) = shared.options.alarm_retry.next_delay(attempts) {
                         let next = now_ms().saturating_add(millis(delay));
@@ -617,11 +617,34 @@ impl<O: DurableObject> State<O> {
             return;
         }
         if let Some(ctx) = self.ctx.as_mut() {
-            let result = ctx.delete_alarm().and_then(|()| ctx.commit_writes());
+            let result = match ctx.delete_alarm() {
+                Ok(()) => ctx.commit_writes().await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = result {
                 tracing::error!(error = %e, "could not drop the failed alarm");
             }
         }
+    }
+}
+
+/// Runs blocking `f` where it does not hold up the other tasks of a worker thread: on a
+/// multi-threaded runtime the worker hands its other tasks to a new one meanwhile.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// `fut`, failing with [`Error::EventTimeout`] if it runs past `timeout`. A handler that completes
+/// at once never arms the timer.
+async fn bounded<F: Future<Output = Result<()>>>(timeout: Option<Duration>, fut: F) -> Result<()> {
+    match timeout {
+        Some(after) => tokio::time::timeout(after, fut)
+            .await
+            .unwrap_or(Err(Error::EventTimeout { after })),
+        None => fut.await,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use denizen_storage::{Catalog, DataDirLock, Durability, Storage};
+use denizen_storage::{Catalog, DataDirLock, Database, Durability};
 
 use crate::error::{Error, Result};
 use crate::id::{IdMinter, ObjectId};
@@ -38,7 +38,7 @@ pub fn list_objects(data_dir: &Path, namespace: &str) -> Result<Vec<ObjectInfo>>
 /// An object's database opened by an operator's tool, with the data directory held meanwhile.
 pub struct OpenObject {
     pub id: ObjectId,
-    pub storage: Storage,
+    pub storage: Database,
     _lock: DataDirLock,
 }
 
@@ -56,7 +56,7 @@ pub fn open_object(
     let lock = DataDirLock::acquire(data_dir)?;
     Ok(OpenObject {
         id,
-        storage: Storage::open(&path, durability)?,
+        storage: Database::open(&path, durability)?,
         _lock: lock,
     })
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Instant, SystemTime};
 
-use denizen_storage::{ObjectTouch, Storage, Value};
+use denizen_storage::{Database, ObjectTouch, Storage, Value};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -32,7 +32,10 @@ const NAME_KEY: &str = "name";
 pub struct Ctx<O: DurableObject> {
     pub(crate) id: ObjectId,
     pub(crate) ns: Arc<NsInner<O>>,
-    pub(crate) storage: Storage,
+    pub(crate) storage: Database,
+    /// The object has a row in the catalog (it existed when opened, or its row was written when
+    /// its first write created its file).
+    registered: bool,
     pub(crate) sockets: Arc<ObjectSockets>,
     outbox: Vec<(SocketId, Outgoing)>,
     pending: Vec<BoxFuture<'static, Event<O>>>,
@@ -42,55 +45,58 @@ pub struct Ctx<O: DurableObject> {
 }
 
 impl<O: DurableObject> Ctx<O> {
-    /// Opens the object's database and records it in the catalog. A new object comes with its
-    /// catalog registration, which must be committed before the object reveals anything.
+    /// Opens the object's database. An object that does not exist yet reads as an empty one and
+    /// is created (file and catalog row) only by its first write, so reading it leaves nothing
+    /// behind.
     pub(crate) fn open(
         ns: &Arc<NsInner<O>>,
         id: &ObjectId,
         path: &std::path::Path,
-    ) -> Result<(Self, Option<crate::runtime::Recorded>)> {
+    ) -> Result<Self> {
         let shared = &ns.shared;
-        let mut storage = Storage::open_with_schema(path, shared.options.durability, O::SCHEMA)?;
-        let is_new = storage.created();
+        let mut storage = Database::open_deferred(path, shared.options.durability, O::SCHEMA)?;
+        let is_new = storage.is_deferred();
         let mut id = id.clone();
         if id.name().is_none() {
             let stored = match storage.meta_get(NAME_KEY)? {
                 Some(Value::Text(name)) => Some(name),
+                _ if is_new => None,
                 _ => shared
                     .catalog
                     .object(&ns.name, &id.to_hex())?
                     .and_then(|r| r.name),
             };
             id = id.with_name(stored.map(Into::into));
-        } else if is_new {
-            // Written with the first event's transaction: no extra commit on first touch.
-            storage.meta_set(NAME_KEY, id.name().map(|n| Value::Text(n.to_string())))?;
+        } else if is_new && let Some(name) = id.name() {
+            // Written with the first write, in its transaction.
+            storage.meta_set_with_first_write(NAME_KEY, Value::Text(name.to_string()))?;
         }
-        let touch = ObjectTouch {
-            namespace: ns.name.to_string(),
-            id: id.to_hex(),
-            name: id.name().map(str::to_string),
-            at_ms: now_ms(),
-            size_bytes: None,
-        };
-        let registration = if is_new {
-            Some(shared.register_object(touch))
-        } else {
-            shared.touch_later(touch);
-            None
-        };
-        let ctx = Ctx {
+        if !is_new {
+            shared.touch_later(ObjectTouch {
+                namespace: ns.name.to_string(),
+                id: id.to_hex(),
+                name: id.name().map(str::to_string),
+                at_ms: now_ms(),
+                size_bytes: None,
+            });
+        }
+        Ok(Ctx {
             sockets: ns.sockets_of(&id),
             id,
             ns: ns.clone(),
             storage,
+            registered: !is_new,
             outbox: Vec::new(),
             pending: Vec::new(),
             accepted: Vec::new(),
             alarm_dirty: false,
             background: 0,
-        };
-        Ok((ctx, registration))
+        })
+    }
+
+    /// Whether the object exists on disk (something was ever written).
+    pub(crate) fn exists(&self) -> bool {
+        !self.storage.is_deferred()
     }
 
     /// This object's id; `id().name()` is the name it was addressed by.
@@ -196,7 +202,7 @@ impl<O: DurableObject> Ctx<O> {
         P: Handler<M>,
         M: Message,
     {
-        self.commit()?;
+        self.commit().await?;
         stub.call(msg).await
     }
 
@@ -206,7 +212,7 @@ impl<O: DurableObject> Ctx<O> {
         stub: &Stub<P>,
         req: Request,
     ) -> Result<Response> {
-        self.commit()?;
+        self.commit().await?;
         stub.fetch(req).await
     }
 
@@ -358,8 +364,8 @@ impl<O: DurableObject> Ctx<O> {
     /// Commits the writes made so far and releases the messages held behind them. Handlers
     /// rarely need this: the runtime commits when they return. After it, a failing handler
     /// rolls back only what came later.
-    pub fn commit(&mut self) -> Result<()> {
-        self.commit_writes()?;
+    pub async fn commit(&mut self) -> Result<()> {
+        self.commit_writes().await?;
         self.release_outputs();
         Ok(())
     }
@@ -372,22 +378,37 @@ impl<O: DurableObject> Ctx<O> {
         self.abort()
     }
 
-    pub(crate) fn commit_writes(&mut self) -> Result<()> {
+    /// Commits the event's writes. First, off the worker thread, the catalog gets what must be
+    /// there before the commit: the object's row when this event created its file, and its
+    /// alarm in the due index.
+    pub(crate) async fn commit_writes(&mut self) -> Result<()> {
+        let shared = self.ns.shared.clone();
+        let recorded = |r: std::result::Result<std::result::Result<(), String>, _>| {
+            r.unwrap_or_else(|_| Err("the catalog writer stopped".into()))
+                .map_err(|message| Error::CommitFailed {
+                    message: format!("writing the catalog failed: {message}"),
+                })
+        };
+        if !self.registered && self.storage.created() {
+            let touch = ObjectTouch {
+                namespace: self.ns.name.to_string(),
+                id: self.id.to_hex(),
+                name: self.id.name().map(str::to_string),
+                at_ms: now_ms(),
+                size_bytes: None,
+            };
+            recorded(shared.register_object(touch).await)?;
+            self.registered = true;
+        }
         let alarm = if self.alarm_dirty {
             let at = self.stored_alarm()?;
             if let Some(at) = at {
-                // The due index may name an alarm that never commits (harmless: the object's own
-                // file is checked when it fires), but must never miss one that did.
-                self.ns
-                    .shared
-                    .catalog
-                    .set_alarm(&self.ns.name, &self.id.to_hex(), at, 0)?;
+                recorded(shared.record_alarm(&self.ns.name, &self.id, at).await)?;
             }
             Some(at)
         } else {
             None
         };
-        let shared = &self.ns.shared;
         // An event that touched no storage has nothing to commit (and no latency to record).
         if self.storage.in_transaction() {
             let started = Instant::now();
@@ -459,8 +480,6 @@ impl<O: DurableObject> Ctx<O> {
     }
 
     pub(crate) fn forget_socket(&mut self, id: SocketId) {
-        if self.sockets.lock().sockets.remove(&id).is_some() {
-            self.ns.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
-        }
+        self.ns.remove_socket(&self.sockets, id);
     }
 }

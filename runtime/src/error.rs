@@ -40,6 +40,12 @@ pub enum Error {
         "the object's handler panicked: {message}; its writes were rolled back and the object reset"
     )]
     Panicked { message: String },
+    /// The handler ran past the per-event deadline (`Options::event_timeout`); its writes were
+    /// rolled back and the instance reset.
+    #[error(
+        "the object's handler ran past its deadline of {after:?} and was stopped; its writes were rolled back and the object reset — move slow work into ctx.spawn"
+    )]
+    EventTimeout { after: std::time::Duration },
     /// The object could not be activated (its database could not be opened, or `on_start` failed).
     #[error("the object could not start: {message}")]
     StartFailed { message: String },

@@ -122,11 +122,24 @@ impl<O: DurableObject> NsInner<O> {
         lock(&self.sockets).entry(*id.bytes()).or_default().clone()
     }
 
-    /// Drops the socket registry of a hibernating object that has no sockets left.
+    /// Drops the socket registry of a hibernating object that has no sockets left — unless
+    /// someone else holds it: a new instance of the object may already have taken it (under this
+    /// same lock, in `sockets_of`), and removing it then would orphan every socket that instance
+    /// accepts.
     pub(crate) fn release_sockets(&self, id: &ObjectId) {
         let mut map = lock(&self.sockets);
-        if map.get(id.bytes()).is_some_and(|s| s.is_empty()) {
+        if map
+            .get(id.bytes())
+            .is_some_and(|s| Arc::strong_count(s) == 1 && s.is_empty())
+        {
             map.remove(id.bytes());
+        }
+    }
+
+    /// Removes a socket from an object's registry, keeping the open-sockets gauge right.
+    pub(crate) fn remove_socket(&self, sockets: &ObjectSockets, socket: SocketId) {
+        if sockets.lock().sockets.remove(&socket).is_some() {
+            self.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
         }
     }
 
@@ -265,6 +278,10 @@ impl<O: DurableObject> NsInner<O> {
 }
 
 impl<O: DurableObject> SocketRouter for NsInner<O> {
+    fn forget(&self, sockets: &ObjectSockets, socket: SocketId) {
+        self.remove_socket(sockets, socket);
+    }
+
     fn deliver(
         self: Arc<Self>,
         object: &[u8; 32],
@@ -333,10 +350,11 @@ impl<O: DurableObject> Namespace<O> {
     }
 
     /// Every object ever created in this namespace, with whether it is in memory now.
-    pub fn list(&self) -> Result<Vec<crate::ObjectInfo>> {
+    pub async fn list(&self) -> Result<Vec<crate::ObjectInfo>> {
         crate::runtime::list_objects(&self.inner.shared, &self.inner.name, &|id| {
             self.inner.is_live(id)
         })
+        .await
     }
 
     /// How many objects of this namespace are in memory.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use denizen_storage::{Catalog, DataDirLock, Durability, ObjectTouch};
+use denizen_storage::{Catalog, CatalogWrite, DataDirLock, Durability, ObjectTouch, QueryLimits};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
@@ -37,6 +37,14 @@ pub struct Options {
     /// How a failing alarm handler is retried. Default [`Options::DEFAULT_ALARM_RETRY`], as in
     /// Durable Objects.
     pub alarm_retry: RetryPolicy,
+    /// A handler (any event, `on_start` included) running longer is stopped: its writes are
+    /// rolled back, the instance is reset and the caller gets [`Error::EventTimeout`]; a SQL
+    /// statement running past it is interrupted. Default 30 s; `None` for no bound. Long work
+    /// belongs in `ctx.spawn`, which is not bounded.
+    pub event_timeout: Option<Duration>,
+    /// Bounds on an operator's query through [`Runtime::sql`] (the admin SQL route and
+    /// `denizen sql`). Default [`QueryLimits::OPERATOR`]: 5 s, 10,000 rows, 16 MiB.
+    pub operator_query_limits: QueryLimits,
 }
 
 impl Options {
@@ -45,6 +53,9 @@ impl Options {
         RetryPolicy::exponential(Duration::from_secs(2), 2.0)
             .with_max_attempts(7)
             .with_jitter(0.25);
+
+    /// See [`Options::event_timeout`].
+    pub const DEFAULT_EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl Default for Options {
@@ -56,6 +67,8 @@ impl Default for Options {
             mailbox_capacity: 1024,
             max_open_objects: DEFAULT_OPEN_OBJECTS,
             alarm_retry: Options::DEFAULT_ALARM_RETRY,
+            event_timeout: Some(Options::DEFAULT_EVENT_TIMEOUT),
+            operator_query_limits: QueryLimits::OPERATOR,
         }
     }
 }
@@ -107,14 +120,14 @@ pub struct ObjectInfo {
     pub live: bool,
 }
 
+/// Work for the catalog writer thread: writes, answered (when asked) once committed, and
+/// flushes, answered once everything sent before is committed.
 enum CatalogOp {
-    Touch(ObjectTouch),
-    /// A new object: answered once its row is committed.
-    Register(ObjectTouch, RecordedAck),
-    Flush(std_mpsc::SyncSender<()>),
+    Write(CatalogWrite, Option<RecordedAck>),
+    Flush(RecordedAck),
 }
 
-/// The answer to a new object's registration: its catalog row is committed, or why not.
+/// The answer to a catalog write: it is committed, or why not.
 pub(crate) type RecordedAck = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
 pub(crate) type Recorded = tokio::sync::oneshot::Receiver<std::result::Result<(), String>>;
 
@@ -134,9 +147,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) next_socket_id: AtomicU64,
     catalog_tx: std::sync::Mutex<Option<std_mpsc::Sender<CatalogOp>>>,
-    /// Object databases being created at once: creation is blocking file I/O on the blocking
-    /// pool, and more threads than cores doing it only contend.
-    pub(crate) creations: tokio::sync::Semaphore,
     /// Held from build to the end of shutdown.
     data_dir_lock: std::sync::Mutex<Option<DataDirLock>>,
     alarms_tx: mpsc::UnboundedSender<alarm::Op>,
@@ -238,45 +248,67 @@ impl Shared {
         });
     }
 
-    /// Records activity in the catalog in the background (batched).
-    pub(crate) fn touch_later(&self, touch: ObjectTouch) {
+    /// Queues a catalog write for the writer thread's next batch (one commit for everything
+    /// queued meanwhile). With `ack`, it is answered once committed.
+    fn catalog_write(&self, write: CatalogWrite, ack: Option<RecordedAck>) {
         let tx = crate::socket::lock(&self.catalog_tx);
-        if let Some(tx) = tx.as_ref() {
-            let _ = tx.send(CatalogOp::Touch(touch));
+        let unsent = match tx.as_ref() {
+            Some(tx) => match tx.send(CatalogOp::Write(write, ack)) {
+                Ok(()) => None,
+                Err(std_mpsc::SendError(CatalogOp::Write(write, ack))) => Some((write, ack)),
+                Err(_) => None,
+            },
+            None => Some((write, ack)),
+        };
+        drop(tx);
+        // The writer is gone (the runtime stopped): write it here.
+        if let Some((write, ack)) = unsent {
+            let written = self.catalog.write(&[write]).map_err(|e| e.to_string());
+            if let Some(ack) = ack {
+                let _ = ack.send(written);
+            }
         }
     }
 
-    /// Records a new object in the catalog in the writer's next batch (one commit for every
-    /// object created meanwhile). The receiver answers once the row is committed.
-    pub(crate) fn register_object(&self, touch: ObjectTouch) -> Recorded {
+    /// Queues a catalog write and answers once it is committed.
+    fn catalog_write_acked(&self, write: CatalogWrite) -> Recorded {
         let (ack, done) = tokio::sync::oneshot::channel();
-        let tx = crate::socket::lock(&self.catalog_tx);
-        match tx.as_ref() {
-            Some(tx) => {
-                if let Err(std_mpsc::SendError(CatalogOp::Register(touch, ack))) =
-                    tx.send(CatalogOp::Register(touch, ack))
-                {
-                    let _ = ack.send(write_now(&self.catalog, touch));
-                }
-            }
-            // The writer is gone (shutdown): write it here.
-            None => {
-                let _ = ack.send(write_now(&self.catalog, touch));
-            }
-        }
+        self.catalog_write(write, Some(ack));
         done
     }
 
-    fn flush_catalog(&self) {
-        let (ack_tx, ack_rx) = std_mpsc::sync_channel(1);
+    /// Records activity in the catalog in the background (batched).
+    pub(crate) fn touch_later(&self, touch: ObjectTouch) {
+        self.catalog_write(CatalogWrite::Touch(touch), None);
+    }
+
+    /// Records a new object in the catalog; the receiver answers once its row is committed.
+    pub(crate) fn register_object(&self, touch: ObjectTouch) -> Recorded {
+        self.catalog_write_acked(CatalogWrite::Touch(touch))
+    }
+
+    /// Puts an alarm the object is about to commit into the due index; the receiver answers once
+    /// it is there. The index may name an alarm that never commits (harmless: the object's own
+    /// file is checked when it fires), but must never miss one that did.
+    pub(crate) fn record_alarm(&self, namespace: &str, id: &ObjectId, at_ms: i64) -> Recorded {
+        self.catalog_write_acked(CatalogWrite::SetAlarm {
+            namespace: namespace.to_string(),
+            id: id.to_hex(),
+            at_ms,
+            retry_count: 0,
+        })
+    }
+
+    /// Waits until every catalog write queued before is committed.
+    async fn flush_catalog(&self) {
+        let (ack, done) = tokio::sync::oneshot::channel();
         let sent = {
             let tx = crate::socket::lock(&self.catalog_tx);
             tx.as_ref()
-                .map(|tx| tx.send(CatalogOp::Flush(ack_tx)).is_ok())
-                .unwrap_or(false)
+                .is_some_and(|tx| tx.send(CatalogOp::Flush(ack)).is_ok())
         };
         if sent {
-            let _ = ack_rx.recv_timeout(Duration::from_secs(10));
+            let _ = done.await;
         }
     }
 
@@ -296,19 +328,31 @@ impl Shared {
     }
 
     /// A failed alarm: durable retry record, then the timer.
+    /// (The alarm's own row stays in the index until then, so a crash before the retry is
+    /// recorded delivers it again: at least once.)
     pub(crate) fn retry_alarm(&self, namespace: &str, id: [u8; 32], at_ms: i64, retry_count: u32) {
-        let hex = ObjectId::from_bytes(id).to_hex();
-        if let Err(e) = self.catalog.set_alarm(namespace, &hex, at_ms, retry_count) {
-            tracing::error!(error = %e, "could not record the alarm retry; retrying from memory only");
-        }
+        self.catalog_write(
+            CatalogWrite::SetAlarm {
+                namespace: namespace.to_string(),
+                id: ObjectId::from_bytes(id).to_hex(),
+                at_ms,
+                retry_count,
+            },
+            None,
+        );
         self.schedule_alarm(namespace, id, at_ms, retry_count);
     }
 
-    /// After the object committed that it has no alarm.
+    /// After the object committed that it has no alarm. (If the index keeps the row, the alarm
+    /// wakes the object once for nothing.)
     pub(crate) fn clear_alarm(&self, namespace: &str, id: &ObjectId) {
-        if let Err(e) = self.catalog.delete_alarm(namespace, &id.to_hex()) {
-            tracing::warn!(error = %e, "could not remove the alarm from the catalog; it will wake the object once for nothing");
-        }
+        self.catalog_write(
+            CatalogWrite::DeleteAlarm {
+                namespace: namespace.to_string(),
+                id: id.to_hex(),
+            },
+            None,
+        );
         let _ = self.alarms_tx.send(alarm::Op::Delete {
             key: alarm::key(namespace, *id.bytes()),
         });
@@ -352,14 +396,21 @@ impl Shared {
     }
 }
 
-/// Lists a namespace from the catalog (after flushing pending activity records).
-pub(crate) fn list_objects(
+/// Lists a namespace from the catalog (after flushing pending activity records), reading it on
+/// the blocking pool.
+pub(crate) async fn list_objects(
     shared: &Shared,
     namespace: &str,
-    live: &dyn Fn(&[u8; 32]) -> bool,
+    live: &(dyn Fn(&[u8; 32]) -> bool + Sync),
 ) -> Result<Vec<ObjectInfo>> {
-    shared.flush_catalog();
-    let records = shared.catalog.list_objects(namespace)?;
+    shared.flush_catalog().await;
+    let catalog = shared.catalog.clone();
+    let ns = namespace.to_string();
+    let records = tokio::task::spawn_blocking(move || catalog.list_objects(&ns))
+        .await
+        .map_err(|e| Error::StartFailed {
+            message: format!("listing the catalog panicked: {e}"),
+        })??;
     Ok(records
         .into_iter()
         .map(|r| {
@@ -425,6 +476,11 @@ impl Builder {
         self.options.mailbox_capacity = capacity.max(1);
         self
     }
+    /// See [`Options::event_timeout`].
+    pub fn event_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.options.event_timeout = timeout;
+        self
+    }
     pub fn max_open_objects(mut self, bound: usize) -> Self {
         self.options.max_open_objects = bound.max(1);
         self
@@ -484,9 +540,6 @@ impl Builder {
             next_socket_id: AtomicU64::new(1),
             catalog_tx: std::sync::Mutex::new(Some(catalog_tx)),
             data_dir_lock: std::sync::Mutex::new(Some(data_dir_lock)),
-            creations: tokio::sync::Semaphore::new(
-                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
             alarms_tx,
             namespaces: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -521,19 +574,17 @@ impl Builder {
     }
 }
 
-/// Writes activity records in batches: one transaction for everything queued.
+/// Writes the catalog in batches, on a thread of its own: one transaction for everything queued.
 fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
     let mut batch = Vec::new();
-    let mut registered = Vec::new();
     let mut acks = Vec::new();
     while let Ok(op) = rx.recv() {
         let mut next = Some(op);
         while let Some(op) = next.take() {
             match op {
-                CatalogOp::Touch(t) => batch.push(t),
-                CatalogOp::Register(t, ack) => {
-                    batch.push(t);
-                    registered.push(ack);
+                CatalogOp::Write(write, ack) => {
+                    batch.push(write);
+                    acks.extend(ack);
                 }
                 CatalogOp::Flush(ack) => acks.push(ack),
             }
@@ -541,24 +592,19 @@ fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            let written = catalog.touch_objects(&batch).map_err(|e| e.to_string());
-            if let Err(e) = &written {
-                tracing::warn!(error = %e, "could not record object activity in the catalog");
-            }
-            for ack in registered.drain(..) {
-                let _ = ack.send(written.clone());
-            }
-            batch.clear();
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            catalog.write(&batch).map_err(|e| e.to_string())
+        };
+        if let Err(e) = &written {
+            tracing::warn!(error = %e, writes = batch.len(), "could not write the catalog");
         }
+        batch.clear();
         for ack in acks.drain(..) {
-            let _ = ack.send(());
+            let _ = ack.send(written.clone());
         }
     }
-}
-
-fn write_now(catalog: &Catalog, touch: ObjectTouch) -> std::result::Result<(), String> {
-    catalog.touch_objects(&[touch]).map_err(|e| e.to_string())
 }
 
 /// The object host. Cheap to clone.
@@ -645,11 +691,12 @@ impl Runtime {
     }
 
     /// Every object ever created in a namespace (registered or not: the catalog remembers).
-    pub fn list_objects(&self, namespace: &str) -> Result<Vec<ObjectInfo>> {
+    pub async fn list_objects(&self, namespace: &str) -> Result<Vec<ObjectInfo>> {
         let erased = self.shared.erased(namespace).ok();
         list_objects(&self.shared, namespace, &|id| {
             erased.as_ref().is_some_and(|ns| ns.live(id))
         })
+        .await
     }
 
     /// Objects in memory now, across namespaces.
@@ -685,7 +732,7 @@ impl Runtime {
         for ns in &namespaces {
             ns.stop_all().await;
         }
-        self.shared.flush_catalog();
+        self.shared.flush_catalog().await;
         self.shared
             .namespaces
             .write()

@@ -311,6 +311,9 @@ pub(crate) enum SocketEventKind {
 
 /// Routes a socket's incoming events to its object, whichever namespace type it has.
 pub(crate) trait SocketRouter: Send + Sync {
+    /// Drops a socket from its object's registry without telling the object.
+    fn forget(&self, sockets: &ObjectSockets, socket: SocketId);
+
     fn deliver(
         self: Arc<Self>,
         object: &[u8; 32],
@@ -389,7 +392,7 @@ impl SocketHandle {
     /// Drops the socket from the registry without telling the object (used when delivering the
     /// close event itself failed, so a dead socket is never listed forever).
     pub fn forget(&self) {
-        self.sockets.lock().sockets.remove(&self.id);
+        self.router.forget(&self.sockets, self.id);
     }
 }
 

@@ -71,7 +71,7 @@ async fn objects_are_isolated_and_ids_behave() {
     assert_eq!(name.as_deref(), Some("a"));
     // Ids are stable across restarts (the key lives in the data dir).
     assert_eq!(ns.id_from_name("a").to_hex(), a_hex);
-    let listed = ns.list().unwrap();
+    let listed = ns.list().await.unwrap();
     let mut names: Vec<_> = listed.iter().filter_map(|o| o.name.clone()).collect();
     names.sort();
     assert_eq!(names, vec!["a".to_string(), "b".to_string()]);

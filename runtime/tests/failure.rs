@@ -95,7 +95,8 @@ async fn on_start_writes_commit_with_the_first_event_and_roll_back_with_it() {
     rt.shutdown().await;
     let path = denizen_runtime::storage::object_path(dir.path(), "probe", &id);
     let mut db =
-        denizen_runtime::Storage::open(&path, denizen_runtime::Durability::Normal).unwrap();
+        denizen_runtime::storage::Database::open(&path, denizen_runtime::Durability::Normal)
+            .unwrap();
     let tables: Vec<String> = db
         .exec("SELECT name FROM sqlite_schema WHERE name = 'counter'", [])
         .unwrap()

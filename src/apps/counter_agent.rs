@@ -62,7 +62,7 @@ impl CounterAgent {
             return Err(Error::msg("count_to streams at most 1000 numbers"));
         }
         for i in 1..=n {
-            stream.send(cx, i)?;
+            stream.send(cx, i).await?;
         }
         let count = cx.state()?.count;
         stream.end(cx, json!({ "count": count }))

@@ -37,20 +37,42 @@ pub struct ObjectTouch {
     pub size_bytes: Option<u64>,
 }
 
+/// One change to the catalog; [`Catalog::write`] applies many in one transaction.
+#[derive(Clone, Debug)]
+pub enum CatalogWrite {
+    /// An object's activity (and, the first time, its creation).
+    Touch(ObjectTouch),
+    /// An object's alarm in the due index.
+    SetAlarm {
+        namespace: String,
+        id: String,
+        at_ms: i64,
+        retry_count: u32,
+    },
+    /// An object has no alarm any more.
+    DeleteAlarm { namespace: String, id: String },
+}
+
 /// The runtime's own database (`catalog.sqlite` in the data directory): every object ever
 /// created, the index of due alarms, and the secret that keys object ids.
+///
+/// Writes and reads use two connections (WAL mode), so a reader never waits for a batch of writes
+/// being committed.
 pub struct Catalog {
-    conn: Mutex<Connection>,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
 }
 
 impl Catalog {
+    /// Opens (creating it if needed) the catalog of `data_dir`.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Catalog> {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let conn = open_connection(
-            &data_dir.join("catalog.sqlite"),
+        let path = data_dir.join("catalog.sqlite");
+        let writer = open_connection(
+            &path,
             durability,
             "CREATE TABLE IF NOT EXISTS objects(
                 namespace TEXT NOT NULL,
@@ -70,14 +92,60 @@ impl Catalog {
              CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
              INSERT OR IGNORE INTO meta(key, value) VALUES ('secret', randomblob(32));",
         )?;
+        let reader = open_connection(&path, durability, "")?;
         Ok(Catalog {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
         })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic elsewhere while holding the lock leaves SQLite itself consistent.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `writes` in order, in one transaction.
+    pub fn write(&self, writes: &[CatalogWrite]) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        for w in writes {
+            match w {
+                CatalogWrite::Touch(t) => {
+                    let size = t.size_bytes.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+                    tx.prepare_cached(
+                        "INSERT INTO objects(namespace, id, name, created_ms, last_active_ms, size_bytes)
+                         VALUES (?1, ?2, ?3, ?4, ?4, COALESCE(?5, 0))
+                         ON CONFLICT(namespace, id) DO UPDATE SET
+                            last_active_ms = max(last_active_ms, excluded.last_active_ms),
+                            size_bytes = COALESCE(?5, size_bytes),
+                            name = COALESCE(name, excluded.name)",
+                    )?
+                    .execute(params![t.namespace, t.id, t.name, t.at_ms, size])?;
+                }
+                CatalogWrite::SetAlarm {
+                    namespace,
+                    id,
+                    at_ms,
+                    retry_count,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO alarms(namespace, id, at_ms, retry_count) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(namespace, id) DO UPDATE SET at_ms = ?3, retry_count = ?4",
+                    )?
+                    .execute(params![namespace, id, at_ms, retry_count])?;
+                }
+                CatalogWrite::DeleteAlarm { namespace, id } => {
+                    tx.prepare_cached("DELETE FROM alarms WHERE namespace = ?1 AND id = ?2")?
+                        .execute([namespace, id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The 32-byte key of this data directory's object ids.
@@ -94,26 +162,11 @@ impl Catalog {
 
     /// Records activity of many objects in one transaction.
     pub fn touch_objects(&self, touches: &[ObjectTouch]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO objects(namespace, id, name, created_ms, last_active_ms, size_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?4, COALESCE(?5, 0))
-                 ON CONFLICT(namespace, id) DO UPDATE SET
-                    last_active_ms = max(last_active_ms, excluded.last_active_ms),
-                    size_bytes = COALESCE(?5, size_bytes),
-                    name = COALESCE(name, excluded.name)",
-            )?;
-            for t in touches {
-                let size = t.size_bytes.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-                stmt.execute(params![t.namespace, t.id, t.name, t.at_ms, size])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        let writes: Vec<CatalogWrite> = touches.iter().cloned().map(CatalogWrite::Touch).collect();
+        self.write(&writes)
     }
 
+    /// One object's record.
     pub fn object(&self, namespace: &str, id: &str) -> Result<Option<ObjectRecord>> {
         Ok(self
             .conn()
@@ -136,6 +189,7 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every namespace with objects, sorted.
     pub fn namespaces(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached("SELECT DISTINCT namespace FROM objects ORDER BY 1")?;
@@ -143,34 +197,38 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Forgets an object and its alarm.
     pub fn delete_object(&self, namespace: &str, id: &str) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        tx.execute(
             "DELETE FROM objects WHERE namespace = ?1 AND id = ?2",
             [namespace, id],
         )?;
-        conn.execute(
+        tx.execute(
             "DELETE FROM alarms WHERE namespace = ?1 AND id = ?2",
             [namespace, id],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
+    /// Puts an object's alarm in the due index.
     pub fn set_alarm(&self, namespace: &str, id: &str, at_ms: i64, retry_count: u32) -> Result<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO alarms(namespace, id, at_ms, retry_count) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(namespace, id) DO UPDATE SET at_ms = ?3, retry_count = ?4",
-            )?
-            .execute(params![namespace, id, at_ms, retry_count])?;
-        Ok(())
+        self.write(&[CatalogWrite::SetAlarm {
+            namespace: namespace.into(),
+            id: id.into(),
+            at_ms,
+            retry_count,
+        }])
     }
 
+    /// Takes an object's alarm out of the due index.
     pub fn delete_alarm(&self, namespace: &str, id: &str) -> Result<()> {
-        self.conn()
-            .prepare_cached("DELETE FROM alarms WHERE namespace = ?1 AND id = ?2")?
-            .execute([namespace, id])?;
-        Ok(())
+        self.write(&[CatalogWrite::DeleteAlarm {
+            namespace: namespace.into(),
+            id: id.into(),
+        }])
     }
 
     /// Every alarm, earliest first.

@@ -39,6 +39,16 @@ pub enum Error {
         "{path} is held by another process (a running server): ask that server, or stop it first"
     )]
     Held { path: PathBuf },
+    #[error(
+        "the query ran past its time budget of {budget:?} and was stopped — narrow it (WHERE, LIMIT, an index), or do the work in smaller events"
+    )]
+    TimeBudget { budget: std::time::Duration },
+    #[error("the result has more than {limit} rows — add a LIMIT or narrow the query")]
+    TooManyRows { limit: usize },
+    #[error(
+        "the result is larger than {limit} bytes — select fewer columns or rows (LIMIT), or page through it"
+    )]
+    ResultTooLarge { limit: usize },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }

@@ -3,8 +3,9 @@
 //!
 //! Why it exists: a Durable Object's storage is private, local and synchronous — no network hop
 //! between the code and its data, and a transaction boundary the runtime controls. This crate is
-//! that storage with no knowledge of actors: [`Storage`] is one object's database, [`Catalog`]
-//! is the runtime's index of objects and due alarms.
+//! that storage with no knowledge of actors: [`Storage`] is one object's database as its code
+//! sees it, [`Database`] the same as the runtime holds it (it alone commits and rolls back),
+//! [`Catalog`] is the runtime's index of objects and due alarms.
 //!
 //! - **SQL**: [`Storage::exec`] runs `;`-separated statements (parameters bind to the last) and
 //!   returns a [`Cursor`] whose rows decode into serde types. `BEGIN`, `COMMIT`, `SAVEPOINT` and
@@ -13,9 +14,14 @@
 //! - **KV**: `get`/`put`/`delete`, single and batched (≤ [`MAX_BATCH_KEYS`]), `list` in byte
 //!   order, `delete_all`. Values are any serde type (MessagePack). Keys ≤ [`MAX_KEY_SIZE`] bytes,
 //!   values ≤ [`MAX_VALUE_SIZE`] bytes encoded.
-//! - **Transactions**: every operation joins an implicit transaction that [`Storage::commit`]
+//! - **Transactions**: every operation joins an implicit transaction that [`Database::commit`]
 //!   ends (the runtime calls it after each event); [`Storage::transaction`] nests a savepoint.
-//! - **Schema**: [`Storage::open_with_schema`] creates a new database with its tables already in
+//! - **Bounds**: [`Storage::exec_limited`] runs a query within a time budget and row and byte
+//!   caps ([`QueryLimits`]); [`Database::set_time_budget`] interrupts any statement that runs past
+//!   the event's deadline.
+//! - **New objects** ([`Database::open_deferred`]) read an empty database from memory until their
+//!   first write creates the file: reading an object that does not exist leaves nothing on disk.
+//! - **Schema**: [`Database::open_with_schema`] creates a new database with its tables already in
 //!   place (written from an image built once per process and schema, so creating an object runs
 //!   no schema statement) and brings an older one up to a changed schema once.
 //! - **Durability**: WAL mode; [`Durability::Normal`] (`synchronous=NORMAL`) survives a process
@@ -25,11 +31,11 @@
 //!   how many stay open is a question of memory, not of the open-files limit.
 //!
 //! ```
-//! use denizen_storage::{Durability, ListOptions, Storage};
+//! use denizen_storage::{Database, Durability, ListOptions};
 //!
 //! # fn main() -> denizen_storage::Result<()> {
 //! let dir = tempfile::tempdir().map_err(|e| denizen_storage::Error::Io { path: "tmp".into(), source: e })?;
-//! let mut db = Storage::open(&dir.path().join("one.sqlite"), Durability::Normal)?;
+//! let mut db = Database::open(&dir.path().join("one.sqlite"), Durability::Normal)?;
 //! db.exec("CREATE TABLE people(name TEXT, age INTEGER)", [])?;
 //! db.exec("INSERT INTO people VALUES (?, ?), (?, ?)", ("ada", 36, "alan", 41))?;
 //! let oldest: String = db.exec("SELECT name FROM people ORDER BY age DESC LIMIT 1", [])?.one()?;
@@ -42,7 +48,7 @@
 //! assert_eq!(all.len(), 1);
 //!
 //! assert!(db.exec("BEGIN", []).is_err()); // transactions belong to the runtime
-//! db.commit()?;
+//! db.commit()?; // the runtime's part: code of an object sees a `Storage`, which cannot commit
 //! # Ok(())
 //! # }
 //! ```
@@ -56,10 +62,10 @@ mod vfs;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{AlarmRecord, Catalog, ObjectRecord, ObjectTouch};
+pub use catalog::{AlarmRecord, Catalog, CatalogWrite, ObjectRecord, ObjectTouch};
 pub use cursor::Cursor;
 pub use error::{Error, Result};
-pub use storage::{ListOptions, Storage};
+pub use storage::{Database, ListOptions, QueryLimits, Storage};
 pub use value::{Params, Value};
 pub use vfs::{open_files, set_max_open_files};
 
@@ -109,7 +115,7 @@ pub fn object_path(data_dir: &Path, namespace: &str, id_hex: &str) -> PathBuf {
 
 /// The lock a process holds on a data directory while it uses the object databases in it: a
 /// second server, or an operator's tool opening object files, on the same directory is refused
-/// with [`Error::Held`] instead of sharing files SQLite does not lock (see [`Storage::open`]).
+/// with [`Error::Held`] instead of sharing files SQLite does not lock (see [`Database::open`]).
 /// Released when dropped, and by the kernel when the process dies.
 #[derive(Debug)]
 pub struct DataDirLock {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use denizen_storage::{Durability, Storage, open_files, set_max_open_files};
+use denizen_storage::{Database, Durability, open_files, set_max_open_files};
 
 const LIMIT: usize = 8;
 
@@ -13,7 +13,7 @@ fn descriptors() -> usize {
 }
 
 /// One committed event's worth of writes: a KV pair and a row.
-fn write_round(db: &mut Storage, object: usize, round: u64) {
+fn write_round(db: &mut Database, object: usize, round: u64) {
     db.put(&format!("k{round}"), &(object as u64 * 1000 + round))
         .expect("put");
     db.exec(
@@ -24,7 +24,7 @@ fn write_round(db: &mut Storage, object: usize, round: u64) {
     db.commit().expect("commit");
 }
 
-fn check(db: &mut Storage, object: usize, rounds: u64) {
+fn check(db: &mut Database, object: usize, rounds: u64) {
     for round in 0..rounds {
         let v: Option<u64> = db.get(&format!("k{round}")).expect("get");
         assert_eq!(
@@ -52,9 +52,9 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
     let baseline = descriptors();
 
     // One thread, 64 objects open at once, writes interleaved across them.
-    let mut dbs: Vec<Storage> = (0..64)
+    let mut dbs: Vec<Database> = (0..64)
         .map(|i| {
-            let mut db = Storage::open(&path(i), Durability::Normal).expect("open");
+            let mut db = Database::open(&path(i), Durability::Normal).expect("open");
             db.exec("CREATE TABLE log(object INTEGER, round INTEGER)", [])
                 .expect("create");
             db.commit().expect("commit");
@@ -80,7 +80,7 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
 
     // Reopened, everything is there.
     for i in 0..64 {
-        let mut db = Storage::open(&path(i), Durability::Normal).expect("reopen");
+        let mut db = Database::open(&path(i), Durability::Normal).expect("reopen");
         check(&mut db, i, 3);
     }
     assert_eq!(open_files(), 0);
@@ -97,11 +97,11 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
                 } else {
                     Durability::Fsync
                 };
-                let mut dbs: Vec<(usize, Storage)> = (0..16)
+                let mut dbs: Vec<(usize, Database)> = (0..16)
                     .map(|k| {
                         let i = t * 16 + k;
                         let p = dir.path().join(format!("t{i}.sqlite"));
-                        let mut db = Storage::open(&p, durability).expect("open");
+                        let mut db = Database::open(&p, durability).expect("open");
                         db.exec("CREATE TABLE log(object INTEGER, round INTEGER)", [])
                             .expect("create");
                         db.commit().expect("commit");
@@ -125,7 +125,7 @@ fn many_more_objects_than_descriptors_read_write_and_reopen() {
     assert_eq!(open_files(), 0);
     for i in 0..64 {
         let p = dir.path().join(format!("t{i}.sqlite"));
-        let mut db = Storage::open(&p, Durability::Normal).expect("reopen");
+        let mut db = Database::open(&p, Durability::Normal).expect("reopen");
         check(&mut db, i, 20);
     }
 }

@@ -201,10 +201,11 @@ impl<W: Workflow> Client<W> {
     }
 
     /// The ids of every instance created so far.
-    pub fn list(&self) -> Result<Vec<String>> {
+    pub async fn list(&self) -> Result<Vec<String>> {
         Ok(self
             .runtime
-            .list_objects(self.ns.name())?
+            .list_objects(self.ns.name())
+            .await?
             .into_iter()
             .filter_map(|o| o.name)
             .collect())
@@ -261,7 +262,7 @@ trait Erased: Send + Sync {
         event_type: &str,
         payload: serde_json::Value,
     ) -> BoxFuture<'static, Result<()>>;
-    fn list(&self) -> Result<Vec<String>>;
+    fn list(&self) -> BoxFuture<'static, Result<Vec<String>>>;
 }
 
 impl<W: Workflow> Erased for Client<W> {
@@ -302,8 +303,9 @@ impl<W: Workflow> Erased for Client<W> {
         })
     }
 
-    fn list(&self) -> Result<Vec<String>> {
-        Client::list(self)
+    fn list(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        let this = self.clone();
+        Box::pin(async move { Client::list(&this).await })
     }
 }
 
@@ -325,7 +327,7 @@ impl<W: Workflow> Erased for Client<W> {
 /// let runtime = workflows.register(Runtime::builder().data_dir(dir.path())).build()?;
 /// let registry = workflows.bind(&runtime)?; // the JSON API by name, for HTTP routes
 /// let id = registry.create("approval", Default::default(), serde_json::Value::Null).await?;
-/// assert!(registry.list("approval")?.contains(&id));
+/// assert!(registry.list("approval").await?.contains(&id));
 /// # runtime.shutdown().await;
 /// # Ok(())
 /// # }
@@ -425,8 +427,8 @@ impl Registry {
     }
 
     /// The ids of a workflow's instances.
-    pub fn list(&self, name: &str) -> Result<Vec<String>> {
-        self.get(name)?.list()
+    pub async fn list(&self, name: &str) -> Result<Vec<String>> {
+        self.get(name)?.list().await
     }
 }
 
