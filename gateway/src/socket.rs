@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
-use denizen_runtime::{Backlog, Frame, Outgoing, SocketHandle};
+use denizen_runtime::{Backlog, Frame, Outgoing, Refused, SocketHandle};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -38,7 +38,6 @@ pub(crate) mod code {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// How the connection ended, for the object's `websocket_close`.
@@ -160,6 +159,40 @@ impl SocketTask {
         .await;
     }
 
+    /// Hands a frame to the object. One it cannot take yet (this socket's quota, or the object's
+    /// mailbox, is full) goes into `waiting`; any other failure ends the socket.
+    fn offer(
+        &self,
+        frame: Frame,
+        waiting: &mut Option<Frame>,
+        full_mailbox_retries: &mut u32,
+    ) -> Result<(), End> {
+        match self.handle.message(frame) {
+            Ok(_) => {
+                *full_mailbox_retries = 0;
+                Ok(())
+            }
+            Err(Refused { error, frame }) if error.is_overloaded() => {
+                if matches!(error, denizen_runtime::Error::Overloaded { .. }) {
+                    *full_mailbox_retries = full_mailbox_retries.saturating_add(1);
+                    tracing::debug!(
+                        socket = self.handle.id(),
+                        "object's mailbox full; waiting before reading more from this socket"
+                    );
+                }
+                *waiting = Some(frame);
+                Ok(())
+            }
+            Err(Refused { error, .. }) if error.is_retryable() => {
+                Err(End::ours(code::GOING_AWAY, error.to_string()))
+            }
+            Err(Refused { error, .. }) => {
+                tracing::warn!(socket = self.handle.id(), error = %error, "closing socket: message not delivered");
+                Err(End::ours(code::INTERNAL_ERROR, error.to_string()))
+            }
+        }
+    }
+
     async fn pump(&mut self, socket: &mut WebSocket) -> End {
         if *self.shutdown.borrow() {
             return End::ours(code::GOING_AWAY, "server shutting down");
@@ -170,9 +203,13 @@ impl SocketTask {
         let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
+        // A message the object could not take yet: nothing more is read from this peer until it
+        // is delivered (backpressure on this connection only; everyone else goes on).
+        let mut waiting: Option<Frame> = None;
+        let mut full_mailbox_retries = 0u32;
         loop {
             tokio::select! {
-                incoming = socket.recv() => {
+                incoming = socket.recv(), if waiting.is_none() => {
                     last_seen = Instant::now();
                     let frame = match incoming {
                         Some(Ok(Message::Text(t))) => Frame::Text(t.as_str().to_owned()),
@@ -189,19 +226,15 @@ impl SocketTask {
                         Some(Err(e)) => return read_error(e),
                         None => return End::lost("connection lost"),
                     };
-                    match self.handle.message(frame) {
-                        Ok(_) => {}
-                        Err(e) if e.is_overloaded() => {
-                            tracing::warn!(socket = self.handle.id(), error = %e, "closing socket: object overloaded");
-                            return End::ours(code::TRY_AGAIN_LATER, "the object is overloaded; reconnect later");
-                        }
-                        Err(e) if e.is_retryable() => {
-                            return End::ours(code::GOING_AWAY, e.to_string());
-                        }
-                        Err(e) => {
-                            tracing::warn!(socket = self.handle.id(), error = %e, "closing socket: message not delivered");
-                            return End::ours(code::INTERNAL_ERROR, e.to_string());
-                        }
+                    if let Err(end) = self.offer(frame, &mut waiting, &mut full_mailbox_retries) {
+                        return end;
+                    }
+                }
+                _ = self.handle.room(full_mailbox_retries), if waiting.is_some() => {
+                    if let Some(frame) = waiting.take()
+                        && let Err(end) = self.offer(frame, &mut waiting, &mut full_mailbox_retries)
+                    {
+                        return end;
                     }
                 }
                 out = self.outgoing.recv() => {

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::namespace::{Gate, NsInner};
 use crate::object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
-use crate::socket::{SocketEventKind, SocketId, WebSocket};
+use crate::socket::{InFlight, SocketEventKind, SocketId, WebSocket};
 use crate::time::now_ms;
 
 /// One unit of work that produces a reply, kept type-erased so RPC messages of any type share the
@@ -168,6 +168,8 @@ pub(crate) enum Event<O: DurableObject> {
     Socket {
         socket: SocketId,
         kind: SocketEventKind,
+        /// Counts the message against its socket's quota until it is handled.
+        in_flight: Option<InFlight>,
     },
     Alarm {
         at_ms: i64,
@@ -478,7 +480,11 @@ impl<O: DurableObject> State<O> {
                     Err(e) => job.fail(e),
                 }
             }
-            Event::Socket { socket, kind } => {
+            Event::Socket {
+                socket,
+                kind,
+                in_flight: _in_flight,
+            } => {
                 let ws = WebSocket { id: socket };
                 let known = ctx.sockets.lock().sockets.contains_key(&socket);
                 if !known {
@@ -546,7 +552,7 @@ impl<O: DurableObject> State<O> {
                     .shared
                     .retry_alarm(&self.ns.name, *self.id.bytes(), next, retry_count);
             }
-            Event::Socket { socket, kind } if !matches!(kind, SocketEventKind::Message(_)) => {
+            Event::Socket { socket, kind, .. } if !matches!(kind, SocketEventKind::Message(_)) => {
                 let sockets = self.ns.sockets_of(&self.id);
                 self.ns.remove_socket(&sockets, socket);
             }

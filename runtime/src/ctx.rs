@@ -242,6 +242,8 @@ impl<O: DurableObject> Ctx<O> {
             object: *self.id.bytes(),
             sockets: self.sockets.clone(),
             router: self.ns.clone(),
+            flow: Arc::default(),
+            quota: self.ns.shared.options.socket_message_quota.max(1),
         });
         Ok(WebSocket { id })
     }

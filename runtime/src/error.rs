@@ -19,6 +19,13 @@ pub enum Error {
         id: String,
         capacity: usize,
     },
+    /// A socket already has as many messages waiting for its object as it may
+    /// (`Options::socket_message_quota`); the transport waits for [`crate::SocketHandle::room`]
+    /// before it reads more from that peer.
+    #[error(
+        "this socket already has {limit} messages waiting for its object; stop reading from the peer until the object catches up"
+    )]
+    SocketQuota { limit: usize },
     #[error("no namespace `{0}` is registered; register the object type under that name first")]
     UnknownNamespace(String),
     #[error("namespace `{name}` is registered twice; each namespace name must be unique")]
@@ -95,8 +102,8 @@ impl Error {
         matches!(self, Error::Unavailable | Error::ShuttingDown)
     }
 
-    /// Whether this is the mailbox-full error (HTTP 503).
+    /// Whether this is the mailbox-full error (HTTP 503), or a socket's own quota being full.
     pub fn is_overloaded(&self) -> bool {
-        matches!(self, Error::Overloaded { .. })
+        matches!(self, Error::Overloaded { .. } | Error::SocketQuota { .. })
     }
 }

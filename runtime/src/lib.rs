@@ -97,5 +97,5 @@ pub use object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
 pub use runtime::{Builder, ObjectInfo, Options, Runtime};
 pub use socket::{
     Backlog, Delivery, Frame, MAX_ATTACHMENT_SIZE, MAX_AUTO_RESPONSE_LENGTH, MAX_TAG_LENGTH,
-    MAX_TAGS, Outgoing, SocketHandle, SocketId, Upgrade, WebSocket,
+    MAX_TAGS, Outgoing, Refused, SocketHandle, SocketId, Upgrade, WebSocket,
 };

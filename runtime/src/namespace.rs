@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 use crate::id::{IdMinter, ObjectId};
 use crate::object::{DurableObject, Handler, Message, Request, Response};
 use crate::runtime::Shared;
-use crate::socket::{ObjectSockets, SocketEventKind, SocketId, SocketRouter, lock};
+use crate::socket::{
+    InFlight, ObjectSockets, SocketEventKind, SocketId, SocketRouter, Undelivered, lock,
+};
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
 
@@ -151,8 +153,18 @@ impl<O: DurableObject> NsInner<O> {
         event: Event<O>,
         force: bool,
     ) -> Result<()> {
+        self.try_send(id, event, force).map_err(|(e, _)| e)
+    }
+
+    /// [`NsInner::send`], giving the event back when the mailbox is full or the runtime stops.
+    fn try_send(
+        self: &Arc<Self>,
+        id: &ObjectId,
+        event: Event<O>,
+        force: bool,
+    ) -> std::result::Result<(), (Error, Option<Event<O>>)> {
         if self.shared.is_shutting_down() {
-            return Err(Error::ShuttingDown);
+            return Err((Error::ShuttingDown, Some(event)));
         }
         let capacity = self.shared.options.mailbox_capacity;
         let mut activated = false;
@@ -165,14 +177,15 @@ impl<O: DurableObject> NsInner<O> {
                 Some((Admit::Admitted, live)) => live.clone(),
                 Some((Admit::Full, _)) => {
                     self.shared.metrics.overloads.fetch_add(1, Relaxed);
-                    return Err(Error::Overloaded {
+                    let error = Error::Overloaded {
                         namespace: self.name.to_string(),
                         id: id.to_hex(),
                         capacity,
-                    });
+                    };
+                    return Err((error, Some(event)));
                 }
                 Some((Admit::Closed, _)) | None => {
-                    let live = self.activate(id)?;
+                    let live = self.activate(id).map_err(|e| (e, None))?;
                     map.insert(*id.bytes(), live.clone());
                     activated = true;
                     live
@@ -184,7 +197,7 @@ impl<O: DurableObject> NsInner<O> {
         }
         live.actor.cast(event).map_err(|_| {
             live.gate.release();
-            Error::Unavailable
+            (Error::Unavailable, None)
         })
     }
 
@@ -287,18 +300,21 @@ impl<O: DurableObject> SocketRouter for NsInner<O> {
         object: &[u8; 32],
         socket: SocketId,
         event: SocketEventKind,
-    ) -> Result<()> {
+        in_flight: Option<InFlight>,
+    ) -> std::result::Result<(), Undelivered> {
         // Closes and errors are owed to the object; plain messages respect the mailbox bound.
         let force = !matches!(event, SocketEventKind::Message(_));
         let id = ObjectId::from_bytes(*object);
-        self.send(
-            &id,
-            Event::Socket {
-                socket,
-                kind: event,
-            },
-            force,
-        )
+        let event = Event::Socket {
+            socket,
+            kind: event,
+            in_flight,
+        };
+        self.try_send(&id, event, force)
+            .map_err(|(e, event)| match event {
+                Some(Event::Socket { kind, .. }) => (e, Some(kind)),
+                _ => (e, None),
+            })
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Options {
     /// statement running past it is interrupted. Default 30 s; `None` for no bound. Long work
     /// belongs in `ctx.spawn`, which is not bounded.
     pub event_timeout: Option<Duration>,
+    /// Messages one WebSocket may have waiting in its object's mailbox. Past it the transport
+    /// stops reading from that peer until the object catches up, so one client flooding a shared
+    /// object cannot fill its mailbox and get other clients' messages refused. Default 32.
+    pub socket_message_quota: usize,
     /// Bounds on an operator's query through [`Runtime::sql`] (the admin SQL route and
     /// `denizen sql`). Default [`QueryLimits::OPERATOR`]: 5 s, 10,000 rows, 16 MiB.
     pub operator_query_limits: QueryLimits,
@@ -68,6 +72,7 @@ impl Default for Options {
             max_open_objects: DEFAULT_OPEN_OBJECTS,
             alarm_retry: Options::DEFAULT_ALARM_RETRY,
             event_timeout: Some(Options::DEFAULT_EVENT_TIMEOUT),
+            socket_message_quota: 32,
             operator_query_limits: QueryLimits::OPERATOR,
         }
     }

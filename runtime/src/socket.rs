@@ -309,17 +309,41 @@ pub(crate) enum SocketEventKind {
     Error(String),
 }
 
+/// An event the object's mailbox did not take, given back with why.
+pub(crate) type Undelivered = (Error, Option<SocketEventKind>);
+
 /// Routes a socket's incoming events to its object, whichever namespace type it has.
 pub(crate) trait SocketRouter: Send + Sync {
     /// Drops a socket from its object's registry without telling the object.
     fn forget(&self, sockets: &ObjectSockets, socket: SocketId);
 
+    /// Queues the event for the object; `in_flight` is held until the object has handled it.
     fn deliver(
         self: Arc<Self>,
         object: &[u8; 32],
         socket: SocketId,
         event: SocketEventKind,
-    ) -> Result<()>;
+        in_flight: Option<InFlight>,
+    ) -> std::result::Result<(), Undelivered>;
+}
+
+/// How many of one socket's messages wait in its object's mailbox (or are being handled).
+#[derive(Default)]
+pub(crate) struct Flow {
+    queued: AtomicUsize,
+    /// Wakes the transport waiting for room under the quota.
+    room: tokio::sync::Notify,
+}
+
+/// One of a socket's messages in its object's mailbox: counted in the socket's [`Flow`] until
+/// dropped (handled, or dropped unhandled).
+pub(crate) struct InFlight(Arc<Flow>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.0.room.notify_one();
+    }
 }
 
 /// The transport's side of one accepted socket.
@@ -329,7 +353,21 @@ pub struct SocketHandle {
     pub(crate) object: [u8; 32],
     pub(crate) sockets: Arc<ObjectSockets>,
     pub(crate) router: Arc<dyn SocketRouter>,
+    pub(crate) flow: Arc<Flow>,
+    /// At most this many of the socket's messages in the mailbox at once.
+    pub(crate) quota: usize,
 }
+
+/// A frame [`SocketHandle::message`] could not hand to the object, given back with the reason.
+/// When [`Error::is_overloaded`], wait for [`SocketHandle::room`] and offer it again.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub frame: Frame,
+}
+
+/// The longest a transport waits before offering a message to a full mailbox again.
+const MAX_ROOM_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What [`SocketHandle::message`] did with a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -346,8 +384,10 @@ impl SocketHandle {
     }
 
     /// An incoming frame. Exact matches of the auto-response request are answered here without
-    /// waking the object.
-    pub fn message(&self, frame: Frame) -> Result<Delivery> {
+    /// waking the object. A frame the object cannot take now (this socket's quota of waiting
+    /// messages is used up, or the object's mailbox is full) comes back in [`Refused`]: stop
+    /// reading from the peer, wait for [`SocketHandle::room`], and offer it again.
+    pub fn message(&self, frame: Frame) -> std::result::Result<Delivery, Refused> {
         if let Frame::Text(text) = &frame {
             let mut inner = self.sockets.lock();
             let reply = match &inner.auto_response {
@@ -362,31 +402,64 @@ impl SocketHandle {
                 return Ok(Delivery::AutoResponded);
             }
         }
-        self.router
-            .clone()
-            .deliver(&self.object, self.id, SocketEventKind::Message(frame))?;
-        Ok(Delivery::Delivered)
+        if self.flow.queued.fetch_add(1, Ordering::AcqRel) >= self.quota {
+            self.flow.queued.fetch_sub(1, Ordering::AcqRel);
+            let error = Error::SocketQuota { limit: self.quota };
+            return Err(Refused { error, frame });
+        }
+        let in_flight = InFlight(self.flow.clone());
+        match self.router.clone().deliver(
+            &self.object,
+            self.id,
+            SocketEventKind::Message(frame),
+            Some(in_flight),
+        ) {
+            Ok(()) => Ok(Delivery::Delivered),
+            Err((error, Some(SocketEventKind::Message(frame)))) => Err(Refused { error, frame }),
+            Err((error, _)) => Err(Refused {
+                error,
+                frame: Frame::Binary(Bytes::new()),
+            }),
+        }
+    }
+
+    /// Resolves when a message refused as overloaded may be offered again: at once when the
+    /// socket is under its quota again, or after a pause (`attempt` makes it longer, up to
+    /// 50 ms) when it was the object's mailbox that was full.
+    pub async fn room(&self, attempt: u32) {
+        loop {
+            let notified = self.flow.room.notified();
+            if self.flow.queued.load(Ordering::Acquire) < self.quota {
+                break;
+            }
+            notified.await;
+        }
+        if attempt > 0 {
+            let pause = std::time::Duration::from_millis(1 << attempt.min(6)).min(MAX_ROOM_WAIT);
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// The peer closed the socket or it died (code 1006, not clean). The object's
     /// `websocket_close` runs; the socket leaves the registry afterwards.
     pub fn closed(&self, code: u16, reason: String, was_clean: bool) -> Result<()> {
-        self.router.clone().deliver(
-            &self.object,
-            self.id,
-            SocketEventKind::Close {
-                code,
-                reason,
-                was_clean,
-            },
-        )
+        let event = SocketEventKind::Close {
+            code,
+            reason,
+            was_clean,
+        };
+        self.router
+            .clone()
+            .deliver(&self.object, self.id, event, None)
+            .map_err(|(e, _)| e)
     }
 
     /// A transport error; the object's `websocket_error` runs and the socket leaves the registry.
     pub fn errored(&self, error: String) -> Result<()> {
         self.router
             .clone()
-            .deliver(&self.object, self.id, SocketEventKind::Error(error))
+            .deliver(&self.object, self.id, SocketEventKind::Error(error), None)
+            .map_err(|(e, _)| e)
     }
 
     /// Drops the socket from the registry without telling the object (used when delivering the

@@ -402,3 +402,70 @@ async fn the_socket_registry_survives_an_activation_during_hibernation() {
     );
     rt.shutdown().await;
 }
+
+/// Holds each WebSocket message until the test lets it through.
+#[derive(Default)]
+struct Gated;
+
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+impl DurableObject for Gated {
+    async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+        ctx.accept_websocket(&req, &[])?;
+        Ok(http_util::switching_protocols())
+    }
+
+    async fn websocket_message(
+        &mut self,
+        _ctx: &mut Ctx<Self>,
+        _ws: denizen_runtime::WebSocket,
+        _frame: Frame,
+    ) -> Result<()> {
+        GATE.acquire().await.map_err(Error::custom)?.forget();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_may_have_only_its_quota_of_messages_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = denizen_runtime::Options {
+        data_dir: dir.path().to_path_buf(),
+        socket_message_quota: 3,
+        ..Default::default()
+    };
+    let rt = Runtime::builder()
+        .options(options)
+        .object::<Gated>("gated")
+        .build()
+        .unwrap();
+    let (upgrade, _rx) = denizen_runtime::Upgrade::new();
+    let mut req = at("/");
+    req.extensions_mut().insert(upgrade.clone());
+    rt.fetch("gated", "g", req).await.unwrap();
+    let handle = upgrade.accepted().unwrap();
+    for i in 0..3 {
+        handle.message(Frame::Text(format!("m{i}"))).unwrap();
+    }
+    // The fourth is given back, unharmed, with the reason.
+    let refused = handle.message(Frame::Text("m3".into())).unwrap_err();
+    assert!(
+        matches!(refused.error, Error::SocketQuota { limit: 3 }),
+        "{refused:?}"
+    );
+    assert!(refused.error.is_overloaded());
+    assert_eq!(refused.frame, Frame::Text("m3".into()));
+    // Room comes back once the object handled one.
+    let room = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.room(0).await }
+    });
+    GATE.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), room)
+        .await
+        .expect("room after a message was handled")
+        .unwrap();
+    handle.message(refused.frame).unwrap();
+    GATE.add_permits(3);
+    rt.shutdown().await;
+}
