@@ -196,6 +196,8 @@ struct Inner {
     config: Config,
     auth: Option<Arc<AuthHook>>,
     metrics: Arc<Metrics>,
+    /// The runtime's and the gateway's metrics, encoded by `/metrics`.
+    registry: Arc<prometheus_client::registry::Registry>,
     /// Flips to `true` once: every socket task closes with 1001.
     shutdown: watch::Sender<bool>,
 }
@@ -210,12 +212,17 @@ impl Gateway {
     /// A gateway in front of `runtime`. Nothing listens until [`Gateway::serve`] (or you serve
     /// [`Gateway::router`] yourself).
     pub fn new(runtime: Runtime, config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = prometheus_client::registry::Registry::with_prefix("denizen");
+        runtime.metrics().register(&mut registry);
+        metrics.register(registry.sub_registry_with_prefix("gateway"));
         Gateway {
             inner: Arc::new(Inner {
                 runtime,
                 config,
                 auth: None,
-                metrics: Arc::new(Metrics::default()),
+                metrics,
+                registry: Arc::new(registry),
                 shutdown: watch::Sender::new(false),
             }),
         }
@@ -233,6 +240,7 @@ impl Gateway {
             config: self.inner.config.clone(),
             auth: Some(Arc::new(hook)),
             metrics: self.inner.metrics.clone(),
+            registry: self.inner.registry.clone(),
             shutdown: self.inner.shutdown.clone(),
         };
         Gateway {
@@ -346,11 +354,7 @@ impl Gateway {
             .is_err()
         {
             tracing::warn!(
-                open = self
-                    .inner
-                    .metrics
-                    .websocket_connections
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                open = self.inner.metrics.websocket_connections.get(),
                 "sockets still closing after the shutdown grace period; stopping anyway"
             );
         }
@@ -715,15 +719,17 @@ async fn sql_route(
 }
 
 async fn metrics_route(State(inner): State<Arc<Inner>>) -> Response {
-    let mut body = inner.runtime.metrics().render_prometheus();
-    if !body.is_empty() && !body.ends_with('\n') {
-        body.push('\n');
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &inner.registry) {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the metrics failed: {e}"),
+        );
     }
-    inner.metrics.render(&mut body);
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         body,
     )

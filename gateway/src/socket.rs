@@ -141,9 +141,7 @@ impl SocketTask {
             socket = self.handle.id(),
             "closing socket: the client is not reading its messages"
         );
-        self.metrics
-            .backlog_overflows
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.backlog_overflows.inc();
         End::ours(
             code::POLICY_VIOLATION,
             "messages went unread past the send backlog limit",

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -239,8 +238,8 @@ impl<O: DurableObject> Actor for ObjectActor<O> {
         _myself: ActorRef<Self::Msg>,
         args: Args<O>,
     ) -> std::result::Result<State<O>, ActorProcessingErr> {
-        args.ns.shared.metrics.live_objects.fetch_add(1, Relaxed);
-        args.ns.shared.metrics.activations.fetch_add(1, Relaxed);
+        args.ns.shared.metrics.live_objects.inc();
+        args.ns.shared.metrics.activations.inc();
         Ok(State {
             ns: args.ns,
             id: args.id,
@@ -296,7 +295,7 @@ impl<O: DurableObject> Actor for ObjectActor<O> {
         _myself: ActorRef<Self::Msg>,
         state: &mut State<O>,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        state.ns.shared.metrics.live_objects.fetch_sub(1, Relaxed);
+        state.ns.shared.metrics.live_objects.dec();
         Ok(())
     }
 }
@@ -329,7 +328,7 @@ impl<O: DurableObject> State<O> {
             return false;
         }
         self.hibernate();
-        self.ns.shared.metrics.hibernations.fetch_add(1, Relaxed);
+        self.ns.shared.metrics.hibernations.inc();
         tracing::debug!("hibernated");
         true
     }
@@ -424,7 +423,7 @@ impl<O: DurableObject> State<O> {
                 Ok(())
             }
             Err(error) => {
-                self.ns.shared.metrics.handler_errors.fetch_add(1, Relaxed);
+                self.ns.shared.metrics.handler_errors.inc();
                 self.instance = None;
                 if let Err(e) = ctx.abort() {
                     // The connection is in an unknown state: reopen it on the next event.
@@ -449,7 +448,7 @@ impl<O: DurableObject> State<O> {
             }
             return;
         }
-        self.ns.shared.metrics.events.fetch_add(1, Relaxed);
+        self.ns.shared.metrics.events.inc();
         if let Event::BackgroundDone = event {
             if let Some(ctx) = self.ctx.as_mut() {
                 ctx.background = ctx.background.saturating_sub(1);
@@ -586,7 +585,7 @@ impl<O: DurableObject> State<O> {
                 shared.schedule_alarm(&self.ns.name, *self.id.bytes(), at, 0);
             }
             Some(_) => {
-                shared.metrics.alarms_fired.fetch_add(1, Relaxed);
+                shared.metrics.alarms_fired.inc();
                 shared.metrics.alarm_lateness.observe(Duration::from_millis(
                     u64::try_from(now - at_ms).unwrap_or(0),
                 ));

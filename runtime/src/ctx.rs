@@ -235,7 +235,7 @@ impl<O: DurableObject> Ctx<O> {
                 auto_response_at: None,
             },
         );
-        self.ns.shared.metrics.open_sockets.fetch_add(1, Relaxed);
+        self.ns.shared.metrics.open_sockets.inc();
         self.accepted.push(id);
         upgrade.set_accepted(SocketHandle {
             id,
@@ -474,7 +474,7 @@ impl<O: DurableObject> Ctx<O> {
                         code: 1011,
                         reason: "the object failed while accepting this socket".into(),
                     });
-                    self.ns.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
+                    self.ns.shared.metrics.open_sockets.dec();
                 }
             }
         }

@@ -141,7 +141,7 @@ impl<O: DurableObject> NsInner<O> {
     /// Removes a socket from an object's registry, keeping the open-sockets gauge right.
     pub(crate) fn remove_socket(&self, sockets: &ObjectSockets, socket: SocketId) {
         if sockets.lock().sockets.remove(&socket).is_some() {
-            self.shared.metrics.open_sockets.fetch_sub(1, Relaxed);
+            self.shared.metrics.open_sockets.dec();
         }
     }
 
@@ -176,7 +176,7 @@ impl<O: DurableObject> NsInner<O> {
             match existing {
                 Some((Admit::Admitted, live)) => live.clone(),
                 Some((Admit::Full, _)) => {
-                    self.shared.metrics.overloads.fetch_add(1, Relaxed);
+                    self.shared.metrics.overloads.inc();
                     let error = Error::Overloaded {
                         namespace: self.name.to_string(),
                         id: id.to_hex(),

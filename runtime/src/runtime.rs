@@ -201,7 +201,7 @@ impl Shared {
     pub(crate) fn check_open_bound(self: &Arc<Self>) {
         let bound = self.options.max_open_objects.max(1);
         // The gauge counts started instances; the one being activated is not in it yet.
-        let live = usize::try_from(self.metrics.live_objects.load(Relaxed)).unwrap_or(0);
+        let live = usize::try_from(self.metrics.live_objects.get()).unwrap_or(0);
         if live < bound {
             return;
         }
@@ -369,7 +369,7 @@ impl Shared {
             return;
         }
         let bound = self.options.max_open_objects.max(1);
-        let live = usize::try_from(self.metrics.live_objects.load(Relaxed)).unwrap_or(usize::MAX);
+        let live = usize::try_from(self.metrics.live_objects.get()).unwrap_or(usize::MAX);
         if live >= bound - bound / 5 {
             return;
         }

@@ -26,7 +26,7 @@ async fn alarm_fires_once_at_its_time() {
     // Once: it is cleared after a successful run, and nothing else arrives.
     assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
     wait_for("catalog cleanup", Duration::from_secs(5), || {
-        rt.metrics().alarms_fired.load(Ordering::SeqCst) == 1
+        rt.metrics().alarms_fired.get() == 1
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

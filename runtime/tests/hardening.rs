@@ -316,12 +316,12 @@ async fn sockets_forgotten_after_a_failed_close_leave_the_gauge() {
     let probes = Probes::new();
     let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
     let (handle, _rx) = open_socket(&rt, "room").await;
-    assert_eq!(rt.metrics().open_sockets.load(Ordering::Relaxed), 1);
+    assert_eq!(rt.metrics().open_sockets.get(), 1);
     rt.shutdown().await;
     // The runtime is gone: the close cannot be delivered, so the transport forgets the socket.
     assert!(handle.closed(1000, String::new(), true).is_err());
     handle.forget();
-    assert_eq!(rt.metrics().open_sockets.load(Ordering::Relaxed), 0);
+    assert_eq!(rt.metrics().open_sockets.get(), 0);
 }
 
 /// An object whose hibernation and start are slow, to hold the hand-over of its socket registry

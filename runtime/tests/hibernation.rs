@@ -1,6 +1,5 @@
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
@@ -23,8 +22,8 @@ async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
         ns.live_count() == 0
     })
     .await;
-    assert_eq!(rt.metrics().hibernations.load(Ordering::SeqCst), 1);
-    assert_eq!(rt.metrics().open_sockets.load(Ordering::SeqCst), 2);
+    assert_eq!(rt.metrics().hibernations.get(), 1);
+    assert_eq!(rt.metrics().open_sockets.get(), 2);
 
     // A message on a hibernated socket wakes the object and reaches websocket_message.
     assert_eq!(
@@ -139,14 +138,14 @@ async fn closed_sockets_leave_the_registry_and_background_work_keeps_objects_awa
     }))
     .await
     .unwrap();
-    let before = rt.metrics().hibernations.load(Ordering::SeqCst);
+    let before = rt.metrics().hibernations.get();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         ns.live_count(),
         1,
         "must not hibernate while wait_until runs"
     );
-    assert_eq!(rt.metrics().hibernations.load(Ordering::SeqCst), before);
+    assert_eq!(rt.metrics().hibernations.get(), before);
     tx.send(()).unwrap();
     wait_for("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
@@ -177,7 +176,7 @@ async fn open_objects_are_bounded() {
     // Far below the idle timeout, the least recently used objects were evicted.
     // An evicted object leaves the registry first and counts as hibernated once its file closed.
     wait_for("the bound", Duration::from_secs(10), || {
-        ns.live_count() <= 10 && rt.metrics().hibernations.load(Ordering::SeqCst) >= 40
+        ns.live_count() <= 10 && rt.metrics().hibernations.get() >= 40
     })
     .await;
     // Evicted objects wake with their state.

@@ -33,10 +33,7 @@ async fn full_mailbox_answers_overloaded_and_loses_nothing_accepted() {
     }
     // Wait until the refusals have happened (they are immediate), then open the gate.
     wait_for("refusals", Duration::from_secs(10), || {
-        rt.metrics()
-            .overloads
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 22
+        rt.metrics().overloads.get() == 22
     })
     .await;
     probes.gate.add_permits(1000);
