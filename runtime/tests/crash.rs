@@ -1,13 +1,12 @@
 //! Crash tests: a child process (this test binary, re-run in child mode) acknowledges writes and
 //! is killed with SIGKILL; the parent reopens the data and checks every acknowledged write.
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::{Durability, Runtime};
+use denizen_test_util::eventually;
+use denizen_test_util::probe::*;
 
 const CHILD_ENV: &str = "DENIZEN_CRASH_CHILD";
 
@@ -200,7 +199,7 @@ async fn alarm_set_before_sigkill_fires_in_next_process() {
 
     let probes = Probes::new();
     let rt = runtime_with(dir.path(), &probes, Durability::Normal);
-    wait_for("alarm after restart", Duration::from_secs(20), || {
+    eventually("alarm after restart", Duration::from_secs(20), || {
         !probes.alarms.lock().unwrap().is_empty()
     })
     .await;

@@ -1,9 +1,7 @@
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::Error;
+use denizen_test_util::probe::*;
 
 #[tokio::test]
 async fn failing_and_panicking_handlers_leave_no_trace() {

@@ -1,9 +1,8 @@
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::{Error, Runtime};
+use denizen_test_util::eventually;
+use denizen_test_util::probe::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mailbox_answers_overloaded_and_loses_nothing_accepted() {
@@ -32,7 +31,7 @@ async fn full_mailbox_answers_overloaded_and_loses_nothing_accepted() {
         calls.push(tokio::spawn(stub.call(SlowIncr)));
     }
     // Wait until the refusals have happened (they are immediate), then open the gate.
-    wait_for("refusals", Duration::from_secs(10), || {
+    eventually("refusals", Duration::from_secs(10), || {
         rt.metrics().overloads.get() == 22
     })
     .await;

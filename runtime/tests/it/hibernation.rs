@@ -1,9 +1,8 @@
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::{Delivery, Frame, Outgoing};
+use denizen_test_util::eventually;
+use denizen_test_util::probe::*;
 
 #[tokio::test]
 async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
@@ -18,7 +17,7 @@ async fn idle_objects_hibernate_and_wake_with_state_and_sockets() {
     assert_eq!(probes.starts(), 1);
     assert_eq!(ns.live_count(), 1);
 
-    wait_for("hibernation", Duration::from_secs(10), || {
+    eventually("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;
@@ -82,7 +81,7 @@ async fn auto_response_does_not_wake_the_object() {
         .call(with(|ctx| ctx.set_auto_response(Some(("ping", "pong")))))
         .await
         .unwrap();
-    wait_for("hibernation", Duration::from_secs(10), || {
+    eventually("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;
@@ -147,7 +146,7 @@ async fn closed_sockets_leave_the_registry_and_background_work_keeps_objects_awa
     );
     assert_eq!(rt.metrics().hibernations.get(), before);
     tx.send(()).unwrap();
-    wait_for("hibernation", Duration::from_secs(10), || {
+    eventually("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;
@@ -175,7 +174,7 @@ async fn open_objects_are_bounded() {
     }
     // Far below the idle timeout, the least recently used objects were evicted.
     // An evicted object leaves the registry first and counts as hibernated once its file closed.
-    wait_for("the bound", Duration::from_secs(10), || {
+    eventually("the bound", Duration::from_secs(10), || {
         ns.live_count() <= 10 && rt.metrics().hibernations.get() >= 40
     })
     .await;

@@ -1,9 +1,7 @@
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::{Error, storage};
+use denizen_test_util::probe::*;
 
 #[tokio::test]
 async fn bad_input_gets_typed_errors_and_the_object_keeps_working() {

@@ -1,16 +1,15 @@
 //! What one object or one operator must not be able to do to the others: create files by
 //! reading, hold the mailbox for ever, stall the worker threads, leak sockets.
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
 use denizen_runtime::admin::Address;
 use denizen_runtime::{
     Bytes, Ctx, DurableObject, Error, Frame, Outgoing, Request, Response, Result, Runtime, http,
     http_util, storage,
 };
+use denizen_test_util::eventually;
+use denizen_test_util::probe::*;
 
 /// Reads a count on GET, adds one on POST; its table comes from SCHEMA.
 #[derive(Default)]
@@ -68,7 +67,7 @@ async fn reading_objects_that_do_not_exist_creates_nothing_on_disk() {
     let objects = dir.path().join("objects");
     assert_eq!(files_under(&objects), 0, "a read created files");
     let ns = rt.namespace::<Reader>("reader").unwrap();
-    wait_for("hibernation", Duration::from_secs(10), || {
+    eventually("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;
@@ -288,7 +287,7 @@ async fn sockets_accepted_around_hibernation_are_never_orphaned() {
         }
         sockets.push(open_socket(&rt, &name).await);
     }
-    wait_for("hibernation", Duration::from_secs(10), || {
+    eventually("hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;
@@ -390,7 +389,7 @@ async fn the_socket_registry_survives_an_activation_during_hibernation() {
     let handle = upgrade.accepted().unwrap();
     // The second instance hibernates too; the socket must still reach the third.
     let ns = rt.namespace::<SlowHandover>("slow").unwrap();
-    wait_for("the second hibernation", Duration::from_secs(10), || {
+    eventually("the second hibernation", Duration::from_secs(10), || {
         ns.live_count() == 0
     })
     .await;

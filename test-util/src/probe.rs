@@ -1,10 +1,9 @@
-//! A probe object used by the runtime tests: counts its activations, increments, fails on
-//! demand, records alarms, and holds sockets.
-#![allow(dead_code)]
+//! A probe object for runtime tests: counts its activations, increments, fails on demand,
+//! records alarms, and holds sockets.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use denizen_runtime::{
     AlarmInfo, Bytes, Ctx, DurableObject, Error, Frame, Handler, Message, Outgoing, Request,
@@ -21,6 +20,12 @@ pub struct Probes {
     pub alarm_failures: Arc<AtomicUsize>,
     pub messages: Arc<Mutex<Vec<String>>>,
     pub gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Probes {
@@ -221,15 +226,6 @@ pub fn runtime(dir: &std::path::Path, probes: &Probes, idle: Duration) -> Runtim
         .object_with("probe", move || Probe { probes: p.clone() })
         .build()
         .expect("runtime")
-}
-
-/// Polls `cond` until it holds, failing after `within`.
-pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Offers a socket to object `name` the way a transport does, without HTTP.

@@ -1,9 +1,10 @@
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use denizen_runtime::retry::RetryPolicy;
+use denizen_runtime::{Options, Runtime};
+use denizen_test_util::eventually;
+use denizen_test_util::probe::*;
 
 #[tokio::test]
 async fn alarm_fires_once_at_its_time() {
@@ -15,7 +16,7 @@ async fn alarm_fires_once_at_its_time() {
     let at = stub.call(SetAlarmIn(300)).await.unwrap();
     assert!(stub.call(GetAlarm).await.unwrap().is_some());
     // The object hibernates before its alarm; the alarm wakes it.
-    wait_for("alarm", Duration::from_secs(10), || {
+    eventually("alarm", Duration::from_secs(10), || {
         !probes.alarms.lock().unwrap().is_empty()
     })
     .await;
@@ -25,7 +26,7 @@ async fn alarm_fires_once_at_its_time() {
     assert!(!info.is_retry);
     // Once: it is cleared after a successful run, and nothing else arrives.
     assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
-    wait_for("catalog cleanup", Duration::from_secs(5), || {
+    eventually("catalog cleanup", Duration::from_secs(5), || {
         rt.metrics().alarms_fired.get() == 1
     })
     .await;
@@ -46,10 +47,23 @@ async fn failing_alarm_is_retried_with_backoff() {
     let dir = tempfile::tempdir().unwrap();
     let probes = Probes::new();
     probes.alarm_failures.store(2, Ordering::SeqCst);
-    let rt = runtime(dir.path(), &probes, Duration::from_secs(30));
+    // 200 ms doubling (the default starts at 2 s), ±25 %.
+    let options = Options {
+        data_dir: dir.path().to_path_buf(),
+        alarm_retry: RetryPolicy::exponential(Duration::from_millis(200), 2.0)
+            .with_max_attempts(7)
+            .with_jitter(0.25),
+        ..Default::default()
+    };
+    let p = probes.clone();
+    let rt = Runtime::builder()
+        .options(options)
+        .object_with("probe", move || Probe { probes: p.clone() })
+        .build()
+        .unwrap();
     let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("flaky");
     stub.call(SetAlarmIn(10)).await.unwrap();
-    wait_for("three deliveries", Duration::from_secs(30), || {
+    eventually("three deliveries", Duration::from_secs(30), || {
         probes.alarms.lock().unwrap().len() == 3
     })
     .await;
@@ -59,19 +73,54 @@ async fn failing_alarm_is_retried_with_backoff() {
         .map(|(i, _)| (i.retry_count, i.is_retry))
         .collect();
     assert_eq!(infos, vec![(0, false), (1, true), (2, true)]);
-    // Backoff: 2 s then 4 s, each with at most 25% jitter.
+    // Backoff: 200 ms then 400 ms, each with at most 25% jitter: never sooner.
     let gap1 = seen[1].1.duration_since(seen[0].1).unwrap();
     let gap2 = seen[2].1.duration_since(seen[1].1).unwrap();
     assert!(
-        gap1 >= Duration::from_millis(1500),
+        gap1 >= Duration::from_millis(150),
         "first retry after {gap1:?}"
     );
     assert!(
-        gap2 >= Duration::from_millis(3000),
+        gap2 >= Duration::from_millis(300),
         "second retry after {gap2:?}"
     );
     // Only the successful run's write survived.
     assert_eq!(stub.call(Get).await.unwrap(), 1);
     assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
     rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_alarm_that_keeps_failing_is_given_up_after_the_policy_s_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = Probes::new();
+    probes.alarm_failures.store(100, Ordering::SeqCst);
+    let options = Options {
+        data_dir: dir.path().to_path_buf(),
+        alarm_retry: RetryPolicy::constant(Duration::from_millis(20)).with_max_attempts(3),
+        ..Default::default()
+    };
+    let p = probes.clone();
+    let rt = Runtime::builder()
+        .options(options)
+        .object_with("probe", move || Probe { probes: p.clone() })
+        .build()
+        .unwrap();
+    let stub = rt
+        .namespace::<Probe>("probe")
+        .unwrap()
+        .get_by_name("doomed");
+    stub.call(SetAlarmIn(10)).await.unwrap();
+    eventually("three deliveries", Duration::from_secs(30), || {
+        probes.alarms.lock().unwrap().len() == 3
+    })
+    .await;
+    // Given up: no alarm left, and no fourth delivery comes.
+    eventually("the alarm to be dropped", Duration::from_secs(10), || {
+        rt.metrics().alarms_fired.get() == 3
+    })
+    .await;
+    assert_eq!(stub.call(GetAlarm).await.unwrap(), None);
+    rt.shutdown().await;
+    assert_eq!(probes.alarms.lock().unwrap().len(), 3);
 }

@@ -1,8 +1,6 @@
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use denizen_test_util::probe::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_increments_from_fifty_tasks() {

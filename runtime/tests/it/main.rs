@@ -1,0 +1,10 @@
+//! The runtime's end-to-end tests, in one binary (each test binary links the whole tree).
+
+mod alarms;
+mod bad_input;
+mod concurrency;
+mod failure;
+mod hardening;
+mod hibernation;
+mod overload;
+mod schema;
