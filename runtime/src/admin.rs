@@ -13,8 +13,11 @@ use crate::id::{IdMinter, ObjectId};
 use crate::runtime::ObjectInfo;
 
 /// How the object to open is named.
+#[derive(Clone, Copy, Debug)]
 pub enum Address<'a> {
+    /// By the name it was addressed by (`id_from_name`).
     Name(&'a str),
+    /// By its id in hex.
     Id(&'a str),
 }
 
@@ -36,8 +39,11 @@ pub fn list_objects(data_dir: &Path, namespace: &str) -> Result<Vec<ObjectInfo>>
 }
 
 /// An object's database opened by an operator's tool, with the data directory held meanwhile.
+#[derive(Debug)]
 pub struct OpenObject {
+    /// The object's id.
     pub id: ObjectId,
+    /// Its database (commit what you change).
     pub storage: Database,
     _lock: DataDirLock,
 }

@@ -29,6 +29,7 @@ const NAME_KEY: &str = "name";
 ///
 /// Everything that reveals state — socket sends, broadcasts, closes, spawned tasks — is held in
 /// the object until the event's writes are committed, and dropped if the event fails.
+#[allow(missing_debug_implementations)] // holds futures and the object's registry
 pub struct Ctx<O: DurableObject> {
     pub(crate) id: ObjectId,
     pub(crate) ns: Arc<NsInner<O>>,

@@ -34,6 +34,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 /// The polling threads of a process; dropping it stops them.
+#[allow(missing_debug_implementations)] // threads and their shared state: nothing to show
 pub struct IdlePoll {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -183,6 +184,7 @@ impl Drop for IdlePoll {
 
 /// The CPUs this process may run on.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // sched_getaffinity
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most its size.
     unsafe {
@@ -204,6 +206,7 @@ fn allowed_cpus() -> Vec<usize> {
 /// Gives the calling thread the idle scheduling class and pins it to `cpu` (best effort: an
 /// unpinned poller still keeps some CPU awake).
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // sched_setscheduler, sched_setaffinity
 fn configure_thread(cpu: usize) -> Result<(), String> {
     // SAFETY: plain system calls on the calling thread with valid, initialized arguments.
     unsafe {

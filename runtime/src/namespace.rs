@@ -319,6 +319,7 @@ impl<O: DurableObject> SocketRouter for NsInner<O> {
 }
 
 /// The objects of one type, registered under a name.
+#[allow(missing_debug_implementations)] // the object type need not be Debug
 pub struct Namespace<O: DurableObject> {
     pub(crate) inner: Arc<NsInner<O>>,
 }
@@ -380,6 +381,7 @@ impl<O: DurableObject> Namespace<O> {
 }
 
 /// A client-side handle to one object. Cheap to clone; calls through one stub arrive in order.
+#[allow(missing_debug_implementations)] // the object type need not be Debug
 pub struct Stub<O: DurableObject> {
     ns: Arc<NsInner<O>>,
     id: ObjectId,
@@ -395,6 +397,7 @@ impl<O: DurableObject> Clone for Stub<O> {
 }
 
 impl<O: DurableObject> Stub<O> {
+    /// The object's id.
     pub fn id(&self) -> &ObjectId {
         &self.id
     }

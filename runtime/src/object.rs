@@ -114,12 +114,16 @@ pub trait DurableObject: Send + Sized + 'static {
 /// A typed RPC message: sent with [`Stub::call`](crate::Stub::call), handled by
 /// [`Handler<M>`] on the object, answered with `Reply`.
 pub trait Message: Send + 'static {
+    /// What the handler answers.
     type Reply: Send + 'static;
 }
 
 /// Handles one RPC message type. An object implements it once per message it accepts; results of
 /// [`Ctx::spawn`] come back through it too.
 pub trait Handler<M: Message>: DurableObject {
+    /// Handles one message, as one event of the object: its writes commit when it returns `Ok`
+    /// (the reply leaves after that); an `Err` or a panic rolls them back, resets the instance
+    /// and reaches the caller.
     fn handle(
         &mut self,
         ctx: &mut Ctx<Self>,

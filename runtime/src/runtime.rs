@@ -81,6 +81,7 @@ impl Default for Options {
 /// The process's soft limit on open files, first raised (once) to its hard limit: object files
 /// and sockets hold file descriptors, and the soft limit is often far below what the system
 /// allows.
+#[allow(unsafe_code)] // getrlimit, setrlimit
 fn open_files_limit() -> Option<u64> {
     #[cfg(unix)]
     {
@@ -116,10 +117,15 @@ const DEFAULT_OPEN_OBJECTS: usize = 16_384;
 /// One row of a namespace listing.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectInfo {
+    /// Its id, in hex.
     pub id: String,
+    /// The name it was addressed by, if any.
     pub name: Option<String>,
+    /// When it was created (its first write), epoch milliseconds.
     pub created_ms: i64,
+    /// When it was last active, epoch milliseconds.
     pub last_active_ms: i64,
+    /// Its database's size at its last write.
     pub size_bytes: u64,
     /// In memory now (not hibernated).
     pub live: bool,
@@ -447,6 +453,7 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 type Registration = Box<dyn FnOnce(&Arc<Shared>) -> Result<(String, NsEntry)>>;
 
 /// Builds a [`Runtime`]: options plus the object types, each under a namespace name.
+#[allow(missing_debug_implementations)] // holds registration closures
 pub struct Builder {
     options: Options,
     registrations: Vec<Registration>,
@@ -461,22 +468,27 @@ fn valid_namespace(name: &str) -> bool {
 }
 
 impl Builder {
+    /// Replaces every option at once.
     pub fn options(mut self, options: Options) -> Self {
         self.options = options;
         self
     }
+    /// See [`Options::data_dir`].
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.options.data_dir = dir.into();
         self
     }
+    /// See [`Options::idle_timeout`].
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.options.idle_timeout = timeout;
         self
     }
+    /// See [`Options::durability`].
     pub fn durability(mut self, durability: Durability) -> Self {
         self.options.durability = durability;
         self
     }
+    /// See [`Options::mailbox_capacity`] (at least 1).
     pub fn mailbox_capacity(mut self, capacity: usize) -> Self {
         self.options.mailbox_capacity = capacity.max(1);
         self
@@ -486,6 +498,7 @@ impl Builder {
         self.options.event_timeout = timeout;
         self
     }
+    /// See [`Options::max_open_objects`] (at least 1).
     pub fn max_open_objects(mut self, bound: usize) -> Self {
         self.options.max_open_objects = bound.max(1);
         self
@@ -614,11 +627,13 @@ fn catalog_writer(catalog: Arc<Catalog>, rx: std_mpsc::Receiver<CatalogOp>) {
 
 /// The object host. Cheap to clone.
 #[derive(Clone)]
+#[allow(missing_debug_implementations)] // everything it holds is shared state
 pub struct Runtime {
     shared: Arc<Shared>,
 }
 
 impl Runtime {
+    /// A builder with the default [`Options`] and no object types yet.
     pub fn builder() -> Builder {
         Builder {
             options: Options::default(),
@@ -714,10 +729,12 @@ impl Runtime {
         map.values().map(|e| e.erased.live_count()).sum()
     }
 
+    /// The runtime's metrics (see [`Metrics::register`] to expose them).
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
 
+    /// The options it was built with.
     pub fn options(&self) -> &Options {
         &self.shared.options
     }

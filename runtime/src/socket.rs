@@ -31,7 +31,9 @@ pub const MAX_AUTO_RESPONSE_LENGTH: usize = 2048;
 /// One WebSocket message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
+    /// A text message.
     Text(String),
+    /// A binary message.
     Binary(Bytes),
 }
 
@@ -43,12 +45,14 @@ impl Frame {
             Frame::Binary(_) => None,
         }
     }
+    /// Its size in bytes.
     pub fn len(&self) -> usize {
         match self {
             Frame::Text(s) => s.len(),
             Frame::Binary(b) => b.len(),
         }
     }
+    /// Whether it has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -78,8 +82,15 @@ impl From<Bytes> for Frame {
 /// What the transport must write to the peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outgoing {
+    /// A message.
     Frame(Frame),
-    Close { code: u16, reason: String },
+    /// A close frame; the transport closes the socket after it.
+    Close {
+        /// The close code.
+        code: u16,
+        /// The reason (at most 123 bytes go on the wire).
+        reason: String,
+    },
 }
 
 /// A handle to one of the object's sockets, as handlers see it. Cheap to copy; operations go
@@ -90,6 +101,7 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
+    /// The socket's runtime-wide number.
     pub fn id(&self) -> SocketId {
         self.id
     }
@@ -191,6 +203,7 @@ impl Sender {
 
 /// Put into a request's extensions by a transport to offer a WebSocket to the object.
 #[derive(Clone)]
+#[allow(missing_debug_implementations)] // channels and a once-set handle
 pub struct Upgrade {
     inner: Arc<UpgradeInner>,
 }
@@ -348,6 +361,7 @@ impl Drop for InFlight {
 
 /// The transport's side of one accepted socket.
 #[derive(Clone)]
+#[allow(missing_debug_implementations)] // routes into the runtime
 pub struct SocketHandle {
     pub(crate) id: SocketId,
     pub(crate) object: [u8; 32],
@@ -362,7 +376,9 @@ pub struct SocketHandle {
 /// When [`Error::is_overloaded`], wait for [`SocketHandle::room`] and offer it again.
 #[derive(Debug)]
 pub struct Refused {
+    /// Why.
     pub error: Error,
+    /// The frame, to offer again.
     pub frame: Frame,
 }
 
@@ -379,6 +395,7 @@ pub enum Delivery {
 }
 
 impl SocketHandle {
+    /// The socket's runtime-wide number.
     pub fn id(&self) -> SocketId {
         self.id
     }

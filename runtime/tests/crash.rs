@@ -1,5 +1,7 @@
 //! Crash tests: a child process (this test binary, re-run in child mode) acknowledges writes and
 //! is killed with SIGKILL; the parent reopens the data and checks every acknowledged write.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // a panic fails the test; the child reports on stdout
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;

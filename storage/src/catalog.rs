@@ -10,30 +10,45 @@ use crate::storage::open_connection;
 /// One object as the catalog remembers it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectRecord {
+    /// The namespace it belongs to.
     pub namespace: String,
+    /// Its id, in hex.
     pub id: String,
+    /// The name it was addressed by, if any (ids from `new_unique_id` have none).
     pub name: Option<String>,
+    /// When its file was created, epoch milliseconds.
     pub created_ms: i64,
+    /// When it was last active, epoch milliseconds.
     pub last_active_ms: i64,
+    /// Its database's size at its last write.
     pub size_bytes: u64,
 }
 
 /// One entry of the due-alarm index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlarmRecord {
+    /// The object's namespace.
     pub namespace: String,
+    /// The object's id, in hex.
     pub id: String,
+    /// When the alarm is due, epoch milliseconds.
     pub at_ms: i64,
+    /// Failed deliveries so far.
     pub retry_count: u32,
 }
 
 /// Activity of one object, recorded with [`Catalog::touch_objects`].
 #[derive(Clone, Debug)]
 pub struct ObjectTouch {
+    /// The object's namespace.
     pub namespace: String,
+    /// The object's id, in hex.
     pub id: String,
+    /// Its name, if known (kept once recorded).
     pub name: Option<String>,
+    /// When, epoch milliseconds.
     pub at_ms: i64,
+    /// Its size now, when it changed.
     pub size_bytes: Option<u64>,
 }
 
@@ -44,13 +59,22 @@ pub enum CatalogWrite {
     Touch(ObjectTouch),
     /// An object's alarm in the due index.
     SetAlarm {
+        /// The object's namespace.
         namespace: String,
+        /// The object's id, in hex.
         id: String,
+        /// When it is due, epoch milliseconds.
         at_ms: i64,
+        /// Failed deliveries so far.
         retry_count: u32,
     },
     /// An object has no alarm any more.
-    DeleteAlarm { namespace: String, id: String },
+    DeleteAlarm {
+        /// The object's namespace.
+        namespace: String,
+        /// The object's id, in hex.
+        id: String,
+    },
 }
 
 /// The runtime's own database (`catalog.sqlite` in the data directory): every object ever
@@ -58,6 +82,7 @@ pub enum CatalogWrite {
 ///
 /// Writes and reads use two connections (WAL mode), so a reader never waits for a batch of writes
 /// being committed.
+#[derive(Debug)]
 pub struct Catalog {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,

@@ -16,6 +16,7 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The column names of the result.
     pub fn columns(&self) -> &[String] {
         &self.columns
     }
@@ -25,6 +26,7 @@ impl Cursor {
         &self.rows
     }
 
+    /// The rows, taken out of the cursor.
     pub fn into_rows(self) -> Vec<Vec<Value>> {
         self.rows
     }
@@ -363,13 +365,13 @@ mod tests {
 
     mod serde_bytes_like {
         use serde::de::{Deserialize, Deserializer, Visitor};
-        pub struct Bytes(pub Vec<u8>);
+        pub(super) struct Bytes(pub(super) Vec<u8>);
         impl<'de> Deserialize<'de> for Bytes {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
                 impl Visitor<'_> for V {
                     type Value = Bytes;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                         f.write_str("bytes")
                     }
                     fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {

@@ -4,10 +4,15 @@ use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Value {
+    /// SQL NULL.
     Null,
+    /// A 64-bit integer.
     Integer(i64),
+    /// A float.
     Real(f64),
+    /// UTF-8 text.
     Text(String),
+    /// Bytes.
     Blob(Vec<u8>),
 }
 
@@ -98,6 +103,7 @@ pub(crate) fn from_ref(value: ValueRef<'_>) -> Value {
 /// Bind parameters for `exec`: `()`, `[Value; N]`, `&[Value]`, `Vec<Value>`, or a tuple of up to 8
 /// values convertible into [`Value`]. They bind to the last statement.
 pub trait Params {
+    /// The parameters as values, in order.
     fn into_values(self) -> Vec<Value>;
 }
 

@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // the object VFS is SQLite's C interface; each block says why it is sound
 //! The SQLite VFS of object databases: files without locks, and a process-wide pool of the file
 //! descriptors they use.
 //!
@@ -128,6 +129,7 @@ unsafe extern "C" fn full_pathname(
         // SAFETY: `base` is SQLite's own unix-none VFS (see `register`); it resolves against the
         // working directory exactly as it would had it been chosen directly.
         return match base().and_then(|b| unsafe { (*b).xFullPathname }) {
+            // SAFETY: as above; the arguments are SQLite's own, passed through.
             Some(resolve) => unsafe { resolve(vfs, name, n_out, out) },
             None => ffi::SQLITE_CANTOPEN,
         };
@@ -293,6 +295,7 @@ unsafe extern "C" fn open(
         // SAFETY: `base` is SQLite's unix-none VFS, and SQLite gave us `szOsFile` bytes, at least
         // what unix-none needs (see `register`).
         return match base().and_then(|b| unsafe { (*b).xOpen }) {
+            // SAFETY: as above; the arguments are SQLite's own, passed through.
             Some(open) => unsafe { open(vfs, name, file, flags, out_flags) },
             None => ffi::SQLITE_CANTOPEN,
         };
@@ -379,6 +382,7 @@ unsafe extern "C" fn read(
 ) -> c_int {
     // SAFETY: SQLite passes its own open file and a buffer of `amount` bytes.
     let handle = unsafe { &object_file(file).handle };
+    // SAFETY: `buf` holds `amount` writable bytes, SQLite's for the duration of the call.
     let buf = unsafe {
         std::slice::from_raw_parts_mut(buf.cast::<u8>(), usize::try_from(amount).unwrap_or(0))
     };
@@ -414,6 +418,7 @@ unsafe extern "C" fn write(
 ) -> c_int {
     // SAFETY: SQLite passes its own open file and a buffer of `amount` bytes.
     let handle = unsafe { &object_file(file).handle };
+    // SAFETY: `buf` holds `amount` readable bytes, SQLite's for the duration of the call.
     let buf = unsafe {
         std::slice::from_raw_parts(buf.cast::<u8>(), usize::try_from(amount).unwrap_or(0))
     };
@@ -458,6 +463,7 @@ unsafe extern "C" fn file_size(
     let handle = unsafe { &object_file(file).handle };
     match handle.with(|f| f.metadata()) {
         Ok(meta) => {
+            // SAFETY: `size` points to an integer SQLite gave us to fill.
             unsafe { *size = ffi::sqlite3_int64::try_from(meta.len()).unwrap_or(i64::MAX) };
             ffi::SQLITE_OK
         }

@@ -11,6 +11,7 @@ use crate::{MAX_BATCH_KEYS, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 /// Which keys `Storage::list` returns, in byte order.
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
+    /// Only keys starting with this.
     pub prefix: Option<String>,
     /// Inclusive.
     pub start: Option<String>,
@@ -18,7 +19,9 @@ pub struct ListOptions {
     pub start_after: Option<String>,
     /// Exclusive.
     pub end: Option<String>,
+    /// At most this many entries.
     pub limit: Option<usize>,
+    /// Descending order.
     pub reverse: bool,
 }
 
@@ -74,6 +77,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl Storage {
+    /// The value of `key`, if it exists.
     pub fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
         check_key(key)?;
         self.ensure_txn()?;
@@ -107,6 +111,7 @@ impl Storage {
         Ok(out)
     }
 
+    /// Sets `key` to `value` (MessagePack, at most [`MAX_VALUE_SIZE`] bytes).
     pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         check_key(key)?;
         let bytes = encode(value)?;
@@ -118,6 +123,7 @@ impl Storage {
         Ok(())
     }
 
+    /// Sets many keys at once (at most [`MAX_BATCH_KEYS`]).
     pub fn put_many<T: Serialize>(&mut self, entries: &[(&str, T)]) -> Result<()> {
         check_batch(entries.len())?;
         let mut encoded = Vec::with_capacity(entries.len());
