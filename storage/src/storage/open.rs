@@ -2,7 +2,7 @@
 //! and the catalog's connection.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
@@ -129,12 +129,22 @@ pub(super) struct Image {
 const FORMAT_VERSIONS: std::ops::Range<usize> = 18..20;
 
 pub(super) fn empty_database(schema: &str) -> Result<Image> {
-    static IMAGES: Mutex<Vec<(String, Image)>> = Mutex::new(Vec::new());
+    // Read on every open (a wake too), built once per schema: a shared lock.
+    static IMAGES: RwLock<Vec<Image>> = RwLock::new(Vec::new());
+    let find = |images: &[Image]| {
+        images
+            .iter()
+            .find(|i| i.schema == schema)
+            .copied()
+    };
+    if let Some(image) = find(&IMAGES.read().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(image);
+    }
     // One builder at a time; the others wait for its image. A failed build is not kept: the
     // error reaches every caller that asks.
-    let mut images = IMAGES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, image)) = images.iter().find(|(s, _)| s == schema) {
-        return Ok(*image);
+    let mut images = IMAGES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(image) = find(&images) {
+        return Ok(image);
     }
     let conn = Connection::open_in_memory()?;
     conn.execute_batch(OBJECT_SCHEMA)?;
@@ -173,7 +183,7 @@ pub(super) fn empty_database(schema: &str) -> Result<Image> {
         wal: Box::leak(wal.into_boxed_slice()),
         memory: Box::leak(memory.into_boxed_slice()),
     };
-    images.push((schema.to_string(), image));
+    images.push(image);
     Ok(image)
 }
 
