@@ -218,11 +218,21 @@ pub fn with<R: Send + 'static>(
     With(Box::new(f))
 }
 
+/// A runtime on `dir` with the probe object as namespace `probe`.
 pub fn runtime(dir: &std::path::Path, probes: &Probes, idle: Duration) -> Runtime {
+    let options = denizen_runtime::Options {
+        data_dir: dir.to_path_buf(),
+        idle_timeout: idle,
+        ..Default::default()
+    };
+    runtime_with(options, probes)
+}
+
+/// A runtime with `options` and the probe object as namespace `probe`.
+pub fn runtime_with(options: denizen_runtime::Options, probes: &Probes) -> Runtime {
     let p = probes.clone();
     Runtime::builder()
-        .data_dir(dir)
-        .idle_timeout(idle)
+        .options(options)
         .object_with("probe", move || Probe { probes: p.clone() })
         .build()
         .expect("runtime")

@@ -1,8 +1,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use denizen_runtime::Options;
 use denizen_runtime::retry::RetryPolicy;
-use denizen_runtime::{Options, Runtime};
 use denizen_test_util::eventually;
 use denizen_test_util::probe::*;
 
@@ -55,12 +55,7 @@ async fn failing_alarm_is_retried_with_backoff() {
             .with_jitter(0.25),
         ..Default::default()
     };
-    let p = probes.clone();
-    let rt = Runtime::builder()
-        .options(options)
-        .object_with("probe", move || Probe { probes: p.clone() })
-        .build()
-        .unwrap();
+    let rt = runtime_with(options, &probes);
     let stub = rt.namespace::<Probe>("probe").unwrap().get_by_name("flaky");
     stub.call(SetAlarmIn(10)).await.unwrap();
     eventually("three deliveries", Duration::from_secs(30), || {
@@ -100,12 +95,7 @@ async fn an_alarm_that_keeps_failing_is_given_up_after_the_policy_s_attempts() {
         alarm_retry: RetryPolicy::constant(Duration::from_millis(20)).with_max_attempts(3),
         ..Default::default()
     };
-    let p = probes.clone();
-    let rt = Runtime::builder()
-        .options(options)
-        .object_with("probe", move || Probe { probes: p.clone() })
-        .build()
-        .unwrap();
+    let rt = runtime_with(options, &probes);
     let stub = rt
         .namespace::<Probe>("probe")
         .unwrap()

@@ -182,12 +182,7 @@ async fn operator_queries_are_bounded_and_do_not_stall_other_objects() {
         ..Default::default()
     };
     options.operator_query_limits.time_budget = Duration::from_secs(3);
-    let p = probes.clone();
-    let rt = Runtime::builder()
-        .options(options)
-        .object_with("probe", move || Probe { probes: p.clone() })
-        .build()
-        .unwrap();
+    let rt = runtime_with(options, &probes);
     let ns = rt.namespace::<Probe>("probe").unwrap();
     for name in ["a", "b", "c"] {
         ns.get_by_name(name).call(Incr).await.unwrap();
@@ -244,12 +239,7 @@ async fn an_endless_operator_query_stops_at_its_time_budget() {
         ..Default::default()
     };
     options.operator_query_limits.time_budget = Duration::from_millis(200);
-    let p = probes.clone();
-    let rt = Runtime::builder()
-        .options(options)
-        .object_with("probe", move || Probe { probes: p.clone() })
-        .build()
-        .unwrap();
+    let rt = runtime_with(options, &probes);
     let ns = rt.namespace::<Probe>("probe").unwrap();
     ns.get_by_name("a").call(Incr).await.unwrap();
     let forever =

@@ -131,12 +131,7 @@ const FORMAT_VERSIONS: std::ops::Range<usize> = 18..20;
 pub(super) fn empty_database(schema: &str) -> Result<Image> {
     // Read on every open (a wake too), built once per schema: a shared lock.
     static IMAGES: RwLock<Vec<Image>> = RwLock::new(Vec::new());
-    let find = |images: &[Image]| {
-        images
-            .iter()
-            .find(|i| i.schema == schema)
-            .copied()
-    };
+    let find = |images: &[Image]| images.iter().find(|i| i.schema == schema).copied();
     if let Some(image) = find(&IMAGES.read().unwrap_or_else(|e| e.into_inner())) {
         return Ok(image);
     }
