@@ -89,6 +89,23 @@ pub(crate) struct ServeArgs {
     /// Events queued per object before callers get 503 [default: 1024].
     #[arg(long, env = "DENIZEN_MAILBOX_CAPACITY")]
     pub(crate) mailbox_capacity: Option<usize>,
+    /// A handler running longer is stopped, its writes rolled back and the object reset; the
+    /// caller gets 504. E.g. 30s; `0s` disables [default: 30s].
+    #[arg(long, env = "DENIZEN_EVENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) event_timeout: Option<Duration>,
+    /// WebSocket messages one connection may have waiting in its object's mailbox before the
+    /// server stops reading from it [default: 32].
+    #[arg(long, env = "DENIZEN_SOCKET_MESSAGE_QUOTA")]
+    pub(crate) socket_message_quota: Option<usize>,
+    /// Time budget of one operator query (`denizen sql`, /admin/sql) [default: 5s].
+    #[arg(long, env = "DENIZEN_SQL_TIME_BUDGET", value_parser = humantime::parse_duration)]
+    pub(crate) sql_time_budget: Option<Duration>,
+    /// Rows one operator query may return [default: 10000].
+    #[arg(long, env = "DENIZEN_SQL_MAX_ROWS")]
+    pub(crate) sql_max_rows: Option<usize>,
+    /// Bytes of values one operator query may return [default: 16 MiB].
+    #[arg(long, env = "DENIZEN_SQL_MAX_BYTES")]
+    pub(crate) sql_max_bytes: Option<usize>,
     /// Objects kept in memory (each with its SQLite database open, about 80 KiB) before idle
     /// ones hibernate early [default: 16384].
     #[arg(long, env = "DENIZEN_MAX_OPEN_OBJECTS")]

@@ -7,6 +7,7 @@ use denizen::Durability;
 use denizen::admin::{self, Address};
 use denizen::agent::workflow;
 
+use crate::escape::printable;
 use crate::remote::segment;
 
 /// `denizen objects <namespace>`: a table, or JSON lines.
@@ -21,7 +22,7 @@ pub(crate) fn objects(dir: &Path, namespace: &str, json: bool) -> Result<()> {
         for o in &objects {
             println!(
                 "{:<24} {:<64} {:>10}  {}",
-                o.name.as_deref().unwrap_or("-"),
+                printable(o.name.as_deref().unwrap_or("-")),
                 o.id,
                 o.size_bytes,
                 humantime::format_rfc3339_millis(denizen::time::from_ms(o.last_active_ms))
@@ -74,7 +75,11 @@ pub(crate) fn list_workflows(
     let namespace = workflow::namespace_of(name);
     let objects = admin::list_objects(dir, &namespace)?;
     if objects.is_empty() && !json {
-        eprintln!("no instances of workflow `{name}` in {}", dir.display());
+        eprintln!(
+            "no instances of workflow `{}` in {}",
+            printable(name),
+            printable(&dir.display().to_string())
+        );
     }
     if !json {
         println!("{:<36} {:<10} {:>5}  UPDATED", "ID", "STATUS", "STEPS");
@@ -108,7 +113,7 @@ pub(crate) fn list_workflows(
             (Ok(Some(s)), true) => println!("{}", serde_json::to_string(&s)?),
             (Ok(Some(s)), false) => println!(
                 "{:<36} {:<10} {:>5}  {}",
-                id,
+                printable(id),
                 s.status,
                 s.steps.len(),
                 humantime::format_rfc3339_millis(denizen::time::from_ms(s.updated_ms))
@@ -116,7 +121,12 @@ pub(crate) fn list_workflows(
             (Ok(None), _) => {}
             // One instance that cannot be read: say so and go on.
             (Err(e), true) => println!("{}", serde_json::json!({"id": id, "error": e.to_string()})),
-            (Err(e), false) => println!("{id:<36} {:<10} {e:#}", "?"),
+            (Err(e), false) => println!(
+                "{:<36} {:<10} {}",
+                printable(id),
+                "?",
+                printable(&format!("{e:#}"))
+            ),
         }
     }
     Ok(())

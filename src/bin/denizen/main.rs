@@ -3,12 +3,15 @@
 
 mod cli;
 mod config;
+mod escape;
 mod inspect;
 mod remote;
 mod serve;
 mod sql;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
@@ -21,15 +24,30 @@ use remote::running_server;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour codes only for a person watching; a log file or a pipe gets plain text.
+        .with_ansi(stderr.is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with its causes, whatever RUST_BACKTRACE says: the message is for the
+            // operator, and it may quote a name from the data directory.
+            eprintln!("error: {}", escape::printable(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let file = config::load_file(&cli.config)?;
     let data_dir = |flag: Option<PathBuf>| {
         flag.or(file.data_dir.clone())

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
+use denizen::storage::QueryLimits;
 use denizen::{Options, Runtime};
 
 use crate::cli::ServeArgs;
@@ -33,10 +34,45 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
             .max_open_objects
             .or(file.max_open_objects)
             .unwrap_or(defaults.max_open_objects),
+        event_timeout: match args.event_timeout {
+            Some(d) => Some(d),
+            None => duration("event_timeout", file.event_timeout.as_deref())?,
+        }
+        .map_or(defaults.event_timeout, |d| (!d.is_zero()).then_some(d)),
+        socket_message_quota: args
+            .socket_message_quota
+            .or(file.socket_message_quota)
+            .unwrap_or(defaults.socket_message_quota),
+        operator_query_limits: QueryLimits {
+            time_budget: match args.sql_time_budget {
+                Some(d) => d,
+                None => duration("sql_time_budget", file.sql_time_budget.as_deref())?
+                    .unwrap_or(defaults.operator_query_limits.time_budget),
+            },
+            max_rows: args
+                .sql_max_rows
+                .or(file.sql_max_rows)
+                .unwrap_or(defaults.operator_query_limits.max_rows),
+            max_bytes: args
+                .sql_max_bytes
+                .or(file.sql_max_bytes)
+                .unwrap_or(defaults.operator_query_limits.max_bytes),
+        },
         ..defaults
     };
-    if options.mailbox_capacity == 0 || options.max_open_objects == 0 {
-        bail!("mailbox_capacity and max_open_objects must be at least 1");
+    for (name, value) in [
+        ("mailbox_capacity", options.mailbox_capacity),
+        ("max_open_objects", options.max_open_objects),
+        ("socket_message_quota", options.socket_message_quota),
+        ("sql_max_rows", options.operator_query_limits.max_rows),
+        ("sql_max_bytes", options.operator_query_limits.max_bytes),
+    ] {
+        if value == 0 {
+            bail!("{name} must be at least 1");
+        }
+    }
+    if options.operator_query_limits.time_budget.is_zero() {
+        bail!("sql_time_budget must be more than 0s");
     }
     let listen = args
         .listen

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use denizen::admin::{self, Address};
 use denizen::{Durability, Value};
 
+use crate::escape::printable;
 use crate::remote::{Remote, running_server, segment};
 
 /// One `denizen sql` invocation.
@@ -166,11 +167,19 @@ pub(crate) fn print_answer(answer: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Tab-separated: the column names, then one line per row; the counts on stderr.
+/// Tab-separated: the column names, then one line per row (tabs, newlines and other control
+/// characters in values escaped); the counts on stderr.
 pub(crate) fn print_table(columns: &[String], rows: &[Vec<String>], counts: &str) {
-    println!("{}", columns.join("\t"));
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .map(|c| printable(c))
+            .collect::<Vec<_>>()
+            .join("\t")
+    };
+    println!("{}", line(columns));
     for row in rows {
-        println!("{}", row.join("\t"));
+        println!("{}", line(row));
     }
     eprintln!("({} rows, {counts})", rows.len());
 }
