@@ -2,9 +2,10 @@
 //! a server in a child process (the bench binary itself, in server mode) measured from outside.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use denizen_test_util::child::ChildServer;
 
 /// The allocator of the `denizen` binary, so figures are the server's.
 #[cfg(not(target_env = "msvc"))]
@@ -73,9 +74,10 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The bench binary started again in server mode; its first stdout line is its address.
 pub struct Server {
-    child: Child,
+    child: ChildServer,
+    /// Where the child listens.
     pub addr: String,
-    /// Removed after the child is gone (fields drop after `Drop::drop`).
+    /// Removed after the child is gone (fields drop in order).
     _data: tempfile::TempDir,
 }
 
@@ -88,61 +90,27 @@ impl Server {
     /// thing).
     pub fn start_mode(idle_ms: u64, mode: &str) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
+        let mut command = Command::new(std::env::current_exe().expect("exe"));
+        command
             .env(SERVER_ENV, mode)
             .env(DATA_ENV, data.path())
             .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address");
+            .env("RUST_LOG", "error");
+        let child = ChildServer::spawn(command);
         Server {
+            addr: child.addr.clone(),
             child,
-            addr: line.trim().to_string(),
             _data: data,
         }
     }
 
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// One value from `/metrics`, or -1 if it is not there.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1.0)
+        self.child.rss_kib()
     }
 
     pub async fn wait_metric(&self, name: &str, value: f64) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.metric(name).await != value {
-            assert!(Instant::now() < deadline, "{name} never reached {value}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child
+            .wait_metric(name, value, Duration::from_secs(120))
+            .await
     }
 }

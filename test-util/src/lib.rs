@@ -1,5 +1,6 @@
 //! What Denizen's own tests and benches share (not published): waiting on a condition without
-//! sleeping blindly, and a probe object that records what the runtime did to it.
+//! sleeping blindly, a probe object that records what the runtime did to it, and a server in a
+//! child process.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -16,6 +17,7 @@
 // Test support: panicking is how a test fails, and probes need no Debug.
 #![allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 
+pub mod child;
 pub mod probe;
 
 use std::time::{Duration, Instant};
