@@ -20,13 +20,18 @@ pub const MAX_TEXT: usize = 16 * 1024;
 /// Longest user name, in bytes.
 pub const MAX_USER: usize = 64;
 
-#[derive(Default)]
+/// A chat room: WebSocket members, the history in its database.
+#[derive(Debug, Default)]
 pub struct ChatRoom;
 
+/// One message of the history, as members receive it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// Who sent it (the `user` query parameter of their socket).
     pub user: String,
+    /// What they wrote.
     pub text: String,
+    /// When the room received it, in ms since the Unix epoch.
     pub at: i64,
 }
 

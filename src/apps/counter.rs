@@ -7,7 +7,8 @@ use denizen_runtime::http::{Method, StatusCode};
 use denizen_runtime::{Ctx, DurableObject, Request, Response, Result, http_util};
 use serde_json::json;
 
-#[derive(Default)]
+/// A counter over HTTP: `GET` reads it, `POST .../increment` adds one.
+#[derive(Debug, Default)]
 pub struct Counter;
 
 impl DurableObject for Counter {

@@ -27,17 +27,23 @@ use serde_json::json;
 /// How often the `tick` task runs.
 pub const TICK_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+/// An agent with a synchronized count, callables and schedules.
+#[derive(Debug, Default)]
 pub struct CounterAgent;
 
+/// The state every client sees.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CounterState {
+    /// The count.
     pub count: i64,
 }
 
+/// A scheduled reminder's payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reminder {
+    /// What to remind of.
     pub note: String,
+    /// When it was asked for, in ms since the Unix epoch.
     pub at: i64,
 }
 

@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 /// The longest `callToolIn` delay.
 const MAX_DELAY_SECONDS: f64 = 86_400.0;
 
+/// An agent that connects to MCP servers and calls their tools, now or later.
+#[derive(Debug)]
 pub struct McpAgent {
     mcp: AgentMcp,
 }
@@ -48,6 +50,7 @@ impl McpAgent {
     }
 }
 
+/// The state every client sees.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct McpAgentState {

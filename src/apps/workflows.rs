@@ -46,6 +46,8 @@ fn one_day() -> u64 {
     86_400
 }
 
+/// A workflow that waits for a person's approval (an event) before it goes on.
+#[derive(Debug)]
 pub struct Approval;
 
 impl Workflow for Approval {
@@ -102,6 +104,8 @@ pub struct PipelineParams {
     pub counter: String,
 }
 
+/// A workflow of `steps` steps, each incrementing a counter object.
+#[derive(Debug)]
 pub struct Pipeline;
 
 impl Workflow for Pipeline {

@@ -1,5 +1,7 @@
 //! The `denizen` command: serve the example apps, list objects and workflow instances, query one
 //! object's database.
+// A command line answers on stdout.
+#![allow(clippy::print_stdout)]
 
 mod cli;
 mod config;
