@@ -7,6 +7,9 @@
 //! - `POST /workflows/<name>/<id>/events/<type>` sends an event; the body is its JSON payload
 //! - `POST /workflows/<name>/<id>/{pause,resume,terminate,restart}` answers the new status
 //!
+//! The routes are admin routes: they need the admin token and JSON (see
+//! [`Gateway::guard_admin`]), and the gateway's authentication hook sees every request first.
+//!
 //! Errors answer `{"error": "..."}` with 404 (unknown workflow or instance), 400 (bad params, id
 //! or JSON), 409 (an action the instance's status does not allow, an id already taken) or 503.
 
@@ -16,6 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use denizen_agents::workflow::{Action, CreateOptions, Error, Registry};
+use denizen_gateway::Gateway;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,14 +27,16 @@ use serde_json::{Value, json};
 /// Instances listed by `GET /workflows/<name>` (with their status) at most.
 const LIST_LIMIT: usize = 1000;
 
-/// The `/workflows` routes over `registry`; merge them into the gateway's router.
-pub fn routes(registry: Registry) -> Router {
-    Router::new()
+/// The `/workflows` routes over `registry`, behind `gateway`'s authentication hook and admin
+/// token; merge them into the gateway's router.
+pub fn routes(gateway: &Gateway, registry: Registry) -> Router {
+    let routes = Router::new()
         .route("/workflows/{name}", get(list).post(create))
         .route("/workflows/{name}/{id}", get(status))
         .route("/workflows/{name}/{id}/events/{event_type}", post(event))
         .route("/workflows/{name}/{id}/{action}", post(control))
-        .with_state(registry)
+        .with_state(registry);
+    gateway.guard_admin(gateway.guard_auth(routes))
 }
 
 fn error(e: Error) -> Response {

@@ -157,7 +157,7 @@ async fn workflows_lists_live_instances_through_the_server() {
     let data = dir.path().join("data");
     // Instances stay live (their files held by the server) for the whole test.
     let mut server = Server::start(dir.path(), &["--idle-timeout", "1h"]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let created = client
         .post(server.url("/workflows/approval?id=w1"))
         .body(r#"{"request": "ship it", "sleep_secs": 0}"#)
@@ -204,4 +204,34 @@ async fn workflows_lists_live_instances_through_the_server() {
         Some("waiting"),
         "{table}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_uses_the_admin_token_the_server_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(dir.path(), &[]);
+    reqwest::Client::new()
+        .post(server.url("/objects/counter/bob/increment"))
+        .send()
+        .await
+        .unwrap();
+    // No token given anywhere: read from <data-dir>/admin.token.
+    let read = sql(&data, &[], &["counter", "bob", "SELECT count FROM counter"]);
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(stdout(&read), "count\n1\n");
+    assert!(
+        stderr(&read).contains("through the server"),
+        "{}",
+        stderr(&read)
+    );
+    // Anyone else is refused.
+    let answer = reqwest::Client::new()
+        .post(server.url("/admin/sql/counter/bob"))
+        .header("content-type", "application/json")
+        .body(r#"{"query": "SELECT 1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
 }

@@ -57,7 +57,7 @@ async fn counter(server: &Server, client: &reqwest::Client, name: &str) -> i64 {
 async fn approval_retries_sleeps_waits_and_completes_with_the_payload() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let (code, v) = post(
         &client,
         server.url("/workflows/approval?id=order-7"),
@@ -111,7 +111,7 @@ async fn approval_retries_sleeps_waits_and_completes_with_the_payload() {
 async fn sigkill_mid_run_replays_without_rerunning_completed_steps() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let (code, v) = post(
         &client,
         server.url("/workflows/pipeline?id=p1"),
@@ -144,7 +144,7 @@ async fn sigkill_mid_run_replays_without_rerunning_completed_steps() {
 async fn a_sleep_spans_a_restart_and_the_sleeper_is_not_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &["--idle-timeout", "200ms"]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let (code, _) = post(
         &client,
         server.url("/workflows/approval?id=nap"),
@@ -191,7 +191,7 @@ async fn a_sleep_spans_a_restart_and_the_sleeper_is_not_in_memory() {
 async fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let (code, v) = post(&client, server.url("/workflows/nope"), "{}").await;
     assert_eq!(code, 404);
     assert!(
@@ -256,7 +256,7 @@ async fn bad_input_gets_clear_errors() {
 async fn pause_resume_restart_terminate_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let client = reqwest::Client::new();
+    let client = server.admin_client();
     let (code, _) = post(
         &client,
         server.url("/workflows/approval?id=c1"),
@@ -295,4 +295,98 @@ async fn pause_resume_restart_terminate_over_http() {
     assert_eq!((code, v["status"].as_str()), (200, Some("terminated")));
     let (code, _) = post(&client, server.url(&format!("{path}/events/approved")), "1").await;
     assert_eq!(code, 409);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_routes_are_admin_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let stranger = reqwest::Client::new();
+    let listed = stranger
+        .get(server.url("/workflows/approval"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 401);
+    let created = stranger
+        .post(server.url("/workflows/approval?id=x"))
+        .header("content-type", "application/json")
+        .body(r#"{"request": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 401);
+    // With the token, a body a web page could forge (text/plain) or another site's Origin is
+    // still refused.
+    let token = server.admin_token();
+    let plain = stranger
+        .post(server.url("/workflows/approval?id=x"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(r#"{"request": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 415);
+    let cross_site = stranger
+        .post(server.url("/workflows/approval/x/terminate"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let (code, _) = get(&server.admin_client(), server.url("/workflows/approval")).await;
+    assert_eq!(code, 200);
+}
+
+/// The workflow routes go through the gateway's authentication hook, as object routes do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_routes_go_through_the_auth_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let workflows = denizen::apps::workflows::workflows();
+    let runtime = workflows
+        .register(denizen::Runtime::builder().data_dir(dir.path()))
+        .build()
+        .unwrap();
+    let registry = workflows.bind(&runtime).unwrap();
+    let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Config::default())
+        .with_auth(|parts| match parts.headers.get("x-key") {
+            Some(_) => Ok(()),
+            None => Err(denizen::gateway::Rejection::forbidden("send x-key")),
+        });
+    let token = gateway.admin_token().unwrap().to_string();
+    let app = gateway
+        .router()
+        .merge(denizen::workflows_http::routes(&gateway, registry));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        gateway
+            .serve_router(listener, app, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let client = reqwest::Client::new();
+    let refused = client
+        .get(format!("http://{addr}/workflows/approval"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.text().await.unwrap(), "send x-key\n");
+    let allowed = client
+        .get(format!("http://{addr}/workflows/approval"))
+        .bearer_auth(&token)
+        .header("x-key", "k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
 }

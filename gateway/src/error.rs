@@ -9,4 +9,12 @@ pub enum Error {
     /// A [`crate::Config`] value cannot work.
     #[error("gateway config `{field}` {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// The admin token file cannot be used (no token was configured, so one is kept there).
+    #[error("admin token file {}: {reason}", path.display())]
+    AdminToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
 }

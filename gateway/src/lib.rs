@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod error;
 mod metrics;
 mod socket;
@@ -86,6 +87,8 @@ use percent_encoding::percent_decode_str;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+pub use auth::ADMIN_TOKEN_FILE;
+use auth::AdminSecret;
 pub use error::Error;
 pub use metrics::Metrics;
 
@@ -100,7 +103,10 @@ pub struct Config {
     /// Ping interval; a peer silent for two intervals is dropped (1006 to the object).
     /// Default 30 s; `None` disables heartbeats.
     pub heartbeat_interval: Option<Duration>,
-    /// When set, `/metrics` and `/admin`, `/admin/*` need `Authorization: Bearer <token>`.
+    /// The token admin routes (`/admin/*`, `/workflows/*`, `/inspector`) need as
+    /// `Authorization: Bearer <token>`. They always need one: when this is `None` the gateway
+    /// generates one and keeps it in `<data-dir>/admin.token` (mode 0600), where the CLI finds
+    /// it. When set here it also guards `/metrics`, which is otherwise open.
     pub admin_token: Option<String>,
     /// How long shutdown waits for sockets to finish their close handshakes. Default 5 s.
     pub shutdown_grace: Duration,
@@ -195,6 +201,8 @@ struct Inner {
     runtime: Runtime,
     config: Config,
     auth: Option<Arc<AuthHook>>,
+    /// The admin token in force.
+    admin: AdminSecret,
     metrics: Arc<Metrics>,
     /// The runtime's and the gateway's metrics, encoded by `/metrics`.
     registry: Arc<prometheus_client::registry::Registry>,
@@ -216,11 +224,14 @@ impl Gateway {
         let mut registry = prometheus_client::registry::Registry::with_prefix("denizen");
         runtime.metrics().register(&mut registry);
         metrics.register(registry.sub_registry_with_prefix("gateway"));
+        let admin =
+            AdminSecret::resolve(config.admin_token.as_deref(), &runtime.options().data_dir);
         Gateway {
             inner: Arc::new(Inner {
                 runtime,
                 config,
                 auth: None,
+                admin,
                 metrics,
                 registry: Arc::new(registry),
                 shutdown: watch::Sender::new(false),
@@ -239,6 +250,7 @@ impl Gateway {
             runtime: self.inner.runtime.clone(),
             config: self.inner.config.clone(),
             auth: Some(Arc::new(hook)),
+            admin: self.inner.admin.clone(),
             metrics: self.inner.metrics.clone(),
             registry: self.inner.registry.clone(),
             shutdown: self.inner.shutdown.clone(),
@@ -254,6 +266,13 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The token admin routes need: the configured one, or the one generated into
+    /// `<data-dir>/admin.token`. `None` when that file could not be used (then admin routes
+    /// answer 503 and [`Gateway::serve_router`] refuses to start).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.inner.admin.token()
     }
 
     /// The gateway's own counters.
@@ -279,13 +298,26 @@ impl Gateway {
         self.guard_admin(router)
     }
 
-    /// Requires the admin token (when configured) on `/metrics`, `/admin` and `/admin/*` of
-    /// `router`, including routes an application added. [`Gateway::serve_router`] does this for
-    /// you; call it when you serve the router with your own `axum::serve`.
+    /// Requires the admin token on `/admin`, `/workflows`, `/inspector` and everything under
+    /// them in `router`, including routes an application added, and refuses cross-site requests
+    /// there (an `Origin` of another site: 403; a body-carrying method without
+    /// `Content-Type: application/json`: 415). `/metrics` needs the token only when one was
+    /// configured. [`Gateway::serve_router`] does this for you; call it when you serve the router
+    /// with your own `axum::serve`.
     pub fn guard_admin(&self, router: Router) -> Router {
         router.layer(middleware::from_fn_with_state(
             self.inner.clone(),
             admin_guard,
+        ))
+    }
+
+    /// Runs the authentication hook (see [`Gateway::with_auth`]) on every request of `router`
+    /// before its handlers: for routes of your own that do not go through
+    /// [`Gateway::forward`] (the workflow routes, say). Call it on the gateway that has the hook.
+    pub fn guard_auth(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(
+            self.inner.clone(),
+            auth_guard,
         ))
     }
 
@@ -305,6 +337,16 @@ impl Gateway {
             .await;
         self.inner.metrics.count_status(resp.status());
         resp
+    }
+
+    /// Whether the gateway can serve: its options are valid and it has an admin token (a
+    /// generated one's file may be unusable). [`Gateway::serve_router`] starts with this check.
+    pub fn check(&self) -> Result<(), Error> {
+        self.inner.config.validate()?;
+        match self.inner.admin.problem() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Serves [`Gateway::router`] until `shutdown` resolves, then shuts down gracefully (see
@@ -327,7 +369,7 @@ impl Gateway {
         router: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        self.inner.config.validate()?;
+        self.check()?;
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "gateway serving");
         let signal = self.inner.shutdown.clone();
@@ -631,9 +673,29 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
     })
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn auth_guard(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = &inner.auth else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    if let Err(r) = auth(&parts) {
+        tracing::debug!(status = %r.status, "refused by the auth hook");
+        return text(r.status, r.message);
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+/// Whether `path` is an operator's door: always behind the admin token.
+fn is_admin_door(path: &str) -> bool {
+    ["/admin", "/workflows", "/inspector"].iter().any(|door| {
+        path.strip_prefix(door)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 async fn admin_guard(
@@ -642,29 +704,64 @@ async fn admin_guard(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    let guarded = path == "/metrics" || path == "/admin" || path.starts_with("/admin/");
-    if guarded && let Some(token) = &inner.config.admin_token {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
+    let admin_door = is_admin_door(path);
+    let metrics_door = path == "/metrics" && matches!(inner.admin, AdminSecret::Configured(_));
+    if !admin_door && !metrics_door {
+        return next.run(req).await;
+    }
+    let Some(token) = inner.admin.token() else {
+        let why = inner
+            .admin
+            .problem()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("admin routes are closed: {why}"),
+        );
+    };
+    let headers = req.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !presented.is_some_and(|p| auth::same_secret(p.as_bytes(), token.as_bytes())) {
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            "this route needs Authorization: Bearer <admin token> (the server's admin_token, or the token in <data-dir>/admin.token)",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    if admin_door {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !auth::same_origin(origin, host) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "admin routes refuse cross-site requests: the Origin header names another site than this server",
+                );
+            }
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
-            let mut resp = text(
-                StatusCode::UNAUTHORIZED,
-                "this route needs Authorization: Bearer <admin token>",
+            .is_some_and(auth::is_json);
+        if !req.method().is_safe() && !json {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "admin routes take JSON: send Content-Type: application/json (other types are refused so that web pages cannot forge these requests)",
             );
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
         }
     }
     next.run(req).await
 }
 
-/// `POST /admin/sql/<namespace>/<name>` (`?id` when `<name>` is an object id), the query as the
-/// body: runs it as an event of the object (see [`Runtime::sql`]) and answers
+/// `POST /admin/sql/<namespace>/<name>` (`?id` when `<name>` is an object id) with
+/// `{"query": "<sql>"}` as a JSON body: runs it as an event of the object (see [`Runtime::sql`]) and answers
 /// `{"columns", "rows", "rows_read", "rows_written"}`; blobs are `{"blob": "<hex>"}`.
 async fn sql_route(
     State(inner): State<Arc<Inner>>,
@@ -672,8 +769,22 @@ async fn sql_route(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let Ok(query) = std::str::from_utf8(&body) else {
-        return text(StatusCode::BAD_REQUEST, "the query must be UTF-8 text");
+    let query = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => match v.get("query").and_then(|q| q.as_str()) {
+            Some(q) => q.to_string(),
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    r#"send the query as {"query": "<sql>"}"#,
+                );
+            }
+        },
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!(r#"the body is not JSON ({e}); send {{"query": "<sql>"}}"#),
+            );
+        }
     };
     let by_id = uri
         .query()
@@ -683,7 +794,7 @@ async fn sql_route(
     } else {
         denizen_runtime::admin::Address::Name(&object)
     };
-    match inner.runtime.sql(&namespace, address, query).await {
+    match inner.runtime.sql(&namespace, address, &query).await {
         Ok(cursor) => {
             use denizen_runtime::Value;
             let cell = |v: &Value| match v {
@@ -798,11 +909,25 @@ mod tests {
     }
 
     #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"abcd"));
-        assert!(!same_secret(b"", b"a"));
+    fn admin_doors() {
+        for p in [
+            "/admin",
+            "/admin/sql/a/b",
+            "/workflows",
+            "/workflows/x/y",
+            "/inspector",
+        ] {
+            assert!(is_admin_door(p), "{p}");
+        }
+        for p in [
+            "/administrator",
+            "/workflowsx",
+            "/objects/admin/x",
+            "/metrics",
+            "/",
+        ] {
+            assert!(!is_admin_door(p), "{p}");
+        }
     }
 
     #[test]

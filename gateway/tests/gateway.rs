@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use denizen_gateway::{Config, Gateway, Rejection};
+use denizen_gateway::{ADMIN_TOKEN_FILE, Config, Gateway, Rejection};
 use denizen_runtime::http::StatusCode;
 use denizen_runtime::{
     Ctx, DurableObject, Frame, Request, Response, Result, Runtime, Upgrade, WebSocket, http_util,
@@ -107,7 +107,9 @@ struct Server {
     runtime: Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    /// The admin token in force (configured, or generated into the data directory).
+    token: String,
+    dir: tempfile::TempDir,
 }
 
 #[derive(Default)]
@@ -127,6 +129,7 @@ async fn start(options: Options) -> Server {
     }
     let runtime = builder.build().unwrap();
     let mut gateway = Gateway::new(runtime.clone(), options.config);
+    let token = gateway.admin_token().expect("an admin token").to_string();
     if options.auth {
         gateway = gateway.with_auth(|parts| {
             match parts.headers.get("x-key").and_then(|v| v.to_str().ok()) {
@@ -167,7 +170,8 @@ async fn start(options: Options) -> Server {
         runtime,
         stop: Some(tx),
         done,
-        _dir: dir,
+        token,
+        dir,
     }
 }
 
@@ -272,9 +276,103 @@ async fn routes_requests_with_their_own_path() {
         (status, body.as_str()),
         (200, "GET /rooms/kitchen?x=2 kitchen ")
     );
-    // Unguarded without an admin token.
+    // Admin routes are closed even when no admin token was configured: one was generated.
     let (status, _) = http(server.addr, "GET /admin/ping HTTP/1.1", "").await;
+    assert_eq!(status, 401);
+    let kept = std::fs::read_to_string(server.dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
+    assert_eq!(kept.trim(), server.token);
+    let (status, body) = http(
+        server.addr,
+        &format!(
+            "GET /admin/ping HTTP/1.1\r\nAuthorization: Bearer {}",
+            server.token
+        ),
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "pong\n"));
+    // /metrics stays open unless a token was configured.
+    let (status, _) = http(server.addr, "GET /metrics HTTP/1.1", "").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_generated_admin_token_is_private_and_kept() {
+    let server = start(Options::default()).await;
+    let path = server.dir.path().join(ADMIN_TOKEN_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second gateway on the same directory uses the same token.
+    let again = Gateway::new(server.runtime.clone(), Config::default());
+    assert_eq!(again.admin_token(), Some(server.token.as_str()));
+    // One that others may read is refused: serving does not start.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let exposed = Gateway::new(server.runtime.clone(), Config::default());
+        assert_eq!(exposed.admin_token(), None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = exposed
+            .serve(listener, std::future::pending())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("readable by other users"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn admin_routes_refuse_cross_site_requests() {
+    let server = start(Options::default()).await;
+    let auth = format!("Authorization: Bearer {}", server.token);
+    let sql = "POST /admin/sql/echo/a HTTP/1.1";
+    let query = r#"{"query": "SELECT 1 AS one"}"#;
+    // A text/plain body (what a form or a no-cors fetch may send) is refused.
+    let (status, body) = http(
+        server.addr,
+        &format!("{sql}\r\n{auth}\r\nContent-Type: text/plain"),
+        "SELECT 1",
+    )
+    .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("application/json"), "{body}");
+    // So is one without a content type.
+    let (status, _) = http(server.addr, &format!("{sql}\r\n{auth}"), query).await;
+    assert_eq!(status, 415);
+    // Another site's page.
+    let (status, body) = http(
+        server.addr,
+        &format!(
+            "{sql}\r\n{auth}\r\nContent-Type: application/json\r\nOrigin: http://evil.example"
+        ),
+        query,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("cross-site"), "{body}");
+    // This server's own origin, JSON: past the guard, to the route (the object was never
+    // written, so it does not exist).
+    let (status, body) = http(
+        server.addr,
+        &format!("{sql}\r\n{auth}\r\nContent-Type: application/json\r\nOrigin: http://x"),
+        query,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no object named `a`"), "{body}");
+    // JSON, but not the shape the route takes.
+    let (status, body) = http(
+        server.addr,
+        &format!("{sql}\r\n{auth}\r\nContent-Type: application/json"),
+        r#""SELECT 1""#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
 }
 
 #[tokio::test]

@@ -34,6 +34,30 @@ impl Server {
         }
     }
 
+    /// The admin token the server generated into its data directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("the server keeps its admin token in <data-dir>/admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// A client that sends the admin token and JSON, as admin routes (`/admin`, `/workflows`)
+    /// require.
+    pub fn admin_client(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", self.admin_token());
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            "application/json".parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -53,7 +53,8 @@ pub(crate) enum Command {
         /// file [default: the server running on the data directory, if any].
         #[arg(long, env = "DENIZEN_SERVER")]
         server: Option<String>,
-        /// The server's admin token, when it has one.
+        /// The server's admin token [default: the config file's, else the one the server
+        /// keeps in <data-dir>/admin.token].
         #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
@@ -69,6 +70,10 @@ pub(crate) enum Command {
         /// files [default: the server running on the data directory, if any].
         #[arg(long, env = "DENIZEN_SERVER")]
         server: Option<String>,
+        /// The server's admin token [default: the config file's, else the one the server
+        /// keeps in <data-dir>/admin.token].
+        #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
 }
 
@@ -120,7 +125,8 @@ pub(crate) struct ServeArgs {
     /// Server ping interval for WebSockets, e.g. 30s; `0s` disables [default: 30s].
     #[arg(long, env = "DENIZEN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub(crate) heartbeat_interval: Option<Duration>,
-    /// Bearer token required by /metrics and /admin routes.
+    /// Bearer token required by /admin and /workflows routes (and then /metrics) [default: a
+    /// generated one, kept in <data-dir>/admin.token].
     #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
     /// How long idle CPUs poll (with the idle scheduling class) before they halt, so the next

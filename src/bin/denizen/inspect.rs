@@ -37,6 +37,7 @@ pub(crate) fn objects(dir: &Path, namespace: &str, json: bool) -> Result<()> {
 fn remote_status(
     rt: &tokio::runtime::Runtime,
     url: &str,
+    token: Option<&str>,
     name: &str,
     id: &str,
 ) -> Option<Result<workflow::InstanceStatus>> {
@@ -47,7 +48,11 @@ fn remote_status(
         segment(id)
     );
     rt.block_on(async {
-        let resp = reqwest::get(&endpoint).await.ok()?;
+        let mut req = reqwest::Client::new().get(&endpoint);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.ok()?;
         let status = resp.status();
         let body = match resp.text().await {
             Ok(b) => b,
@@ -65,6 +70,7 @@ pub(crate) fn list_workflows(
     name: &str,
     json: bool,
     server: Option<&str>,
+    token: Option<&str>,
 ) -> Result<()> {
     // A running server holds the data directory: its instances are asked from it.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -97,7 +103,7 @@ pub(crate) fn list_workflows(
                 Err(denizen::Error::Storage(denizen::storage::Error::Held { path })) => {
                     match server
                         .as_deref()
-                        .and_then(|url| remote_status(&rt, url, name, id))
+                        .and_then(|url| remote_status(&rt, url, token, name, id))
                     {
                         Some(status) => status.map(Some),
                         None => {

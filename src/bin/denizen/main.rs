@@ -19,7 +19,7 @@ use anyhow::Result;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use remote::running_server;
+use remote::{admin_token, running_server};
 
 /// Why jemalloc: see its entry in Cargo.toml.
 #[cfg(not(target_env = "msvc"))]
@@ -67,10 +67,12 @@ fn run(cli: Cli) -> Result<()> {
             data_dir: dir,
             json,
             server,
+            admin_token: token,
         } => {
             let dir = data_dir(dir);
             let server = server.or_else(|| running_server(&dir));
-            inspect::list_workflows(&dir, &name, json, server.as_deref())
+            let token = admin_token(&dir, token.or(file.admin_token.clone()));
+            inspect::list_workflows(&dir, &name, json, server.as_deref(), token.as_deref())
         }
         Command::Sql {
             namespace,
@@ -79,11 +81,12 @@ fn run(cli: Cli) -> Result<()> {
             id,
             data_dir: dir,
             server,
-            admin_token,
+            admin_token: token,
         } => {
-            let token = admin_token.or(file.admin_token.clone());
+            let dir = data_dir(dir);
+            let token = admin_token(&dir, token.or(file.admin_token.clone()));
             sql::run(sql::Query {
-                dir: &data_dir(dir),
+                dir: &dir,
                 namespace: &namespace,
                 object: &object,
                 by_id: id,

@@ -12,6 +12,16 @@ pub(crate) fn running_server(dir: &Path) -> Option<String> {
     (!url.is_empty()).then(|| url.to_string())
 }
 
+/// The admin token for the server on `dir`: the one given (flag, environment, config file), else
+/// the one the server generated into `<dir>/admin.token`.
+pub(crate) fn admin_token(dir: &Path, given: Option<String>) -> Option<String> {
+    given.or_else(|| {
+        let text = std::fs::read_to_string(dir.join(denizen::gateway::ADMIN_TOKEN_FILE)).ok()?;
+        let token = text.trim();
+        (!token.is_empty()).then(|| token.to_string())
+    })
+}
+
 pub(crate) enum Remote {
     /// Nothing answered: no server there.
     Unreachable(anyhow::Error),

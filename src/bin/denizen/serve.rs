@@ -124,14 +124,16 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
             .build()
             .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
         let registry = workflows.bind(&runtime)?;
+        // Before the address is announced: the admin token file exists once clients may come.
+        let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
+        gateway.check()?;
         // The first line on stdout names the address (tests start the server on port 0).
         println!("denizen listening on http://{addr}");
         tracing::info!(%addr, data_dir = %options.data_dir.display(), "serving the example apps: counter, chat, counter-agent, mcp-agent, workflows approval and pipeline");
-        let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
         let app = gateway
             .router()
             .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS))
-            .merge(denizen::workflows_http::routes(registry));
+            .merge(denizen::workflows_http::routes(&gateway, registry));
         // `denizen sql` finds the server running on this data directory here.
         let address_file = options.data_dir.join(SERVER_ADDRESS_FILE);
         if let Err(e) = std::fs::write(&address_file, format!("http://{addr}\n")) {

@@ -18,6 +18,7 @@ pub(crate) struct Query<'a> {
     pub(crate) query: &'a str,
     /// `--server`: the server named on the command line, if any.
     pub(crate) server: Option<String>,
+    /// The admin token (given, or read from the data directory).
     pub(crate) token: Option<String>,
 }
 
@@ -97,7 +98,7 @@ pub(crate) fn remote_sql(
     rt.block_on(async {
         let mut req = reqwest::Client::new()
             .post(&endpoint)
-            .body(query.to_string());
+            .json(&serde_json::json!({ "query": query }));
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
