@@ -17,7 +17,7 @@
 //!   that finishes in-flight requests, closes sockets with 1001 and stops the runtime.
 //!
 //! Errors become plain-text answers: unknown namespace 404, invalid id 400, overloaded object 503
-//! with `Retry-After`, shutting down 503, anything else 500.
+//! with `Retry-After`, shutting down 503, a handler past its deadline 504, anything else 500.
 //!
 //! ```
 //! use denizen_gateway::{Config, Gateway, Rejection};
@@ -429,6 +429,8 @@ fn error_response(e: &RuntimeError) -> Response {
         RuntimeError::Overloaded { .. }
         | RuntimeError::ShuttingDown
         | RuntimeError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // The object was reset; the caller may try again, the handler's author should look.
+        RuntimeError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status.is_server_error() {
@@ -823,7 +825,8 @@ async fn sql_route(
             )
                 .into_response()
         }
-        // Bad SQL, a refused statement, a constraint: the operator's to fix.
+        // Bad SQL, a refused statement, a constraint, a query past its time budget or its row
+        // or byte cap (TimeBudget, TooManyRows, ResultTooLarge): the operator's to fix.
         Err(e @ RuntimeError::Storage(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error_response(&e),
     }
@@ -894,6 +897,12 @@ mod tests {
                 400,
             ),
             (RuntimeError::ShuttingDown, 503),
+            (
+                RuntimeError::EventTimeout {
+                    after: Duration::from_secs(1),
+                },
+                504,
+            ),
             (RuntimeError::Unavailable, 503),
             (
                 RuntimeError::Panicked {

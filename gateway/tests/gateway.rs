@@ -46,6 +46,11 @@ impl DurableObject for Echo {
             return Ok(http_util::switching_protocols());
         }
         let body = match req.uri().path() {
+            "/hang" => std::future::pending().await,
+            "/write" => {
+                ctx.storage().exec("CREATE TABLE IF NOT EXISTS t (x)", [])?;
+                "written".to_string()
+            }
             "/sockets" => ctx.get_websockets(None).len().to_string(),
             "/last-close" => self.last_close.clone().unwrap_or_default(),
             _ => format!(
@@ -117,6 +122,8 @@ struct Options {
     config: Config,
     auth: bool,
     idle_timeout: Option<Duration>,
+    event_timeout: Option<Duration>,
+    query_limits: Option<denizen_runtime::storage::QueryLimits>,
 }
 
 async fn start(options: Options) -> Server {
@@ -124,9 +131,21 @@ async fn start(options: Options) -> Server {
     let mut builder = Runtime::builder()
         .data_dir(dir.path())
         .object::<Echo>("echo");
+    if let Some(limits) = options.query_limits {
+        builder = builder
+            .options(denizen_runtime::Options {
+                operator_query_limits: limits,
+                ..denizen_runtime::Options::default()
+            })
+            .data_dir(dir.path());
+    }
     if let Some(t) = options.idle_timeout {
         builder = builder.idle_timeout(t);
     }
+    if let Some(t) = options.event_timeout {
+        builder = builder.event_timeout(Some(t));
+    }
+
     let runtime = builder.build().unwrap();
     let mut gateway = Gateway::new(runtime.clone(), options.config);
     let token = gateway.admin_token().expect("an admin token").to_string();
@@ -805,4 +824,51 @@ async fn silent_peers_are_dropped_by_the_heartbeat() {
         assert_eq!(next(&mut ws).await, Message::Text(format!("m{i}").into()));
     }
     drop(tcp);
+}
+
+#[tokio::test]
+async fn a_handler_past_its_deadline_answers_504() {
+    let server = start(Options {
+        event_timeout: Some(Duration::from_millis(200)),
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = http(server.addr, "GET /objects/echo/slow/hang HTTP/1.1", "").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("deadline"), "{body}");
+}
+
+#[tokio::test]
+async fn operator_queries_past_their_limits_are_the_operators_to_fix() {
+    let server = start(Options {
+        query_limits: Some(denizen_runtime::storage::QueryLimits {
+            time_budget: Duration::from_millis(100),
+            max_rows: 3,
+            max_bytes: 64,
+        }),
+        ..Options::default()
+    })
+    .await;
+    let (status, _) = http(server.addr, "POST /objects/echo/db/write HTTP/1.1", "").await;
+    assert_eq!(status, 200);
+    let sql = |query: &str| {
+        let head = format!(
+            "POST /admin/sql/echo/db HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json",
+            server.token
+        );
+        let body = serde_json::json!({ "query": query }).to_string();
+        async move { http(server.addr, &head, &body).await }
+    };
+    let count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) SELECT x FROM c";
+    let (status, body) = sql(count).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("more than 3 rows"), "{body}");
+    let (status, body) = sql("SELECT zeroblob(1000)").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("larger than 64 bytes"), "{body}");
+    let forever =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let (status, body) = sql(forever).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("time budget"), "{body}");
 }
