@@ -26,15 +26,15 @@ pub fn routes(gateway: &Gateway, namespaces: &[&str]) -> Router {
             let namespaces = namespaces.clone();
             async move {
                 let path = req.uri().path().strip_prefix("/agents/").unwrap_or("");
-                let mut parts = path.split('/').filter(|s| !s.is_empty());
-                let (Some(class), Some(name)) = (parts.next(), parts.next()) else {
+                // Decoded exactly as /objects decodes: `caf%C3%A9` is the agent `café`.
+                let Some((class, name, _)) = denizen_gateway::split_path(path) else {
                     return (
                         StatusCode::NOT_FOUND,
                         "address an agent as /agents/<class>/<name>[/path]\n",
                     )
                         .into_response();
                 };
-                if !namespaces.iter().any(|n| n == class) {
+                if !namespaces.contains(&class) {
                     return (
                         StatusCode::BAD_REQUEST,
                         format!(
@@ -44,7 +44,6 @@ pub fn routes(gateway: &Gateway, namespaces: &[&str]) -> Router {
                     )
                         .into_response();
                 }
-                let (class, name) = (class.to_string(), name.to_string());
                 let resp: Response = gateway.forward(&class, &name, req).await;
                 resp
             }

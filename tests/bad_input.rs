@@ -153,3 +153,27 @@ async fn unknown_namespace_is_404_and_overload_is_503() {
         .unwrap();
     assert_eq!(v["count"].as_i64().unwrap(), ok.len() as i64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_names_are_percent_decoded_as_object_names_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut ws = server.ws("/agents/counter-agent/caf%C3%A9").await;
+    next_text(&mut ws).await;
+    send_text(&mut ws, r#"{"type":"cf_agent_state","state":{"count":7}}"#).await;
+    // The same agent through /objects, which decodes the name to `café`.
+    let client = reqwest::Client::new();
+    wait_until(
+        "the state set through /agents to show through /objects",
+        std::time::Duration::from_secs(10),
+        || {
+            let client = &client;
+            let url = server.url("/objects/counter-agent/caf%C3%A9");
+            async move {
+                let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+                v["count"] == 7
+            }
+        },
+    )
+    .await;
+}

@@ -444,8 +444,11 @@ fn error_response(e: &RuntimeError) -> Response {
     resp
 }
 
-/// `<namespace>/<name>[/rest]`: namespace and name percent-decoded; `rest` keeps its encoding.
-fn split_path(path: &str) -> Option<(String, String, String)> {
+/// Splits `<namespace>/<name>[/rest]` (a path after its route's prefix): namespace and name
+/// percent-decoded as UTF-8, `rest` (at least `/`) keeps its encoding. `None` when the namespace
+/// or the name is missing or does not decode. Routes of your own that name objects should use it,
+/// so that `caf%C3%A9` and `café` are one object everywhere.
+pub fn split_path(path: &str) -> Option<(String, String, String)> {
     let mut parts = path.splitn(3, '/');
     let ns = parts.next().filter(|s| !s.is_empty())?;
     let name = parts.next().filter(|s| !s.is_empty())?;
