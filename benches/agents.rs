@@ -44,7 +44,7 @@ fn serve() {
             .await
             .expect("bind");
         println!("{}", listener.local_addr().expect("addr"));
-        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Config::default());
+        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Options::default());
         let app = gateway
             .router()
             .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS));

@@ -69,7 +69,7 @@ fn serve(idle_poll: Duration) {
             .await
             .expect("bind");
         println!("{}", listener.local_addr().expect("addr"));
-        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Config::default());
+        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Options::default());
         gateway
             .serve(listener, std::future::pending())
             .await

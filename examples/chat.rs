@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use axum::extract::{Path, Request};
 use axum::routing::any;
 use denizen::apps::chat::ChatRoom;
-use denizen::gateway::{Config, Gateway, Rejection};
+use denizen::gateway::{self, Gateway, Rejection};
 use denizen::{Options, Runtime};
 
 #[tokio::main]
@@ -28,7 +28,7 @@ async fn main() -> Result<()> {
         .build()
         .context("opening the data directory")?;
     // The hook sees every request and upgrade before any room does.
-    let gateway = Gateway::new(runtime, Config::default()).with_auth(|parts| {
+    let gateway = Gateway::new(runtime, gateway::Options::default()).with_auth(|parts| {
         let named = parts.uri.query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| kv.starts_with("user=") && kv.len() > 5)

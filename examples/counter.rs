@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use axum::extract::{Path, Request};
 use axum::routing::post;
 use denizen::apps::counter::Counter;
-use denizen::gateway::{Config, Gateway};
+use denizen::gateway::{self, Gateway};
 use denizen::{Options, Runtime};
 
 #[tokio::main]
@@ -26,7 +26,7 @@ async fn main() -> Result<()> {
         .object::<Counter>("counter")
         .build()
         .context("opening the data directory")?;
-    let gateway = Gateway::new(runtime, Config::default());
+    let gateway = Gateway::new(runtime, gateway::Options::default());
     let forwarder = gateway.clone();
     // `POST /hits/<page>` counts a page hit: the object sees the request at `/increment`.
     let app = gateway.router().route(

@@ -351,7 +351,7 @@ async fn workflow_routes_go_through_the_auth_hook() {
         .build()
         .unwrap();
     let registry = workflows.bind(&runtime).unwrap();
-    let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Config::default())
+    let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Options::default())
         .with_auth(|parts| match parts.headers.get("x-key") {
             Some(_) => Ok(()),
             None => Err(denizen::gateway::Rejection::forbidden("send x-key")),

@@ -6,9 +6,9 @@ pub enum Error {
         "serving HTTP failed: {0}; check that the listener is still open and the process may accept connections"
     )]
     Serve(#[source] std::io::Error),
-    /// A [`crate::Config`] value cannot work.
-    #[error("gateway config `{field}` {reason}")]
-    InvalidConfig { field: &'static str, reason: String },
+    /// A [`crate::Options`] value cannot work.
+    #[error("gateway option `{field}` {reason}")]
+    InvalidOptions { field: &'static str, reason: String },
     /// The admin token file cannot be used (no token was configured, so one is kept there).
     #[error("admin token file {}: {reason}", path.display())]
     AdminToken {

@@ -20,7 +20,7 @@
 //! with `Retry-After`, shutting down 503, a handler past its deadline 504, anything else 500.
 //!
 //! ```
-//! use denizen_gateway::{Config, Gateway, Rejection};
+//! use denizen_gateway::{Options, Gateway, Rejection};
 //! use denizen_runtime::{Ctx, DurableObject, Request, Response, Result, Runtime, http_util};
 //!
 //! #[derive(Default)]
@@ -37,7 +37,7 @@
 //! # async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 //! # let dir = tempfile::tempdir()?;
 //! let runtime = Runtime::builder().data_dir(dir.path()).object::<Hello>("hello").build()?;
-//! let gateway = Gateway::new(runtime, Config::default()).with_auth(|parts| {
+//! let gateway = Gateway::new(runtime, Options::default()).with_auth(|parts| {
 //!     match parts.headers.get("authorization") {
 //!         Some(_) => Ok(()),
 //!         None => Err(Rejection::unauthorized("send an Authorization header")),
@@ -92,9 +92,9 @@ use auth::AdminSecret;
 pub use error::Error;
 pub use metrics::Metrics;
 
-/// Gateway settings.
+/// Gateway options.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct Options {
     /// Largest incoming WebSocket message (and frame); a bigger one closes that socket with 1009.
     /// Default 32 MiB, as in Durable Objects.
     pub max_message_size: usize,
@@ -122,9 +122,9 @@ pub struct Config {
     pub socket_read_buffer: usize,
 }
 
-impl Default for Config {
+impl Default for Options {
     fn default() -> Self {
-        Config {
+        Options {
             max_message_size: 32 << 20,
             max_body_size: 32 << 20,
             heartbeat_interval: Some(Duration::from_secs(30)),
@@ -137,10 +137,10 @@ impl Default for Config {
     }
 }
 
-impl Config {
+impl Options {
     fn validate(&self) -> Result<(), Error> {
         let bad = |field: &'static str, why: &str| {
-            Err(Error::InvalidConfig {
+            Err(Error::InvalidOptions {
                 field,
                 reason: why.to_string(),
             })
@@ -199,7 +199,7 @@ type AuthHook = dyn Fn(&http::request::Parts) -> Result<(), Rejection> + Send + 
 
 struct Inner {
     runtime: Runtime,
-    config: Config,
+    options: Options,
     auth: Option<Arc<AuthHook>>,
     /// The admin token in force.
     admin: AdminSecret,
@@ -219,17 +219,17 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway in front of `runtime`. Nothing listens until [`Gateway::serve`] (or you serve
     /// [`Gateway::router`] yourself).
-    pub fn new(runtime: Runtime, config: Config) -> Self {
+    pub fn new(runtime: Runtime, options: Options) -> Self {
         let metrics = Arc::new(Metrics::default());
         let mut registry = prometheus_client::registry::Registry::with_prefix("denizen");
         runtime.metrics().register(&mut registry);
         metrics.register(registry.sub_registry_with_prefix("gateway"));
         let admin =
-            AdminSecret::resolve(config.admin_token.as_deref(), &runtime.options().data_dir);
+            AdminSecret::resolve(options.admin_token.as_deref(), &runtime.options().data_dir);
         Gateway {
             inner: Arc::new(Inner {
                 runtime,
-                config,
+                options,
                 auth: None,
                 admin,
                 metrics,
@@ -248,7 +248,7 @@ impl Gateway {
     ) -> Self {
         let inner = Inner {
             runtime: self.inner.runtime.clone(),
-            config: self.inner.config.clone(),
+            options: self.inner.options.clone(),
             auth: Some(Arc::new(hook)),
             admin: self.inner.admin.clone(),
             metrics: self.inner.metrics.clone(),
@@ -264,8 +264,8 @@ impl Gateway {
         &self.inner.runtime
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    pub fn options(&self) -> &Options {
+        &self.inner.options
     }
 
     /// The token admin routes need: the configured one, or the one generated into
@@ -342,7 +342,7 @@ impl Gateway {
     /// Whether the gateway can serve: its options are valid and it has an admin token (a
     /// generated one's file may be unusable). [`Gateway::serve_router`] starts with this check.
     pub fn check(&self) -> Result<(), Error> {
-        self.inner.config.validate()?;
+        self.inner.options.validate()?;
         match self.inner.admin.problem() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -390,7 +390,7 @@ impl Gateway {
             .await;
         // Also on a serve error: never leave sockets or objects behind.
         self.inner.shutdown.send_replace(true);
-        let grace = self.inner.config.shutdown_grace;
+        let grace = self.inner.options.shutdown_grace;
         if tokio::time::timeout(grace, self.inner.metrics.sockets_closed())
             .await
             .is_err()
@@ -530,7 +530,7 @@ async fn forward(
     let body = if upgrade.is_some() {
         Bytes::new()
     } else {
-        match read_body(&parts.headers, body, inner.config.max_body_size).await {
+        match read_body(&parts.headers, body, inner.options.max_body_size).await {
             Ok(b) => b,
             Err(resp) => return resp,
         }
@@ -569,7 +569,7 @@ async fn upgrade_socket(
     namespace: &str,
     name: &str,
 ) -> Response {
-    let (offer, outgoing) = Upgrade::with_backlog_limit(inner.config.max_send_backlog);
+    let (offer, outgoing) = Upgrade::with_backlog_limit(inner.options.max_send_backlog);
     object_req.extensions_mut().insert(offer.clone());
     let resp = match inner.runtime.fetch(namespace, name, object_req).await {
         Ok(resp) => resp,
@@ -605,18 +605,18 @@ async fn upgrade_socket(
         handle: handle.clone(),
         outgoing,
         backlog: offer.backlog(),
-        heartbeat: inner.config.heartbeat_interval,
-        close_timeout: inner.config.close_timeout,
+        heartbeat: inner.options.heartbeat_interval,
+        close_timeout: inner.options.close_timeout,
         shutdown: inner.shutdown.subscribe(),
         metrics: inner.metrics.clone(),
     };
-    let max = inner.config.max_message_size.max(1);
+    let max = inner.options.max_message_size.max(1);
     let mut resp = ws
         .max_message_size(max)
         .max_frame_size(max)
         // Small, fixed buffers: an idle socket must cost a few KiB, not tungstenite's default
         // 128 KiB. Writes go straight to the socket (each send is flushed anyway).
-        .read_buffer_size(inner.config.socket_read_buffer.max(1))
+        .read_buffer_size(inner.options.socket_read_buffer.max(1))
         .write_buffer_size(0)
         .on_failed_upgrade(move |e| {
             tracing::warn!(error = %e, "websocket upgrade failed after the object accepted it");
@@ -943,11 +943,11 @@ mod tests {
     }
 
     #[test]
-    fn config_is_validated() {
-        assert!(Config::default().validate().is_ok());
-        let zero_beat = Config {
+    fn options_are_validated() {
+        assert!(Options::default().validate().is_ok());
+        let zero_beat = Options {
             heartbeat_interval: Some(Duration::ZERO),
-            ..Config::default()
+            ..Options::default()
         };
         let err = zero_beat.validate().unwrap_err().to_string();
         assert!(err.contains("heartbeat_interval"), "{err}");

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use denizen_gateway::{ADMIN_TOKEN_FILE, Config, Gateway, Rejection};
+use denizen_gateway::{ADMIN_TOKEN_FILE, Gateway, Options, Rejection};
 use denizen_runtime::http::StatusCode;
 use denizen_runtime::{
     Ctx, DurableObject, Frame, Request, Response, Result, Runtime, Upgrade, WebSocket, http_util,
@@ -118,15 +118,15 @@ struct Server {
 }
 
 #[derive(Default)]
-struct Options {
-    config: Config,
+struct Setup {
+    config: Options,
     auth: bool,
     idle_timeout: Option<Duration>,
     event_timeout: Option<Duration>,
     query_limits: Option<denizen_runtime::storage::QueryLimits>,
 }
 
-async fn start(options: Options) -> Server {
+async fn start(options: Setup) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut builder = Runtime::builder()
         .data_dir(dir.path())
@@ -270,7 +270,7 @@ async fn get_text(addr: SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn routes_requests_with_their_own_path() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let (status, body) = http(
         server.addr,
         "POST /objects/echo/ada%20l/a/b?x=1 HTTP/1.1",
@@ -317,7 +317,7 @@ async fn routes_requests_with_their_own_path() {
 
 #[tokio::test]
 async fn the_generated_admin_token_is_private_and_kept() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let path = server.dir.path().join(ADMIN_TOKEN_FILE);
     #[cfg(unix)]
     {
@@ -326,14 +326,14 @@ async fn the_generated_admin_token_is_private_and_kept() {
         assert_eq!(mode & 0o777, 0o600);
     }
     // A second gateway on the same directory uses the same token.
-    let again = Gateway::new(server.runtime.clone(), Config::default());
+    let again = Gateway::new(server.runtime.clone(), Options::default());
     assert_eq!(again.admin_token(), Some(server.token.as_str()));
     // One that others may read is refused: serving does not start.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let exposed = Gateway::new(server.runtime.clone(), Config::default());
+        let exposed = Gateway::new(server.runtime.clone(), Options::default());
         assert_eq!(exposed.admin_token(), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let err = exposed
@@ -347,7 +347,7 @@ async fn the_generated_admin_token_is_private_and_kept() {
 
 #[tokio::test]
 async fn admin_routes_refuse_cross_site_requests() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let auth = format!("Authorization: Bearer {}", server.token);
     let sql = "POST /admin/sql/echo/a HTTP/1.1";
     let query = r#"{"query": "SELECT 1 AS one"}"#;
@@ -396,12 +396,12 @@ async fn admin_routes_refuse_cross_site_requests() {
 
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
-    let server = start(Options {
-        config: Config {
+    let server = start(Setup {
+        config: Options {
             max_body_size: 16,
-            ..Config::default()
+            ..Options::default()
         },
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let (status, body) = http(
@@ -422,9 +422,9 @@ async fn oversized_bodies_are_refused() {
 
 #[tokio::test]
 async fn auth_hook_sees_requests_and_upgrades_first() {
-    let server = start(Options {
+    let server = start(Setup {
         auth: true,
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let (status, body) = http(server.addr, "GET /objects/echo/a HTTP/1.1", "").await;
@@ -469,12 +469,12 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
 
 #[tokio::test]
 async fn metrics_and_admin_routes_need_the_admin_token() {
-    let server = start(Options {
-        config: Config {
+    let server = start(Setup {
+        config: Options {
             admin_token: Some("s3cret".into()),
-            ..Config::default()
+            ..Options::default()
         },
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let (status, _) = http(server.addr, "GET /metrics HTTP/1.1", "").await;
@@ -518,7 +518,7 @@ async fn metrics_and_admin_routes_need_the_admin_token() {
 
 #[tokio::test]
 async fn websockets_echo_broadcast_and_close_both_ways() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let mut a = connect(server.addr, "/objects/echo/room?tag=red").await;
     let mut b = connect(server.addr, "/objects/echo/room?tag=blue").await;
     a.send(Message::Text("hi".into())).await.unwrap();
@@ -564,7 +564,7 @@ async fn websockets_echo_broadcast_and_close_both_ways() {
 
 #[tokio::test]
 async fn large_messages_arrive_whole() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let mut ws = connect(server.addr, "/objects/echo/big").await;
     let payload: Vec<u8> = (0..4 << 20).map(|i: u32| i as u8).collect();
     ws.send(Message::Binary(payload.clone().into()))
@@ -579,7 +579,7 @@ async fn large_messages_arrive_whole() {
 
 #[tokio::test]
 async fn an_object_may_refuse_a_socket() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let err =
         tokio_tungstenite::connect_async(format!("ws://{}/objects/echo/r?refuse", server.addr))
             .await
@@ -599,12 +599,12 @@ async fn an_object_may_refuse_a_socket() {
 
 #[tokio::test]
 async fn a_message_too_big_closes_only_its_socket() {
-    let server = start(Options {
-        config: Config {
+    let server = start(Setup {
+        config: Options {
             max_message_size: 1024,
-            ..Config::default()
+            ..Options::default()
         },
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let mut big = connect(server.addr, "/objects/echo/limits").await;
@@ -640,12 +640,12 @@ async fn a_message_too_big_closes_only_its_socket() {
 
 #[tokio::test]
 async fn a_client_that_falls_behind_is_closed_and_the_others_are_not() {
-    let server = start(Options {
-        config: Config {
+    let server = start(Setup {
+        config: Options {
             max_send_backlog: 1 << 20,
-            ..Config::default()
+            ..Options::default()
         },
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let mut reader = connect(server.addr, "/objects/echo/flood").await;
@@ -725,7 +725,7 @@ async fn raw_socket(addr: SocketAddr, path: &str) -> TcpStream {
 
 #[tokio::test]
 async fn protocol_errors_close_with_1002() {
-    let server = start(Options::default()).await;
+    let server = start(Setup::default()).await;
     let mut tcp = raw_socket(server.addr, "/objects/echo/proto").await;
     // An unmasked text frame: clients must mask theirs.
     tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
@@ -740,9 +740,9 @@ async fn protocol_errors_close_with_1002() {
 
 #[tokio::test]
 async fn auto_responses_and_pings_do_not_wake_a_hibernated_object() {
-    let server = start(Options {
+    let server = start(Setup {
         idle_timeout: Some(Duration::from_millis(100)),
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let mut ws = connect(server.addr, "/objects/echo/sleepy?auto").await;
@@ -770,7 +770,7 @@ async fn auto_responses_and_pings_do_not_wake_a_hibernated_object() {
 
 #[tokio::test]
 async fn shutdown_closes_sockets_with_1001() {
-    let mut server = start(Options::default()).await;
+    let mut server = start(Setup::default()).await;
     let mut ws = connect(server.addr, "/objects/echo/s").await;
     ws.send(Message::Binary(vec![1, 2].into())).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::Binary(vec![1, 2].into()));
@@ -786,12 +786,12 @@ async fn shutdown_closes_sockets_with_1001() {
 
 #[tokio::test]
 async fn silent_peers_are_dropped_by_the_heartbeat() {
-    let server = start(Options {
-        config: Config {
+    let server = start(Setup {
+        config: Options {
             heartbeat_interval: Some(Duration::from_millis(100)),
-            ..Config::default()
+            ..Options::default()
         },
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     // A raw socket that never reads, so it never answers pings.
@@ -828,9 +828,9 @@ async fn silent_peers_are_dropped_by_the_heartbeat() {
 
 #[tokio::test]
 async fn a_handler_past_its_deadline_answers_504() {
-    let server = start(Options {
+    let server = start(Setup {
         event_timeout: Some(Duration::from_millis(200)),
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let (status, body) = http(server.addr, "GET /objects/echo/slow/hang HTTP/1.1", "").await;
@@ -840,13 +840,13 @@ async fn a_handler_past_its_deadline_answers_504() {
 
 #[tokio::test]
 async fn operator_queries_past_their_limits_are_the_operators_to_fix() {
-    let server = start(Options {
+    let server = start(Setup {
         query_limits: Some(denizen_runtime::storage::QueryLimits {
             time_budget: Duration::from_millis(100),
             max_rows: 3,
             max_bytes: 64,
         }),
-        ..Options::default()
+        ..Setup::default()
     })
     .await;
     let (status, _) = http(server.addr, "POST /objects/echo/db/write HTTP/1.1", "").await;

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use denizen_gateway::{Config, Gateway};
+use denizen_gateway::{Gateway, Options};
 use denizen_runtime::{Ctx, DurableObject, Request, Response, Result, Runtime, http_util};
 
 #[derive(Default)]
@@ -73,7 +73,7 @@ async fn idle_hibernated_socket_memory() {
         .object::<Sleeper>("sleep")
         .build()
         .unwrap();
-    let gateway = Gateway::new(runtime.clone(), Config::default());
+    let gateway = Gateway::new(runtime.clone(), Options::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

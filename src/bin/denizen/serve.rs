@@ -78,21 +78,21 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8787)));
-    let mut gateway_config = denizen::gateway::Config::default();
+    let mut gateway_options = denizen::gateway::Options::default();
     if let Some(max) = args.max_message_size.or(file.max_message_size) {
-        gateway_config.max_message_size = max;
+        gateway_options.max_message_size = max;
     }
     if let Some(max) = args.max_send_backlog.or(file.max_send_backlog) {
-        gateway_config.max_send_backlog = max;
+        gateway_options.max_send_backlog = max;
     }
     let heartbeat = match args.heartbeat_interval {
         Some(d) => Some(d),
         None => duration("heartbeat_interval", file.heartbeat_interval.as_deref())?,
     };
     if let Some(d) = heartbeat {
-        gateway_config.heartbeat_interval = (!d.is_zero()).then_some(d);
+        gateway_options.heartbeat_interval = (!d.is_zero()).then_some(d);
     }
-    gateway_config.admin_token = args.admin_token.or(file.admin_token);
+    gateway_options.admin_token = args.admin_token.or(file.admin_token);
     let public_url = args.public_url.or(file.public_url);
     if let Some(url) = &public_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -125,7 +125,7 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
             .with_context(|| format!("opening the data directory {}", options.data_dir.display()))?;
         let registry = workflows.bind(&runtime)?;
         // Before the address is announced: the admin token file exists once clients may come.
-        let gateway = denizen::gateway::Gateway::new(runtime, gateway_config);
+        let gateway = denizen::gateway::Gateway::new(runtime, gateway_options);
         gateway.check()?;
         // The first line on stdout names the address (tests start the server on port 0).
         println!("denizen listening on http://{addr}");
