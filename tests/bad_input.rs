@@ -177,3 +177,46 @@ async fn agent_names_are_percent_decoded_as_object_names_are() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_on_agents_closes_with_1009() {
+    // Far over the limit (32 MiB by default): the server stops reading mid-frame. Unless it
+    // keeps draining what the client still sends, the kernel answers the unread bytes with a
+    // reset and the client never sees the close frame (1006 instead of 1009).
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut big = server.ws("/agents/counter-agent/big").await;
+    next_text(&mut big).await; // the agent's first frame: the socket is open
+    send_text(&mut big, &"x".repeat(33 << 20)).await;
+    assert_eq!(close_code(&mut big).await, Some(1009));
+    // The agent is fine: a new socket is served.
+    let mut again = server.ws("/agents/counter-agent/big").await;
+    next_text(&mut again).await;
+}
+
+#[test]
+fn http_limits_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |config: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_denizen"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("DENIZEN_CONFIG", config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let none = std::path::Path::new("/nonexistent/denizen.toml");
+    let zero = serve(none, &["--max-connections", "0"]);
+    assert!(!zero.status.success());
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert!(err.contains("max_connections"), "{err}");
+    let file = dir.path().join("denizen.toml");
+    std::fs::write(&file, "header_read_timeout = \"soon\"\n").unwrap();
+    let bad = serve(&file, &[]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("header_read_timeout"), "{err}");
+}

@@ -1,11 +1,6 @@
 /// What can stop the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The accept loop failed.
-    #[error(
-        "serving HTTP failed: {0}; check that the listener is still open and the process may accept connections"
-    )]
-    Serve(#[source] std::io::Error),
     /// A [`crate::Options`] value cannot work.
     #[error("gateway option `{field}` {reason}")]
     InvalidOptions { field: &'static str, reason: String },

@@ -67,6 +67,7 @@
 mod auth;
 mod error;
 mod metrics;
+mod server;
 mod socket;
 
 use std::future::Future;
@@ -116,6 +117,17 @@ pub struct Options {
     /// them; past it they are dropped and the socket is closed with 1008 (a single message to an
     /// empty queue always goes). Default 16 MiB.
     pub max_send_backlog: usize,
+    /// How long a client may take to send a request's headers, counted from the moment the
+    /// connection waits for a request: it bounds a slow header and an idle keep-alive connection
+    /// alike (that long without a new request, the connection is closed). Default 30 s.
+    pub header_read_timeout: Duration,
+    /// Open connections (WebSockets included) at most; past it new connections wait in the
+    /// listen backlog until one closes. Default 16384.
+    pub max_connections: usize,
+    /// How long shutdown lets HTTP requests in flight finish; connections still open then are
+    /// closed (a slow client or a handler that never returns cannot hold the process). Default
+    /// 10 s.
+    pub shutdown_timeout: Duration,
     /// Bytes tungstenite reads per syscall and keeps allocated per socket. Small keeps idle
     /// sockets cheap (this buffer is most of what the gateway keeps per idle socket); big messages
     /// still arrive, in more reads. Default 1 KiB.
@@ -133,6 +145,9 @@ impl Default for Options {
             close_timeout: Duration::from_secs(5),
             socket_read_buffer: 1024,
             max_send_backlog: 16 << 20,
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 16384,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -156,6 +171,12 @@ impl Options {
         }
         if self.socket_read_buffer == 0 {
             return bad("socket_read_buffer", "must be at least 1 byte");
+        }
+        if self.header_read_timeout.is_zero() {
+            return bad("header_read_timeout", "must be above zero");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
         }
         Ok(())
     }
@@ -360,9 +381,14 @@ impl Gateway {
     }
 
     /// Serves an application's router (built from [`Gateway::router`]) until `shutdown`
-    /// resolves. Then: no new connections, in-flight HTTP requests finish, every WebSocket is
-    /// closed with 1001 "going away" (waiting up to `shutdown_grace` for the handshakes), and
-    /// the runtime finishes its queued events, commits and stops.
+    /// resolves. Then: no new connections, in-flight HTTP requests finish (for up to
+    /// `shutdown_timeout`, then their connections are closed), every WebSocket is closed with
+    /// 1001 "going away" (waiting up to `shutdown_grace` for the handshakes), and the runtime
+    /// finishes its queued events, commits and stops.
+    ///
+    /// While serving, a connection that does not send a request's headers within
+    /// `header_read_timeout` (idle keep-alive connections included) is closed, and at most
+    /// `max_connections` are open at once.
     pub async fn serve_router(
         &self,
         listener: tokio::net::TcpListener,
@@ -373,22 +399,20 @@ impl Gateway {
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "gateway serving");
         let signal = self.inner.shutdown.clone();
-        // Small frames go out at once: with Nagle's algorithm a second small write (a state
-        // frame, then the RPC reply) waits for the peer's delayed ACK, about 40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, self.guard_admin(router))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing requests, closing sockets with 1001");
-                // Sockets start their close handshakes while HTTP requests finish.
-                signal.send_replace(true);
-            })
-            .await;
-        // Also on a serve error: never leave sockets or objects behind.
+        let options = &self.inner.options;
+        let limits = server::Limits {
+            header_read_timeout: options.header_read_timeout,
+            max_connections: options.max_connections,
+            shutdown_timeout: options.shutdown_timeout,
+            linger: options.close_timeout,
+        };
+        server::serve(listener, self.guard_admin(router), limits, async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests, closing sockets with 1001");
+            // Sockets start their close handshakes while HTTP requests finish.
+            signal.send_replace(true);
+        })
+        .await;
         self.inner.shutdown.send_replace(true);
         let grace = self.inner.options.shutdown_grace;
         if tokio::time::timeout(grace, self.inner.metrics.sockets_closed())
@@ -402,7 +426,7 @@ impl Gateway {
         }
         self.inner.runtime.shutdown().await;
         tracing::info!("gateway stopped");
-        served.map_err(Error::Serve)
+        Ok(())
     }
 }
 

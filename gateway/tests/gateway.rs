@@ -114,6 +114,8 @@ struct Server {
     done: tokio::task::JoinHandle<()>,
     /// The admin token in force (configured, or generated into the data directory).
     token: String,
+    /// Notified when a request reaches `/never`, a handler that never returns.
+    entered: std::sync::Arc<tokio::sync::Notify>,
     dir: tempfile::TempDir,
 }
 
@@ -161,8 +163,17 @@ async fn start(options: Setup) -> Server {
     // An application route next to the gateway's, under /admin: guarded by the admin token.
     // And a route of its own that forwards to an object, URI unchanged.
     let forwarder = gateway.clone();
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = entered.clone();
     let app = gateway
         .router()
+        .route(
+            "/never",
+            axum::routing::get(move || async move {
+                notify.notify_one();
+                std::future::pending::<()>().await
+            }),
+        )
         .route("/admin/ping", axum::routing::get(|| async { "pong\n" }))
         .route(
             "/rooms/{name}",
@@ -190,6 +201,7 @@ async fn start(options: Setup) -> Server {
         stop: Some(tx),
         done,
         token,
+        entered,
         dir,
     }
 }
@@ -871,4 +883,119 @@ async fn operator_queries_past_their_limits_are_the_operators_to_fix() {
     let (status, body) = sql(forever).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("time budget"), "{body}");
+}
+
+/// Reads until the server closes the connection; what it sent before.
+async fn until_eof(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let server = start(Setup {
+        config: Options {
+            header_read_timeout: Duration::from_millis(200),
+            ..Options::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    // Half a request head, then nothing.
+    let mut half = TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    assert_eq!(until_eof(&mut half).await, "");
+    // A keep-alive connection that asks nothing after its first answer.
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = until_eof(&mut idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+/// Sends one keep-alive request on `tcp` and reads its answer's status line.
+async fn ask(tcp: &mut TcpStream) -> String {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_one_to_close() {
+    let server = start(Setup {
+        config: Options {
+            max_connections: 2,
+            ..Options::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    let mut second = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(ask(&mut first).await, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut second).await, "HTTP/1.1 200 OK");
+    // The third is queued by the kernel, not served, while both are open.
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf))
+            .await
+            .is_err(),
+        "a connection past the cap was served"
+    );
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("the waiting connection was not served after one closed")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_partial_request_or_a_hung_handler() {
+    let mut server = start(Setup {
+        config: Options {
+            header_read_timeout: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_millis(100),
+            ..Options::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let mut partial = TcpStream::connect(server.addr).await.unwrap();
+    partial
+        .write_all(b"POST /objects/echo/p HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    let mut hung = TcpStream::connect(server.addr).await.unwrap();
+    hung.write_all(b"GET /never HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.entered.notified().await;
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .expect("shutdown waited for the slow clients")
+        .unwrap();
+    // Both were closed.
+    until_eof(&mut partial).await;
+    until_eof(&mut hung).await;
 }

@@ -29,7 +29,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Run the server with the example apps.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List the objects of a namespace: name, id, size, last active.
     Objects {
         namespace: String,
@@ -129,6 +129,18 @@ pub(crate) struct ServeArgs {
     /// generated one, kept in <data-dir>/admin.token].
     #[arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)]
     pub(crate) admin_token: Option<String>,
+    /// How long a client may take to send a request's headers; also how long a keep-alive
+    /// connection may wait idle for its next request, e.g. 30s [default: 30s].
+    #[arg(long, env = "DENIZEN_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// Open connections (WebSockets included) at most; past it new ones wait until one closes
+    /// [default: 16384].
+    #[arg(long, env = "DENIZEN_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// How long shutdown lets HTTP requests in flight finish before closing their connections,
+    /// e.g. 10s [default: 10s].
+    #[arg(long, env = "DENIZEN_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) shutdown_timeout: Option<Duration>,
     /// How long idle CPUs poll (with the idle scheduling class) before they halt, so the next
     /// message needs no wake-up of a halted CPU, e.g. 200us; `0s` disables [default: 200us].
     #[arg(long, env = "DENIZEN_IDLE_POLL", value_parser = humantime::parse_duration)]

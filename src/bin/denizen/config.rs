@@ -26,6 +26,9 @@ pub(crate) struct FileConfig {
     pub(crate) max_send_backlog: Option<usize>,
     pub(crate) heartbeat_interval: Option<String>,
     pub(crate) admin_token: Option<String>,
+    pub(crate) header_read_timeout: Option<String>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) shutdown_timeout: Option<String>,
     pub(crate) idle_poll: Option<String>,
     pub(crate) public_url: Option<String>,
 }

@@ -56,7 +56,7 @@ fn run(cli: Cli) -> Result<()> {
             .unwrap_or_else(|| "data".into())
     };
     match cli.command {
-        Command::Serve(args) => serve::serve(args, file),
+        Command::Serve(args) => serve::serve(*args, file),
         Command::Objects {
             namespace,
             data_dir: dir,

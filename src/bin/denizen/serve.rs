@@ -93,6 +93,21 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         gateway_options.heartbeat_interval = (!d.is_zero()).then_some(d);
     }
     gateway_options.admin_token = args.admin_token.or(file.admin_token);
+    if let Some(d) = match args.header_read_timeout {
+        Some(d) => Some(d),
+        None => duration("header_read_timeout", file.header_read_timeout.as_deref())?,
+    } {
+        gateway_options.header_read_timeout = d;
+    }
+    if let Some(max) = args.max_connections.or(file.max_connections) {
+        gateway_options.max_connections = max;
+    }
+    if let Some(d) = match args.shutdown_timeout {
+        Some(d) => Some(d),
+        None => duration("shutdown_timeout", file.shutdown_timeout.as_deref())?,
+    } {
+        gateway_options.shutdown_timeout = d;
+    }
     let public_url = args.public_url.or(file.public_url);
     if let Some(url) = &public_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
