@@ -3,8 +3,15 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::Error;
+use axum::extract::State;
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::forward::text;
+use crate::{Error, Inner};
 
 /// The file in the data directory holding the generated admin token (mode 0600). The CLI reads
 /// it when no token is given.
@@ -186,9 +193,154 @@ pub(crate) fn is_json(content_type: &str) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// An authentication hook's refusal: answered as `status` with `message` as a text body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Usually 401 (who are you?) or 403 (not allowed).
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Rejection {
+    /// A refusal with any status (use a 4xx).
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 401: the caller did not prove who it is.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Rejection::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 403: the caller is known but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Rejection::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+pub(crate) type AuthHook = dyn Fn(&http::request::Parts) -> Result<(), Rejection> + Send + Sync;
+
+pub(crate) async fn auth_guard(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = &inner.auth else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    if let Err(r) = auth(&parts) {
+        tracing::debug!(status = %r.status, "refused by the auth hook");
+        return text(r.status, r.message);
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+/// Whether `path` is an operator's door: always behind the admin token.
+fn is_admin_door(path: &str) -> bool {
+    ["/admin", "/workflows", "/inspector"].iter().any(|door| {
+        path.strip_prefix(door)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+pub(crate) async fn admin_guard(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    let admin_door = is_admin_door(path);
+    let metrics_door = path == "/metrics" && matches!(inner.admin, AdminSecret::Configured(_));
+    if !admin_door && !metrics_door {
+        return next.run(req).await;
+    }
+    let Some(token) = inner.admin.token() else {
+        let why = inner
+            .admin
+            .problem()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("admin routes are closed: {why}"),
+        );
+    };
+    let headers = req.headers();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !presented.is_some_and(|p| same_secret(p.as_bytes(), token.as_bytes())) {
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            "this route needs Authorization: Bearer <admin token> (the server's admin_token, or the token in <data-dir>/admin.token)",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    if admin_door {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !same_origin(origin, host) {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "admin routes refuse cross-site requests: the Origin header names another site than this server",
+                );
+            }
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json);
+        if !req.method().is_safe() && !json {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "admin routes take JSON: send Content-Type: application/json (other types are refused so that web pages cannot forge these requests)",
+            );
+        }
+    }
+    next.run(req).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_doors() {
+        for p in [
+            "/admin",
+            "/admin/sql/a/b",
+            "/workflows",
+            "/workflows/x/y",
+            "/inspector",
+        ] {
+            assert!(is_admin_door(p), "{p}");
+        }
+        for p in [
+            "/administrator",
+            "/workflowsx",
+            "/objects/admin/x",
+            "/metrics",
+            "/",
+        ] {
+            assert!(!is_admin_door(p), "{p}");
+        }
+    }
 
     #[test]
     fn secrets_compare_whole() {
