@@ -198,6 +198,7 @@ pub(crate) fn is_json(content_type: &str) -> bool {
 pub struct Rejection {
     /// Usually 401 (who are you?) or 403 (not allowed).
     pub status: StatusCode,
+    /// Said to the caller as the answer's text body.
     pub message: String,
 }
 

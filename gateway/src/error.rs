@@ -3,7 +3,12 @@
 pub enum Error {
     /// A [`crate::Options`] value cannot work.
     #[error("gateway option `{field}` {reason}")]
-    InvalidOptions { field: &'static str, reason: String },
+    InvalidOptions {
+        /// The option's field.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The admin token file cannot be used (no token was configured, so one is kept there).
     #[error("admin token file {}: {reason}", path.display())]
     AdminToken {

@@ -114,6 +114,17 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Gateway {
+    // The hook is a closure and the token a secret: neither is printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("options", &self.inner.options)
+            .field("auth_hook", &self.inner.auth.is_some())
+            .field("admin", &self.inner.admin)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// A gateway in front of `runtime`. Nothing listens until [`Gateway::serve`] (or you serve
     /// [`Gateway::router`] yourself).
@@ -158,10 +169,12 @@ impl Gateway {
         }
     }
 
+    /// The runtime behind the gateway.
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
     }
 
+    /// The options the gateway was made with.
     pub fn options(&self) -> &Options {
         &self.inner.options
     }

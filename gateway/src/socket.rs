@@ -29,15 +29,15 @@ pub(crate) struct SocketTask {
 
 /// Close codes (RFC 6455 §7.4.1).
 pub(crate) mod code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const NO_STATUS: u16 = 1005;
-    pub const ABNORMAL: u16 = 1006;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY_VIOLATION: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL_ERROR: u16 = 1011;
+    pub(crate) const NORMAL: u16 = 1000;
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const NO_STATUS: u16 = 1005;
+    pub(crate) const ABNORMAL: u16 = 1006;
+    pub(crate) const INVALID_DATA: u16 = 1007;
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// How the connection ended, for the object's `websocket_close`.

@@ -1,4 +1,5 @@
 //! The gateway on 127.0.0.1:0 in front of a tiny echo object, driven by real clients.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::net::SocketAddr;
 use std::time::Duration;
