@@ -64,7 +64,9 @@ impl Default for Options {
 }
 
 impl Options {
-    pub(crate) fn validate(&self) -> Result<(), Error> {
+    /// Checks that every value can work ([`crate::Gateway::serve_router`] does too), so that a
+    /// command line can refuse bad values before it opens anything.
+    pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &'static str, why: &str| {
             Err(Error::InvalidOptions {
                 field,

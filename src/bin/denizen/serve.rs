@@ -108,6 +108,8 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
     } {
         gateway_options.shutdown_timeout = d;
     }
+    // Before the data directory is opened: a bad value is refused without side effects.
+    gateway_options.validate()?;
     let public_url = args.public_url.or(file.public_url);
     if let Some(url) = &public_url
         && !(url.starts_with("http://") || url.starts_with("https://"))
