@@ -3,6 +3,8 @@
 //! apart from the clients'.
 //!
 //! `cargo bench --bench agents` (all) or `cargo bench --bench agents -- rpc` (names matching).
+// A benchmark prints its figures; a panic is how it fails.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 mod support;
 

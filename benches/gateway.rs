@@ -2,6 +2,8 @@
 //! binary, re-run in server mode), so its memory is measured apart from the clients'.
 //!
 //! `cargo bench --bench gateway` (all) or `cargo bench --bench gateway -- echo` (names matching).
+// A benchmark prints its figures; a panic is how it fails.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 mod support;
 

@@ -1,6 +1,8 @@
 //! Runtime benchmarks (no HTTP). Prints one line per figure: the median of several rounds.
 //!
 //! `cargo bench --bench runtime` (all) or `cargo bench --bench runtime -- events` (names matching).
+// A benchmark prints its figures; a panic is how it fails.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 mod support;
 

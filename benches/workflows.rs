@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench workflows` (all) or `cargo bench --bench workflows -- steps` (names
 //! matching).
+// A benchmark prints its figures; a panic is how it fails.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 mod support;
 

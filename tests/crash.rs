@@ -1,3 +1,6 @@
+//! Crash safety through the real `denizen` binary: acknowledged writes survive a SIGKILL.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 mod support;
 
 use std::sync::Arc;

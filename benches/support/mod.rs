@@ -13,20 +13,20 @@ use denizen_test_util::child::ChildServer;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Set in the child's environment: the bench binary then serves instead of measuring.
-pub const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
+pub(crate) const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
 /// The child's data directory, made and removed by the parent: the child is killed, so it
 /// cannot clean up after itself.
 const DATA_ENV: &str = "DENIZEN_BENCH_DATA";
 
 /// In server mode: where the parent wants the data kept.
-pub fn server_data_dir() -> std::path::PathBuf {
+pub(crate) fn server_data_dir() -> std::path::PathBuf {
     std::env::var_os(DATA_ENV)
         .expect("the bench server runs with its data directory in DENIZEN_BENCH_DATA")
         .into()
 }
 
 /// Whether the figure `name` was asked for (no filter on the command line asks for all).
-pub fn wanted(name: &str) -> bool {
+pub(crate) fn wanted(name: &str) -> bool {
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -37,7 +37,8 @@ pub fn wanted(name: &str) -> bool {
 /// Raises this process's open-files limit to `n` when it is lower and the process may (root may
 /// raise its hard limit), the way a deployment sets `LimitNOFILE`: the runtime sizes its bound on
 /// open objects from this limit. Returns the limit in force.
-pub fn allow_open_files(n: u64) -> u64 {
+#[allow(unsafe_code)] // setrlimit has no safe wrapper in the tree
+pub(crate) fn allow_open_files(n: u64) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -60,12 +61,12 @@ pub fn allow_open_files(n: u64) -> u64 {
     limit.rlim_cur
 }
 
-pub fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -73,22 +74,22 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The bench binary started again in server mode; its first stdout line is its address.
-pub struct Server {
+pub(crate) struct Server {
     child: ChildServer,
     /// Where the child listens.
-    pub addr: String,
+    pub(crate) addr: String,
     /// Removed after the child is gone (fields drop in order).
     _data: tempfile::TempDir,
 }
 
 impl Server {
-    pub fn start(idle_ms: u64) -> Server {
+    pub(crate) fn start(idle_ms: u64) -> Server {
         Server::start_mode(idle_ms, "1")
     }
 
     /// Starts the child with `mode` in [`SERVER_ENV`] (a bench binary may serve more than one
     /// thing).
-    pub fn start_mode(idle_ms: u64, mode: &str) -> Server {
+    pub(crate) fn start_mode(idle_ms: u64, mode: &str) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(std::env::current_exe().expect("exe"));
         command
@@ -104,11 +105,11 @@ impl Server {
         }
     }
 
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         self.child.rss_kib()
     }
 
-    pub async fn wait_metric(&self, name: &str, value: f64) {
+    pub(crate) async fn wait_metric(&self, name: &str, value: f64) {
         self.child
             .wait_metric(name, value, Duration::from_secs(120))
             .await

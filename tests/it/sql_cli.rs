@@ -1,11 +1,10 @@
 //! `denizen sql` while the server runs (the query goes through it, as an event of the object)
 //! and after it stopped (the file is opened directly), with bad input in both.
-mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::Server;
+use crate::support::Server;
 
 fn sql(data_dir: &Path, extra: &[&str], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_denizen"))
@@ -165,7 +164,7 @@ async fn workflows_lists_live_instances_through_the_server() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    support::wait_until(
+    crate::support::wait_until(
         "w1 to wait for approval",
         std::time::Duration::from_secs(30),
         || {

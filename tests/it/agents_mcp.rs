@@ -2,15 +2,15 @@
 //! tools called from a callable and from a schedule, the `cf_agent_mcp_servers` frame kept
 //! current, the servers back by themselves after a SIGKILL, and OAuth completed by a "browser"
 //! that follows the authorization server's redirect to the agent's callback route.
-#[path = "../mcp/tests/support/mod.rs"]
+#[path = "../../mcp/tests/support/mod.rs"]
+#[allow(unreachable_pub)] // the MCP tests' own support module, shared here
 mod mcp_peers;
-mod support;
 
 use std::time::{Duration, Instant};
 
+use crate::support::{Server, Ws, next_text, send_text};
 use mcp_peers::{Peer, free_port};
 use serde_json::{Value, json};
-use support::{Server, Ws, next_text, send_text};
 
 const WAIT: Duration = Duration::from_secs(30);
 

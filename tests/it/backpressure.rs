@@ -1,12 +1,11 @@
 //! One client flooding a shared object must not get anyone closed: the gateway stops reading
 //! from the flooding socket until the object catches up, and every message is delivered.
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Reads `ws` until each user has been heard as many times as `expected` says; panics on a close

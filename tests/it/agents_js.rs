@@ -1,12 +1,11 @@
 //! The official JavaScript `agents` client (`AgentClient` from `agents@0.32.0`, installed by
 //! `.ci/run` into tests/js/node_modules) against the real `denizen` server: state sync, RPC,
 //! streaming, errors, a reconnect after hibernation, and state after a SIGKILL and restart.
-mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::Server;
+use crate::support::Server;
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")

@@ -1,7 +1,5 @@
-mod support;
-
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

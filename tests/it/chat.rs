@@ -1,9 +1,7 @@
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clients_share_a_hibernating_room() {

@@ -1,11 +1,10 @@
 //! Agent schedules through the real server: a schedule set before a SIGKILL fires after the
 //! restart, by itself (the runtime's alarm index wakes the agent), exactly once.
-mod support;
 
 use std::time::Duration;
 
+use crate::support::{Server, Ws, next_text, send_text, wait_until};
 use serde_json::{Value, json};
-use support::{Server, Ws, next_text, send_text, wait_until};
 
 async fn connect(server: &Server, name: &str) -> Ws {
     let mut ws = server

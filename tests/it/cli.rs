@@ -1,12 +1,11 @@
 //! The `denizen` command as an operator meets it: plain logs in files and pipes, one-line errors,
 //! names from the data directory escaped, bad settings refused.
-mod support;
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use support::Server;
+use crate::support::Server;
 
 fn denizen(args: &[&str], data_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_denizen"))

@@ -1,12 +1,10 @@
 //! Workflows through the real server: the `approval` example, a SIGKILL in the middle of a
 //! `pipeline`, a sleep across a restart, bad input, and `denizen workflows`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::Server;
 use serde_json::{Value, json};
-use support::Server;
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
     let resp = client.get(url).send().await.unwrap();
@@ -120,7 +118,7 @@ async fn sigkill_mid_run_replays_without_rerunning_completed_steps() {
     .await;
     assert_eq!(code, 201, "{v}");
     // Step 2 has counted itself and is working: kill now.
-    support::wait_until("step 2 to start", Duration::from_secs(30), || {
+    crate::support::wait_until("step 2 to start", Duration::from_secs(30), || {
         let (server, client) = (&server, &client);
         async move { counter(server, client, "p1-2").await >= 1 }
     })
@@ -155,7 +153,7 @@ async fn a_sleep_spans_a_restart_and_the_sleeper_is_not_in_memory() {
     let path = "/workflows/approval/nap";
     wait_for_status(&server, &client, path, "sleeping").await;
     // Hibernated while it sleeps: no object is left in memory.
-    support::wait_until("the sleeper to hibernate", Duration::from_secs(10), || {
+    crate::support::wait_until("the sleeper to hibernate", Duration::from_secs(10), || {
         let server = &server;
         async move { server.metric("denizen_live_objects").await == 0.0 }
     })

@@ -1,7 +1,5 @@
-mod support;
-
+use crate::support::Server;
 use serde_json::Value;
-use support::Server;
 
 async fn post_increment(client: &reqwest::Client, server: &Server, name: &str) -> i64 {
     let resp = client
