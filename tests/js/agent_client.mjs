@@ -1,5 +1,5 @@
 // Drives the official `agents` JavaScript client (AgentClient, pinned in package.json) against a
-// running denizen server. Called by tests/agents_js.rs:
+// running denizen server. Called by tests/it/agents_js.rs:
 //
 //   node agent_client.mjs <phase> <host:port> <agent name> [expected count]
 //
