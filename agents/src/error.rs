@@ -25,6 +25,10 @@ pub enum Error {
         "the agent's state row is missing; it is created by the agent's on_start, do not delete it"
     )]
     StateMissing,
+    #[error(
+        "the agent's state is {size} bytes of JSON, over the {max}-byte limit (MAX_STATE_BYTES); keep large data in the agent's tables (`cx.sql`) and a summary in the state"
+    )]
+    StateTooLarge { size: usize, max: usize },
     #[error(transparent)]
     Runtime(#[from] denizen_runtime::Error),
 }

@@ -13,7 +13,10 @@ use serde_json::Value;
 
 use crate::agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 use crate::context::AgentContext;
-use crate::context::{ConnMeta, STATE_ROW, broadcast_state, meta, methods_of, rearm, store_state};
+use crate::context::{
+    ConnMeta, STATE_ROW, broadcast_state, meta, methods_of, rearm, store_state, take_server_change,
+    tracking_state,
+};
 use crate::mcp::{AgentPath, McpChanged, McpNotifier, no_servers};
 use crate::methods::{Callable, Methods, StreamingResponse};
 use crate::protocol::{self, Incoming};
@@ -257,9 +260,55 @@ impl<A: Agent> AgentHost<A> {
             );
             return Ok(());
         }
-        store_state(cx, &state)?;
-        broadcast_state(cx, &state, Some(conn.ws));
+        // What the typed state holds, not what the client sent: fields it does not know are
+        // neither kept nor broadcast.
+        let stored = serde_json::to_value(&typed).map_err(crate::Error::from)?;
+        match store_state(cx, &stored) {
+            Ok(()) => {}
+            Err(crate::Error::StateTooLarge { size, max }) => {
+                tracing::info!(connection = %conn.id, size, "state update rejected: over MAX_STATE_BYTES");
+                cx.send(
+                    conn.ws,
+                    protocol::state_error(&format!(
+                        "State update rejected: {size} bytes of state, the limit is {max}"
+                    ))
+                    .to_string(),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // The sender already holds what it sent, unless the typed state dropped some of it.
+        let except = (stored == state).then_some(conn.ws);
+        broadcast_state(cx, &stored, except);
         self.agent.on_state_changed(cx, &typed, &source).await
+    }
+
+    /// After an agent handler returned: if it called `set_state`, the last state it set goes
+    /// through `validate_state_change` (an `Err` fails the handler) and `on_state_changed`
+    /// (source [`Source::Server`]). A change made by `on_state_changed` itself is validated but
+    /// does not call it again, so the two cannot loop.
+    async fn settle_state(&mut self, cx: &mut Context<A>) -> Result<()> {
+        if !take_server_change() {
+            return Ok(());
+        }
+        let state = self.validated_server_state(cx)?;
+        self.agent
+            .on_state_changed(cx, &state, &Source::Server)
+            .await?;
+        if take_server_change() {
+            self.validated_server_state(cx)?;
+        }
+        Ok(())
+    }
+
+    fn validated_server_state(&mut self, cx: &mut Context<A>) -> Result<A::State> {
+        let state: A::State = cx.state()?;
+        if let Err(e) = self.agent.validate_state_change(&state, &Source::Server) {
+            tracing::debug!(error = %e, "server state change refused by validate_state_change");
+            return Err(e);
+        }
+        Ok(state)
     }
 
     async fn rpc(
@@ -314,6 +363,7 @@ impl<A: Agent> AgentHost<A> {
             Ok(_) if conn.readonly && state_text(cx)? != before => {
                 Err(Error::msg("Connection is readonly"))
             }
+            Ok(result) => self.settle_state(cx).await.map(|()| result),
             other => other,
         };
         match outcome {
@@ -327,6 +377,7 @@ impl<A: Agent> AgentHost<A> {
             Err(e) => {
                 tracing::debug!(error = %e, "callable failed; its writes are rolled back");
                 cx.rollback()?;
+                take_server_change();
                 cx.send(
                     conn.ws,
                     protocol::rpc_error(&id, &e.to_string()).to_string(),
@@ -509,10 +560,15 @@ impl<A: Agent> AgentHost<A> {
                 )));
             }
         };
-        match guarded(run).await {
+        let outcome = match guarded(run).await {
+            Ok(()) => self.settle_state(cx).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => Ok(Ok(())),
             Err(e) => {
                 cx.rollback()?;
+                take_server_change();
                 Ok(Err(e.to_string()))
             }
         }
@@ -610,6 +666,84 @@ CREATE TABLE IF NOT EXISTS cf_agents_failures (
 );";
 
     async fn on_start(&mut self, cx: &mut Ctx<Self>) -> Result<()> {
+        tracking_state(async {
+            self.start(cx).await?;
+            self.settle_state(cx).await
+        })
+        .await
+    }
+
+    async fn fetch(&mut self, cx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+        tracking_state(async {
+            let response = self.request(cx, req).await?;
+            self.settle_state(cx).await?;
+            Ok(response)
+        })
+        .await
+    }
+
+    async fn websocket_message(
+        &mut self,
+        cx: &mut Ctx<Self>,
+        ws: WebSocket,
+        frame: Frame,
+    ) -> Result<()> {
+        tracking_state(async {
+            self.message(cx, ws, frame).await?;
+            self.settle_state(cx).await
+        })
+        .await
+    }
+
+    async fn websocket_close(
+        &mut self,
+        cx: &mut Ctx<Self>,
+        ws: WebSocket,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    ) -> Result<()> {
+        let Some(m) = meta(cx, ws) else {
+            return Ok(());
+        };
+        tracking_state(async {
+            self.agent
+                .on_close(cx, &m.connection(ws), code, &reason, was_clean)
+                .await?;
+            self.settle_state(cx).await
+        })
+        .await
+    }
+
+    async fn websocket_error(
+        &mut self,
+        cx: &mut Ctx<Self>,
+        ws: WebSocket,
+        error: String,
+    ) -> Result<()> {
+        let Some(m) = meta(cx, ws) else {
+            return Ok(());
+        };
+        tracing::debug!(connection = %m.id, %error, "connection error");
+        tracking_state(async {
+            self.agent
+                .on_close(cx, &m.connection(ws), 1006, &error, false)
+                .await?;
+            self.settle_state(cx).await
+        })
+        .await
+    }
+
+    async fn alarm(&mut self, cx: &mut Ctx<Self>, _info: AlarmInfo) -> Result<()> {
+        // Each task settles its own state changes (run_task).
+        tracking_state(self.run_due(cx)).await?;
+        rearm(cx)?;
+        Ok(())
+    }
+}
+
+impl<A: Agent> AgentHost<A> {
+    async fn start(&mut self, cx: &mut Context<A>) -> Result<()> {
         if state_text(cx)?.is_none() {
             let initial = serde_json::to_value(self.agent.initial_state())
                 .map_err(|e| Error::msg(format!("could not encode the initial state: {e}")))?;
@@ -627,7 +761,7 @@ CREATE TABLE IF NOT EXISTS cf_agents_failures (
         Ok(())
     }
 
-    async fn fetch(&mut self, cx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+    async fn request(&mut self, cx: &mut Context<A>, req: Request) -> Result<Response> {
         if req.extensions().get::<Upgrade>().is_some() {
             return self.connect(cx, req).await;
         }
@@ -643,12 +777,7 @@ CREATE TABLE IF NOT EXISTS cf_agents_failures (
         self.agent.on_request(cx, req).await
     }
 
-    async fn websocket_message(
-        &mut self,
-        cx: &mut Ctx<Self>,
-        ws: WebSocket,
-        frame: Frame,
-    ) -> Result<()> {
+    async fn message(&mut self, cx: &mut Context<A>, ws: WebSocket, frame: Frame) -> Result<()> {
         let Some(m) = meta(cx, ws) else {
             // A socket refused in on_connect: it is closing.
             return Ok(());
@@ -662,43 +791,6 @@ CREATE TABLE IF NOT EXISTS cf_agents_failures (
             Incoming::Rpc { id, method, args } => self.rpc(cx, conn, id, method, args).await,
             Incoming::Other => self.agent.on_message(cx, &conn, frame).await,
         }
-    }
-
-    async fn websocket_close(
-        &mut self,
-        cx: &mut Ctx<Self>,
-        ws: WebSocket,
-        code: u16,
-        reason: String,
-        was_clean: bool,
-    ) -> Result<()> {
-        let Some(m) = meta(cx, ws) else {
-            return Ok(());
-        };
-        self.agent
-            .on_close(cx, &m.connection(ws), code, &reason, was_clean)
-            .await
-    }
-
-    async fn websocket_error(
-        &mut self,
-        cx: &mut Ctx<Self>,
-        ws: WebSocket,
-        error: String,
-    ) -> Result<()> {
-        let Some(m) = meta(cx, ws) else {
-            return Ok(());
-        };
-        tracing::debug!(connection = %m.id, %error, "connection error");
-        self.agent
-            .on_close(cx, &m.connection(ws), 1006, &error, false)
-            .await
-    }
-
-    async fn alarm(&mut self, cx: &mut Ctx<Self>, _info: AlarmInfo) -> Result<()> {
-        self.run_due(cx).await?;
-        rearm(cx)?;
-        Ok(())
     }
 }
 
@@ -738,7 +830,14 @@ impl<A: Agent> Handler<Call> for AgentHost<A> {
     async fn handle(&mut self, cx: &mut Ctx<Self>, call: Call) -> Result<Value> {
         let methods = self.methods.clone();
         match methods.callables.get(&call.method) {
-            Some(Callable::Plain(f)) => f(&mut self.agent, cx, call.args).await,
+            Some(Callable::Plain(f)) => {
+                tracking_state(async {
+                    let result = f(&mut self.agent, cx, call.args).await?;
+                    self.settle_state(cx).await?;
+                    Ok(result)
+                })
+                .await
+            }
             Some(Callable::FromConnection(_)) => Err(Error::msg(format!(
                 "Method {} needs the calling connection; call it over a WebSocket",
                 call.method
