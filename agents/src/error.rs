@@ -12,7 +12,7 @@ pub enum Error {
     )]
     UnknownTask(String),
     #[error(
-        "`{expression}` is not a cron expression: {reason}; use five fields (`*/5 * * * *`) or six with seconds first"
+        "`{expression}` is not a cron expression: {reason}; use Unix cron's five fields `min hour dom mon dow` (`*/5 * * * *`, `0 9 * * MON-FRI`; Sunday is 0 or 7) or six with seconds first"
     )]
     InvalidCron { expression: String, reason: String },
     #[error("cron expression `{0}` has no future occurrence")]
