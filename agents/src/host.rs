@@ -412,6 +412,10 @@ impl<A: Agent> AgentHost<A> {
             if not_before > now {
                 break;
             }
+            // An earlier task of this batch may have dequeued it.
+            if !row_exists(cx, "SELECT 1 FROM cf_agents_queues WHERE id = ?", &id, None)? {
+                continue;
+            }
             budget -= 1;
             let outcome = self.run_task(cx, &callback, &payload).await?;
             match outcome {
@@ -457,6 +461,11 @@ impl<A: Agent> AgentHost<A> {
             retry,
         } in due
         {
+            // An earlier task of this batch may have cancelled or postponed it.
+            let still_due = "SELECT 1 FROM cf_agents_schedules WHERE id = ? AND time <= ?";
+            if !row_exists(cx, still_due, &id, Some(now))? {
+                continue;
+            }
             let outcome = self.run_task(cx, &callback, &payload).await?;
             // The schedule may have been cancelled (or replaced) by the task itself.
             let still_there: Option<i64> = cx
@@ -598,6 +607,20 @@ struct DueItem {
     attempts: i64,
     not_before: i64,
     retry: Option<String>,
+}
+
+/// Whether `query` (one `id` parameter, then `time` if given) finds a row.
+fn row_exists<A: Agent>(
+    cx: &mut Context<A>,
+    query: &str,
+    id: &str,
+    time: Option<i64>,
+) -> Result<bool> {
+    let found: Option<i64> = match time {
+        Some(time) => cx.storage().exec(query, (id, time))?.first()?,
+        None => cx.storage().exec(query, (id,))?.first()?,
+    };
+    Ok(found.is_some())
 }
 
 fn record_failure<A: Agent>(

@@ -165,6 +165,38 @@ impl Agent for Probe {
                 Ok::<Vec<String>, Error>(cx.sql("SELECT note FROM changes ORDER BY id", ())?.all()?)
             })
         });
+        m.callable("cancel_race", |_, cx, (): ()| {
+            Box::pin(async move {
+                // Both already due, so one alarm loads both; the canceller runs first.
+                let due = std::time::SystemTime::now() - Duration::from_secs(1);
+                cx.schedule(due, "note", &"cancelled schedule")?;
+                cx.schedule(
+                    due - Duration::from_millis(1),
+                    "cancel",
+                    &"cancelled schedule",
+                )?;
+                cx.queue("cancel", &"dequeued item")?;
+                cx.queue("note", &"dequeued item")?;
+                Ok(())
+            })
+        });
+        m.task("cancel", |_, cx, note: String| {
+            Box::pin(async move {
+                for s in cx.list_schedules()? {
+                    if s.payload == json!(note) {
+                        cx.cancel_schedule(&s.id)?;
+                    }
+                }
+                for item in cx.queued()? {
+                    if item.payload == json!(note) {
+                        cx.dequeue(&item.id)?;
+                    }
+                }
+                let done = format!("cancelled {note}");
+                cx.sql("INSERT INTO log(note) VALUES (?)", (done.as_str(),))?;
+                Ok(())
+            })
+        });
         m.task("note", |a, cx, note: String| Box::pin(a.note(cx, note)));
         m.task("flaky", |a, cx, note: String| Box::pin(a.flaky(cx, note)));
     }
@@ -880,6 +912,29 @@ async fn server_state_changes_are_validated_and_reported() {
     assert_eq!(
         call(&h, "srv", "changes", json!([])).await,
         json!(["5 server", "6 server"])
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_cancelled_by_an_earlier_one_of_its_batch_does_not_run() {
+    let h = harness(0, Duration::from_secs(10));
+    call(&h, "race", "cancel_race", json!([])).await;
+    wait_for("both cancellers", || async {
+        log(&h, "race").await.len() >= 2
+    })
+    .await;
+    // Nothing else is due: a victim that still ran would be in the log by now.
+    let schedules: Vec<Schedule> =
+        serde_json::from_value(call(&h, "race", "schedules", json!([])).await).unwrap();
+    assert_eq!(
+        schedules.len(),
+        2,
+        "hourly and midnight only: {schedules:?}"
+    );
+    assert_eq!(
+        log(&h, "race").await,
+        ["cancelled dequeued item", "cancelled cancelled schedule"]
     );
     h.runtime.shutdown().await;
 }
