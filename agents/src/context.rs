@@ -395,15 +395,18 @@ impl<A: Agent> AgentContext<A> for Context<A> {
         }
         let payload = serde_json::to_string(payload)?;
         let id = new_id();
+        // Due now: the alarm is armed at this time, not at the epoch, so its lateness is real.
+        let now = now_ms();
         self.storage().exec(
-            "INSERT INTO cf_agents_queues(id, callback, payload, retry, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO cf_agents_queues(id, callback, payload, retry, not_before, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
             (
                 id.as_str(),
                 task,
                 payload.as_str(),
                 opt(Retry::encode(Some(retry))),
-                now_ms(),
+                now,
+                now,
             ),
         )?;
         rearm(self)?;
@@ -598,7 +601,8 @@ pub(crate) fn rearm<A: Agent>(cx: &mut Context<A>) -> Result<()> {
             "SELECT MIN(t) FROM (
                 SELECT MIN(time) AS t FROM cf_agents_schedules
                 UNION ALL
-                SELECT not_before FROM (SELECT not_before FROM cf_agents_queues ORDER BY seq LIMIT 1)
+                SELECT MAX(not_before, created_at) FROM
+                    (SELECT not_before, created_at FROM cf_agents_queues ORDER BY seq LIMIT 1)
             )",
             (),
         )?

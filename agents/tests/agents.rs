@@ -197,6 +197,13 @@ impl Agent for Probe {
                 Ok(())
             })
         });
+        m.callable("queue_alarm", |_, cx, (): ()| {
+            Box::pin(async move {
+                cx.queue("note", &"queued")?;
+                let alarm = cx.get_alarm()?.expect("queueing arms the alarm");
+                Ok(denizen_runtime::time::to_ms(alarm))
+            })
+        });
         m.task("note", |a, cx, note: String| Box::pin(a.note(cx, note)));
         m.task("flaky", |a, cx, note: String| Box::pin(a.flaky(cx, note)));
     }
@@ -936,5 +943,25 @@ async fn a_task_cancelled_by_an_earlier_one_of_its_batch_does_not_run() {
         log(&h, "race").await,
         ["cancelled dequeued item", "cancelled cancelled schedule"]
     );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn queued_items_arm_the_alarm_at_the_time_they_were_queued() {
+    let h = harness(0, Duration::from_secs(10));
+    // Woken first, so the alarm read back is the queue's, not on_start's schedules'.
+    call(&h, "qa", "get", json!([])).await;
+    let before = denizen_runtime::time::now_ms();
+    let alarm = call(&h, "qa", "queue_alarm", json!([])).await;
+    let after = denizen_runtime::time::now_ms();
+    let alarm = alarm.as_i64().unwrap();
+    assert!(
+        (before..=after).contains(&alarm),
+        "armed at {alarm}, queued between {before} and {after}"
+    );
+    wait_for("the queued item", || async {
+        log(&h, "qa").await == ["queued"]
+    })
+    .await;
     h.runtime.shutdown().await;
 }
