@@ -322,9 +322,9 @@ impl<A: Agent> AgentHost<A> {
         let methods = self.methods.clone();
         let Some(callable) = methods.callables.get(&method) else {
             let message = if methods.tasks.contains_key(&method) {
-                format!("Method {method} is not callable")
+                format!("Method {} is not callable", protocol::echo(&method))
             } else {
-                format!("Method {method} does not exist")
+                format!("Method {} does not exist", protocol::echo(&method))
             };
             cx.send(conn.ws, protocol::rpc_error(&id, &message).to_string());
             return Ok(());

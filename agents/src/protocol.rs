@@ -44,8 +44,21 @@ pub fn rpc_result(id: &str, result: Option<Value>, done: bool) -> Value {
     v
 }
 
+/// An error frame. The id is echoed through [`echo`], so a huge one is not sent back whole.
 pub fn rpc_error(id: &str, error: &str) -> Value {
-    json!({ "type": RPC, "id": id, "success": false, "error": error })
+    json!({ "type": RPC, "id": echo(id), "success": false, "error": error })
+}
+
+/// Characters of a client's own text (a frame type, an RPC id or method name) that errors
+/// echo back; the rest is cut, so a huge field costs the server and the client nothing more.
+pub const MAX_ECHO: usize = 64;
+
+/// `text` as errors echo it: its first [`MAX_ECHO`] characters, and `…` when it was longer.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHO) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+    }
 }
 
 pub fn error(message: &str) -> Value {
@@ -100,7 +113,7 @@ pub fn unhandled_frame_error(frame: &Frame) -> String {
             Ok(v) => match v.get("type").and_then(Value::as_str) {
                 Some(RPC) => "malformed rpc frame: it needs a string `id`, a string `method` and an array `args`".to_string(),
                 Some(STATE) => "malformed cf_agent_state frame: it needs a `state`".to_string(),
-                Some(t) => format!("unknown message type `{t}`: this agent handles `rpc` and `cf_agent_state`"),
+                Some(t) => format!("unknown message type `{}`: this agent handles `rpc` and `cf_agent_state`", echo(t)),
                 None => "the frame has no `type`: this agent handles `rpc` and `cf_agent_state`".to_string(),
             },
         },
@@ -157,6 +170,21 @@ mod tests {
         assert_eq!(parse(&Frame::Text("{nope".into())), Incoming::Other);
         assert!(unhandled_frame_error(&Frame::Text("{nope".into())).contains("not valid JSON"));
         assert!(unhandled_frame_error(&Frame::Text(r#"{"type":"x"}"#.into())).contains("`x`"));
+    }
+
+    #[test]
+    fn huge_client_fields_are_not_echoed_whole() {
+        let huge = "t".repeat(1 << 20);
+        let frame = Frame::Text(json!({ "type": huge }).to_string().into());
+        let reply = unhandled_frame_error(&frame);
+        assert!(reply.len() < 300, "{} bytes", reply.len());
+        assert!(reply.contains(&format!("`{}…`", "t".repeat(MAX_ECHO))));
+        let error = rpc_error(&huge, "no");
+        assert_eq!(error["id"], format!("{}…", "t".repeat(MAX_ECHO)));
+        // Cut on characters, not bytes; short text is kept as it is.
+        assert_eq!(echo(&"é".repeat(100)).chars().count(), MAX_ECHO + 1);
+        assert_eq!(echo("short"), "short");
+        assert_eq!(echo(&"x".repeat(MAX_ECHO)), "x".repeat(MAX_ECHO));
     }
 
     #[test]

@@ -965,3 +965,21 @@ async fn queued_items_arm_the_alarm_at_the_time_they_were_queued() {
     .await;
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn huge_type_id_and_method_are_not_echoed_whole() {
+    let h = harness(0, Duration::from_secs(10));
+    let mut a = Client::connect(&h, "echo", "_pk=a").await;
+    a.handshake().await;
+    let huge = "h".repeat(1 << 20);
+    a.send(&json!({ "type": huge }).to_string());
+    let error = a.json().await;
+    assert_eq!(error["type"], "cf_agent_error");
+    assert!(error.to_string().len() < 300, "{error}");
+    a.send(&json!({"type":"rpc","id":huge,"method":huge,"args":[]}).to_string());
+    let error = a.json().await;
+    assert_eq!(error["success"], false);
+    assert!(error.to_string().len() < 400, "{error}");
+    assert!(error["id"].as_str().unwrap().ends_with('…'));
+    h.runtime.shutdown().await;
+}
