@@ -10,6 +10,7 @@ use denizen_runtime::{
 };
 use futures_util::FutureExt;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
 use crate::context::AgentContext;
@@ -332,32 +333,36 @@ impl<A: Agent> AgentHost<A> {
         // Everything before the call is committed, so a failing call rolls back only itself.
         cx.commit().await?;
         let before = if conn.readonly { state_text(cx)? } else { None };
-        let span = tracing::debug_span!("rpc", method = %method, connection = %conn.id);
-        let _enter = span.enter();
-        let outcome: Result<Option<Value>> = match callable {
-            Callable::Plain(f) => guarded(f(&mut self.agent, cx, args)).await.map(Some),
-            Callable::FromConnection(f) => guarded(f(&mut self.agent, cx, conn.clone(), args))
-                .await
-                .map(Some),
-            Callable::Streaming(f) => {
-                let closed = Arc::new(AtomicBool::new(false));
-                let stream = StreamingResponse {
-                    ws: conn.ws,
-                    id: id.clone(),
-                    closed: closed.clone(),
-                };
-                let r = guarded(f(&mut self.agent, cx, stream, args)).await;
-                match r {
-                    // Ended by the method (its last frame is in the outbox), or ended now.
-                    Ok(()) if closed.load(Ordering::Relaxed) => Ok(None),
-                    Ok(()) => {
-                        cx.send(conn.ws, protocol::rpc_result(&id, None, true).to_string());
-                        Ok(None)
+        let span =
+            tracing::debug_span!("rpc", method = %protocol::echo(&method), connection = %conn.id);
+        let outcome: Result<Option<Value>> = async {
+            match callable {
+                Callable::Plain(f) => guarded(f(&mut self.agent, cx, args)).await.map(Some),
+                Callable::FromConnection(f) => guarded(f(&mut self.agent, cx, conn.clone(), args))
+                    .await
+                    .map(Some),
+                Callable::Streaming(f) => {
+                    let closed = Arc::new(AtomicBool::new(false));
+                    let stream = StreamingResponse {
+                        ws: conn.ws,
+                        id: id.clone(),
+                        closed: closed.clone(),
+                    };
+                    let r = guarded(f(&mut self.agent, cx, stream, args)).await;
+                    match r {
+                        // Ended by the method (its last frame is in the outbox), or ended now.
+                        Ok(()) if closed.load(Ordering::Relaxed) => Ok(None),
+                        Ok(()) => {
+                            cx.send(conn.ws, protocol::rpc_result(&id, None, true).to_string());
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
                 }
             }
-        };
+        }
+        .instrument(span)
+        .await;
         // A read-only connection may call methods, but not ones that change the state.
         let outcome = match outcome {
             Ok(_) if conn.readonly && state_text(cx)? != before => {
@@ -552,7 +557,6 @@ impl<A: Agent> AgentHost<A> {
             Err(e) => return Ok(Err(format!("stored payload is not JSON: {e}"))),
         };
         let span = tracing::debug_span!("task", task = %callback);
-        let _enter = span.enter();
         let run = match (methods.tasks.get(callback), methods.callables.get(callback)) {
             (Some(task), _) => task(&mut self.agent, cx, payload),
             (None, Some(Callable::Plain(f))) => {
@@ -569,7 +573,7 @@ impl<A: Agent> AgentHost<A> {
                 )));
             }
         };
-        let outcome = match guarded(run).await {
+        let outcome = match guarded(run).instrument(span).await {
             Ok(()) => self.settle_state(cx).await,
             Err(e) => Err(e),
         };

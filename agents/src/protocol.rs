@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn huge_client_fields_are_not_echoed_whole() {
         let huge = "t".repeat(1 << 20);
-        let frame = Frame::Text(json!({ "type": huge }).to_string().into());
+        let frame = Frame::Text(json!({ "type": huge }).to_string());
         let reply = unhandled_frame_error(&frame);
         assert!(reply.len() < 300, "{} bytes", reply.len());
         assert!(reply.contains(&format!("`{}…`", "t".repeat(MAX_ECHO))));
