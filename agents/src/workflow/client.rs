@@ -1,19 +1,20 @@
 //! Registering workflows and driving their instances: typed ([`Client`]) and by name with JSON
 //! ([`Registry`], for HTTP routes and CLIs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use denizen_runtime::{Builder, Namespace, Runtime};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Workflow;
 use super::error::{Error, Result};
+use super::index::{ListStatuses, STATUS_NAMESPACE, StatusIndex};
 use super::instance::{Action, Control, Create, GetStatus, Instance, SendEvent};
-use super::record::{InstanceStatus, NotifyTarget};
+use super::record::{InstanceStatus, NotifyTarget, Status};
 
 /// The namespace holding the instances of workflow `name`.
 pub fn namespace_of(name: &str) -> String {
@@ -47,6 +48,13 @@ pub struct CreateOptions {
     /// An object whose `fetch` receives `POST /_workflow/event` with the instance's progress
     /// (after each completed step) and its end (complete, errored, terminated) as JSON.
     pub notify: Option<NotifyTarget>,
+}
+
+/// An instance as a list shows it: its id and status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    pub id: String,
+    pub status: Status,
 }
 
 /// The instances of one workflow type, driven from Rust (an application, an agent, any durable
@@ -211,6 +219,39 @@ impl<W: Workflow> Client<W> {
             .collect())
     }
 
+    /// Every instance created so far with its status, read from the catalog and the workflow's
+    /// status index without waking the instances. The index may lag an instance by a moment
+    /// ([`status`](Client::status) asks the instance itself); an instance the index does not
+    /// know yet is asked (and indexed by that).
+    pub async fn list_statuses(&self) -> Result<Vec<InstanceSummary>> {
+        let ids = self.list().await?;
+        let indexed: HashMap<String, Status> =
+            match self.runtime.namespace::<StatusIndex>(STATUS_NAMESPACE) {
+                Ok(index) => index
+                    .get_by_name(&self.name)
+                    .call(ListStatuses)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let status = match indexed.get(&id) {
+                Some(status) => *status,
+                None => match self.status(&id).await {
+                    Ok(s) => s.status,
+                    Err(e) => {
+                        tracing::warn!(workflow = %self.name, %id, error = %e, "instance left out of the list: its status could not be read");
+                        continue;
+                    }
+                },
+            };
+            out.push(InstanceSummary { id, status });
+        }
+        Ok(out)
+    }
+
     /// Polls the status until the instance is complete, errored or terminated.
     pub async fn wait_final(&self, id: &str) -> Result<InstanceStatus> {
         loop {
@@ -263,6 +304,7 @@ trait Erased: Send + Sync {
         payload: serde_json::Value,
     ) -> BoxFuture<'static, Result<()>>;
     fn list(&self) -> BoxFuture<'static, Result<Vec<String>>>;
+    fn list_statuses(&self) -> BoxFuture<'static, Result<Vec<InstanceSummary>>>;
 }
 
 impl<W: Workflow> Erased for Client<W> {
@@ -306,6 +348,11 @@ impl<W: Workflow> Erased for Client<W> {
     fn list(&self) -> BoxFuture<'static, Result<Vec<String>>> {
         let this = self.clone();
         Box::pin(async move { Client::list(&this).await })
+    }
+
+    fn list_statuses(&self) -> BoxFuture<'static, Result<Vec<InstanceSummary>>> {
+        let this = self.clone();
+        Box::pin(async move { Client::list_statuses(&this).await })
     }
 }
 
@@ -360,12 +407,16 @@ impl Workflows {
         self.entries.keys().cloned().collect()
     }
 
-    /// Registers every workflow's instance namespace with the runtime builder.
+    /// Registers every workflow's instance namespace with the runtime builder, and the status
+    /// index (namespace `workflow_status`) their lists read.
     pub fn register(&self, mut builder: Builder) -> Builder {
+        if self.entries.is_empty() {
+            return builder;
+        }
         for entry in self.entries.values() {
             builder = entry.register(builder);
         }
-        builder
+        builder.object::<StatusIndex>(STATUS_NAMESPACE)
     }
 
     /// The JSON instance API of every workflow, on a runtime built with [`Workflows::register`].
@@ -429,6 +480,12 @@ impl Registry {
     /// The ids of a workflow's instances.
     pub async fn list(&self, name: &str) -> Result<Vec<String>> {
         self.get(name)?.list().await
+    }
+
+    /// A workflow's instances with their statuses, without waking them (see
+    /// [`Client::list_statuses`]).
+    pub async fn list_statuses(&self, name: &str) -> Result<Vec<InstanceSummary>> {
+        self.get(name)?.list_statuses().await
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::Workflow;
 use super::error::{Error, Result};
+use super::index::{self, Indexed};
 use super::record::{
     Attempt, EventRecord, IN_MEMORY_RETRY, INSTANCE_KEY, InstanceRecord, InstanceStatus,
     NotifyTarget, Status, StepInfo, StepState, event_key, from_ms, load_events, load_steps, now_ms,
@@ -118,8 +119,24 @@ fn load(ctx: &mut Ctx<Instance<impl Workflow>>) -> Result<Option<InstanceRecord>
 
 fn save<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &mut InstanceRecord) -> Result<()> {
     rec.updated_ms = now_ms();
+    if rec.indexed != Some(rec.status) {
+        rec.indexed = Some(rec.status);
+        rec.index_seq += 1;
+        index_status(ctx, rec);
+    }
     ctx.storage().put(INSTANCE_KEY, rec)?;
     Ok(())
+}
+
+/// Sends the instance's status to its workflow's status index once this event commits.
+fn index_status<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &InstanceRecord) {
+    let msg = Indexed {
+        id: rec.id.clone(),
+        status: rec.status,
+        seq: rec.index_seq,
+    };
+    let runtime = ctx.runtime();
+    ctx.wait_until(index::report(runtime, rec.workflow.clone(), msg));
 }
 
 fn unknown<W: Workflow>(ctx: &Ctx<Instance<W>>) -> Error {
@@ -516,6 +533,14 @@ impl<W: Workflow> Instance<W> {
 }
 
 impl<W: Workflow> DurableObject for Instance<W> {
+    async fn on_start(&mut self, ctx: &mut Ctx<Self>) -> RtResult<()> {
+        // Again on every activation: repairs a status whose send a crash cut off.
+        if let Some(rec) = load(ctx).map_err(denizen_runtime::Error::msg)? {
+            index_status(ctx, &rec);
+        }
+        Ok(())
+    }
+
     async fn alarm(&mut self, ctx: &mut Ctx<Self>, _info: AlarmInfo) -> RtResult<()> {
         let Some(mut rec) = load(ctx).map_err(denizen_runtime::Error::msg)? else {
             return Ok(());
@@ -556,6 +581,8 @@ impl<W: Workflow> Handler<Create> for Instance<W> {
             updated_ms: now,
             notify: msg.notify,
             notify_seq: 0,
+            indexed: None,
+            index_seq: 0,
         };
         self.start_run(ctx, &mut rec)
             .map_err(denizen_runtime::Error::msg)?;

@@ -61,6 +61,22 @@ impl Status {
         }
     }
 
+    /// The status named `name` (as [`Status::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Sleeping,
+            Status::Waiting,
+            Status::Paused,
+            Status::Errored,
+            Status::Terminated,
+            Status::Complete,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     /// Complete, errored or terminated: nothing more happens unless restarted.
     pub fn is_final(self) -> bool {
         matches!(
@@ -160,6 +176,11 @@ pub(crate) struct InstanceRecord {
     /// Notifications sent so far (each carries its number: they may arrive out of order).
     #[serde(default)]
     pub notify_seq: u64,
+    /// The status last sent to the workflow's status index, and how many were sent.
+    #[serde(default)]
+    pub indexed: Option<Status>,
+    #[serde(default)]
+    pub index_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
