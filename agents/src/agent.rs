@@ -34,7 +34,9 @@ pub struct Connection {
 /// The upgrade request, as `on_connect` sees it.
 #[derive(Clone, Debug)]
 pub struct ConnectInfo {
+    /// The request's URI, as the client sent it.
     pub uri: Uri,
+    /// The request's headers.
     pub headers: HeaderMap,
     /// Query parameters other than `_pk`, in order (the JS client's `query` option).
     pub query: Vec<(String, String)>,
@@ -70,7 +72,9 @@ pub enum Connect {
 /// Where a state change came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// The agent's own code (`set_state`).
     Server,
+    /// A client's `cf_agent_state` frame on this connection.
     Client(Connection),
 }
 

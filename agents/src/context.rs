@@ -199,6 +199,7 @@ pub trait AgentContext<A: Agent> {
         task: &str,
         payload: &P,
     ) -> Result<Schedule>;
+    /// The schedule with this id, if it is still pending.
     fn get_schedule(&mut self, id: &str) -> Result<Option<Schedule>>;
     /// Pending schedules, the next due first.
     fn list_schedules(&mut self) -> Result<Vec<Schedule>>;

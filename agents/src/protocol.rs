@@ -3,15 +3,22 @@
 use denizen_runtime::Frame;
 use serde_json::{Value, json};
 
+/// The first frame of a connection: the agent's class and name.
 pub const IDENTITY: &str = "cf_agent_identity";
+/// The whole state, both ways.
 pub const STATE: &str = "cf_agent_state";
+/// A client's state change was refused.
 pub const STATE_ERROR: &str = "cf_agent_state_error";
+/// The agent's MCP servers with their tools, prompts and resources.
 pub const MCP_SERVERS: &str = "cf_agent_mcp_servers";
+/// A method call and its result (or its chunks, when streaming).
 pub const RPC: &str = "rpc";
 /// Our answer to a frame the agent could not use (not JSON, unknown type, malformed protocol
 /// frame). The JS client passes it to plain `message` listeners.
 pub const ERROR: &str = "cf_agent_error";
 
+/// The identity frame: `name` is the instance, `agent` its class; `state_follows` says a state
+/// frame comes next.
 pub fn identity(name: &str, agent: &str, state_follows: bool) -> Value {
     let mut v = json!({ "type": IDENTITY, "name": name, "agent": agent });
     if state_follows {
@@ -20,10 +27,12 @@ pub fn identity(name: &str, agent: &str, state_follows: bool) -> Value {
     v
 }
 
+/// A state frame.
 pub fn state(state: &Value) -> Value {
     json!({ "type": STATE, "state": state })
 }
 
+/// A state error frame, answered to a refused client state change.
 pub fn state_error(error: &str) -> Value {
     json!({ "type": STATE_ERROR, "error": error })
 }
@@ -61,6 +70,7 @@ pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A [`ERROR`] frame.
 pub fn error(message: &str) -> Value {
     json!({ "type": ERROR, "error": message })
 }
@@ -72,8 +82,11 @@ pub enum Incoming {
     State(Value),
     /// `{"type":"rpc","id":"..","method":"..","args":[..]}`
     Rpc {
+        /// The call's id, echoed in its result frames.
         id: String,
+        /// The callable's name.
         method: String,
+        /// Its arguments.
         args: Vec<Value>,
     },
     /// Anything else (binary, not JSON, another type): the agent's `on_message` gets it.

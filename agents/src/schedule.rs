@@ -64,7 +64,9 @@ impl From<String> for When {
 pub struct Retry {
     /// Runs in all, the first included.
     pub max_attempts: u32,
+    /// The delay before the first retry; it doubles for each one after.
     pub base_delay: Duration,
+    /// The longest delay between two attempts.
     pub max_delay: Duration,
 }
 
@@ -124,35 +126,57 @@ pub struct ScheduleOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ScheduleKind {
+    /// Once, at a time.
     Scheduled,
-    Delayed { delay_ms: i64 },
-    Cron { cron: String },
-    Interval { interval_ms: i64 },
+    /// Once, after a delay.
+    Delayed {
+        /// The delay it was scheduled with.
+        delay_ms: i64,
+    },
+    /// At every occurrence of a cron expression.
+    Cron {
+        /// The expression.
+        cron: String,
+    },
+    /// Every interval.
+    Interval {
+        /// The interval.
+        interval_ms: i64,
+    },
 }
 
 /// A pending schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
+    /// Its id, for `get_schedule` and `cancel_schedule`.
     pub id: String,
     /// The task it runs.
     pub callback: String,
+    /// The task's payload.
     pub payload: Value,
+    /// When it runs.
     #[serde(flatten)]
     pub kind: ScheduleKind,
     /// Next run, epoch milliseconds.
     pub time: i64,
     /// Failed runs of the current occurrence (retries pending).
     pub attempts: u32,
+    /// The error of the last failed run, if any.
     pub last_error: Option<String>,
 }
 
 /// A queued task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueItem {
+    /// Its id, for `dequeue`.
     pub id: String,
+    /// The task it runs.
     pub callback: String,
+    /// The task's payload.
     pub payload: Value,
+    /// Failed runs so far (retries pending).
     pub attempts: u32,
+    /// The error of the last failed run, if any.
     pub last_error: Option<String>,
 }
 
@@ -163,10 +187,15 @@ pub struct Failure {
     pub id: String,
     /// `schedule` or `queue`.
     pub kind: String,
+    /// The task that failed.
     pub callback: String,
+    /// Its payload.
     pub payload: Value,
+    /// The error of its last attempt.
     pub error: String,
+    /// Runs in all.
     pub attempts: u32,
+    /// When the last attempt failed, epoch milliseconds.
     pub failed_at: i64,
 }
 

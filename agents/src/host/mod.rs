@@ -32,6 +32,7 @@ pub use rpc::Call;
 /// The durable object hosting an agent of type `A`. Registered with
 /// [`AgentBuilder::agent`]; its namespace is the agent's class in
 /// `/agents/<class>/<name>` and its name the instance.
+#[allow(missing_debug_implementations)] // holds the application's agent, which need not be Debug
 pub struct AgentHost<A: Agent> {
     agent: A,
     methods: Arc<Methods<A>>,
@@ -40,6 +41,7 @@ pub struct AgentHost<A: Agent> {
 }
 
 impl<A: Agent> AgentHost<A> {
+    /// Hosts `agent` (the runtime builds one per activation through [`AgentBuilder`]).
     pub fn new(agent: A) -> Self {
         AgentHost {
             agent,

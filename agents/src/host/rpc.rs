@@ -98,8 +98,11 @@ impl<A: Agent> AgentHost<A> {
 /// Calls a plain callable method from the server side (another object, a route, a test):
 /// `stub.call(Call::new("increment", json!([5])))`. The method's result, or its error, comes
 /// back as the call's result; state changes it makes are broadcast as usual.
+#[derive(Debug)]
 pub struct Call {
+    /// The callable's name.
     pub method: String,
+    /// Its arguments, in order.
     pub args: Vec<Value>,
 }
 

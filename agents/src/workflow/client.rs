@@ -53,7 +53,9 @@ pub struct CreateOptions {
 /// An instance as a list shows it: its id and status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSummary {
+    /// The instance's id.
     pub id: String,
+    /// Its status, as last indexed.
     pub status: Status,
 }
 
@@ -64,6 +66,12 @@ pub struct Client<W: Workflow> {
     ns: Namespace<Instance<W>>,
     runtime: Runtime,
     _w: PhantomData<fn() -> W>,
+}
+
+impl<W: Workflow> std::fmt::Debug for Client<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("name", &self.name).finish()
+    }
 }
 
 impl<W: Workflow> Clone for Client<W> {
@@ -169,6 +177,7 @@ impl<W: Workflow> Client<W> {
         self.control(id, Action::Pause).await
     }
 
+    /// Continues a paused instance.
     pub async fn resume(&self, id: &str) -> Result<InstanceStatus> {
         self.control(id, Action::Resume).await
     }
@@ -384,7 +393,16 @@ pub struct Workflows {
     entries: BTreeMap<String, Arc<dyn Entry>>,
 }
 
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflows")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl Workflows {
+    /// No workflows yet; [`add`](Workflows::add) them.
     pub fn new() -> Self {
         Workflows::default()
     }
@@ -438,6 +456,14 @@ pub struct Registry {
     entries: Arc<BTreeMap<String, Arc<dyn Erased>>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl Registry {
     fn get(&self, name: &str) -> Result<&Arc<dyn Erased>> {
         self.entries
@@ -450,6 +476,7 @@ impl Registry {
         self.entries.keys().cloned().collect()
     }
 
+    /// Creates an instance of workflow `name` with JSON params and starts it; answers its id.
     pub async fn create(
         &self,
         name: &str,
@@ -459,14 +486,17 @@ impl Registry {
         self.get(name)?.create(options, params).await
     }
 
+    /// An instance's status, output or error, and step history ([`Client::status`]).
     pub async fn status(&self, name: &str, id: &str) -> Result<InstanceStatus> {
         self.get(name)?.status(id).await
     }
 
+    /// Applies an operator's action and answers the new status ([`Client::control`]).
     pub async fn control(&self, name: &str, id: &str, action: Action) -> Result<InstanceStatus> {
         self.get(name)?.control(id, action).await
     }
 
+    /// Sends an event with a JSON payload ([`Client::send_event`]).
     pub async fn send_event(
         &self,
         name: &str,

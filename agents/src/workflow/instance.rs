@@ -24,6 +24,7 @@ use super::step::{Inner, Sink, Step, StepCall, StepOp, StepReply};
 pub(crate) const LEASE: Duration = Duration::from_secs(2);
 
 /// The durable object behind every instance of workflow `W`.
+#[allow(missing_debug_implementations)] // holds the application's workflow, which need not be Debug
 pub struct Instance<W: Workflow> {
     workflow: Arc<W>,
     /// The generation of the run task alive in this process, if any.
@@ -42,6 +43,7 @@ impl<W: Workflow> Instance<W> {
 // ---- messages ----
 
 /// Creates the instance with JSON params (already checked against `W::Params`).
+#[derive(Debug)]
 pub struct Create {
     pub workflow: String,
     pub params: String,
@@ -52,6 +54,7 @@ impl Message for Create {
 }
 
 /// The instance's status, output or error, and step history.
+#[derive(Debug)]
 pub struct GetStatus;
 impl Message for GetStatus {
     type Reply = Result<InstanceStatus>;
@@ -60,13 +63,18 @@ impl Message for GetStatus {
 /// An operator's command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Stop after the current step.
     Pause,
+    /// Continue a paused instance.
     Resume,
+    /// End the instance for good.
     Terminate,
+    /// Clear the journal and events and run again with the same params.
     Restart,
 }
 
 impl Action {
+    /// The action's name, as the HTTP routes spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pause => "pause",
@@ -77,12 +85,15 @@ impl Action {
     }
 }
 
+/// An operator's action on the instance.
+#[derive(Debug)]
 pub struct Control(pub Action);
 impl Message for Control {
     type Reply = Result<InstanceStatus>;
 }
 
 /// Sends an event (JSON payload) to the instance.
+#[derive(Debug)]
 pub struct SendEvent {
     pub event_type: String,
     pub payload: String,
@@ -92,16 +103,19 @@ impl Message for SendEvent {
 }
 
 /// Internal: a step of the running task.
+#[derive(Debug)]
 pub struct StepMessage(pub(crate) StepCall);
 impl Message for StepMessage {
     type Reply = Result<StepReply>;
 }
 
 /// Internal: the run task ended.
+#[derive(Debug)]
 pub struct RunEnded {
     generation: u64,
     outcome: Outcome,
 }
+#[derive(Debug)]
 enum Outcome {
     Complete(String),
     Failed(String),

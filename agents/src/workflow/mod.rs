@@ -102,6 +102,8 @@ pub trait Workflow: Send + Sync + 'static {
     /// What a completed instance reports.
     type Output: Serialize + DeserializeOwned + Send + 'static;
 
+    /// Runs (or replays) one instance: `event` holds its id and params; durable work goes
+    /// through `step`. `Ok` completes the instance with that output; `Err` ends it `errored`.
     fn run(
         &self,
         event: Event<Self::Params>,
