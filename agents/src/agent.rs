@@ -34,7 +34,9 @@ pub struct Connection {
 /// The upgrade request, as `on_connect` sees it.
 #[derive(Clone, Debug)]
 pub struct ConnectInfo {
+    /// The request's URI, as the client sent it.
     pub uri: Uri,
+    /// The request's headers.
     pub headers: HeaderMap,
     /// Query parameters other than `_pk`, in order (the JS client's `query` option).
     pub query: Vec<(String, String)>,
@@ -70,7 +72,9 @@ pub enum Connect {
 /// Where a state change came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// The agent's own code (`set_state`).
     Server,
+    /// A client's `cf_agent_state` frame on this connection.
     Client(Connection),
 }
 
@@ -167,14 +171,20 @@ pub trait Agent: Send + Sized + 'static {
         async { Ok(()) }
     }
 
-    /// A client wants to replace the state with `next`. An `Err` refuses it: the client gets
-    /// `cf_agent_state_error` "State update rejected" (the reason is logged on the server only).
+    /// The state is about to become `next`. From a client: an `Err` refuses it, and the client
+    /// gets `cf_agent_state_error` "State update rejected" (the reason is logged on the server
+    /// only). From the server (`set_state`, source [`Source::Server`]): it runs when the handler
+    /// that called `set_state` returns, with the last state it set, and an `Err` fails that
+    /// handler (its writes and frames are discarded; an RPC caller gets the error).
     fn validate_state_change(&mut self, next: &Self::State, source: &Source) -> Result<()> {
         let _ = (next, source);
         Ok(())
     }
 
-    /// A client's state change was persisted and broadcast to the other connections.
+    /// The state changed: a client's change was persisted and broadcast to the other
+    /// connections, or a handler that called `set_state` returned and its change was validated
+    /// (source [`Source::Server`]). An `Err` fails the event, the change included. A
+    /// `set_state` made here is validated but does not call this hook again.
     fn on_state_changed(
         &mut self,
         cx: &mut Context<Self>,

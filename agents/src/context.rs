@@ -1,6 +1,7 @@
 //! The agent operations on the hosting object's context: state, connections, schedules, queue.
 
 use std::any::{Any, TypeId};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
@@ -21,6 +22,32 @@ use crate::schedule::{
 };
 
 pub(crate) const STATE_ROW: &str = "cf_state_row_id";
+
+/// Largest agent state, in bytes of JSON. Every client gets the whole state in one frame on
+/// connect and on every change, so a state near the gateway's per-socket send backlog (16 MiB by
+/// default) would close every connection with 1008; this keeps it far below. A bigger state is
+/// refused: `set_state` returns [`Error::StateTooLarge`], a client gets `cf_agent_state_error`.
+/// Keep large data in the agent's own tables (`cx.sql`) and only a summary in the state.
+pub const MAX_STATE_BYTES: usize = 1 << 20;
+
+tokio::task_local! {
+    /// Set by `set_state` while the host runs an agent handler, so the host validates the
+    /// server's change and calls `on_state_changed` when the handler returns (the handler holds
+    /// the agent, so `set_state` cannot call it).
+    static SERVER_CHANGE: Cell<bool>;
+}
+
+/// Runs one host event with server state changes tracked (see [`take_server_change`]).
+pub(crate) async fn tracking_state<F: Future>(fut: F) -> F::Output {
+    SERVER_CHANGE.scope(Cell::new(false), fut).await
+}
+
+/// Whether `set_state` ran since the last call (in this event), clearing the mark.
+pub(crate) fn take_server_change() -> bool {
+    SERVER_CHANGE
+        .try_with(|c| c.replace(false))
+        .unwrap_or(false)
+}
 
 /// What the agents layer keeps in a socket's attachment (it survives hibernation).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -123,6 +150,14 @@ pub trait AgentContext<A: Agent> {
     /// Replaces the state: persisted with this event's writes and broadcast (as
     /// `cf_agent_state`) to every protocol connection, the caller's included, before the reply
     /// of the RPC that made the change.
+    ///
+    /// When the handler that called it returns, the agent's
+    /// [`validate_state_change`](Agent::validate_state_change) sees the last state it set
+    /// (source [`Source::Server`](crate::Source::Server)): an `Err` fails the handler, so its
+    /// writes and frames are discarded (an RPC caller gets the error). Then
+    /// [`on_state_changed`](Agent::on_state_changed) runs, as the Agents SDK does.
+    ///
+    /// A state over [`MAX_STATE_BYTES`] of JSON is refused with [`Error::StateTooLarge`].
     fn set_state(&mut self, state: &A::State) -> Result<()>;
     /// SQL on the agent's own database (the same transaction as the rest of the event).
     fn sql(&mut self, query: &str, params: impl Params) -> Result<Cursor>;
@@ -164,6 +199,7 @@ pub trait AgentContext<A: Agent> {
         task: &str,
         payload: &P,
     ) -> Result<Schedule>;
+    /// The schedule with this id, if it is still pending.
     fn get_schedule(&mut self, id: &str) -> Result<Option<Schedule>>;
     /// Pending schedules, the next due first.
     fn list_schedules(&mut self) -> Result<Vec<Schedule>>;
@@ -202,6 +238,8 @@ impl<A: Agent> AgentContext<A> for Context<A> {
         let value = serde_json::to_value(state)?;
         store_state(self, &value)?;
         broadcast_state(self, &value, None);
+        // Outside a host event (there is none today) nothing would call the hooks.
+        let _ = SERVER_CHANGE.try_with(|c| c.set(true));
         Ok(())
     }
 
@@ -358,15 +396,18 @@ impl<A: Agent> AgentContext<A> for Context<A> {
         }
         let payload = serde_json::to_string(payload)?;
         let id = new_id();
+        // Due now: the alarm is armed at this time, not at the epoch, so its lateness is real.
+        let now = now_ms();
         self.storage().exec(
-            "INSERT INTO cf_agents_queues(id, callback, payload, retry, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO cf_agents_queues(id, callback, payload, retry, not_before, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
             (
                 id.as_str(),
                 task,
                 payload.as_str(),
                 opt(Retry::encode(Some(retry))),
-                now_ms(),
+                now,
+                now,
             ),
         )?;
         rearm(self)?;
@@ -441,8 +482,15 @@ pub(crate) fn meta<A: Agent>(cx: &Context<A>, ws: WebSocket) -> Option<ConnMeta>
         .filter(|m| !m.refused)
 }
 
+/// Persists the state, refusing one over [`MAX_STATE_BYTES`].
 pub(crate) fn store_state<A: Agent>(cx: &mut Context<A>, value: &Value) -> Result<()> {
     let text = serde_json::to_string(value)?;
+    if text.len() > MAX_STATE_BYTES {
+        return Err(Error::StateTooLarge {
+            size: text.len(),
+            max: MAX_STATE_BYTES,
+        });
+    }
     cx.storage().exec(
         "INSERT INTO cf_agents_state(id, state) VALUES (?, ?)
          ON CONFLICT(id) DO UPDATE SET state = excluded.state",
@@ -554,7 +602,8 @@ pub(crate) fn rearm<A: Agent>(cx: &mut Context<A>) -> Result<()> {
             "SELECT MIN(t) FROM (
                 SELECT MIN(time) AS t FROM cf_agents_schedules
                 UNION ALL
-                SELECT not_before FROM (SELECT not_before FROM cf_agents_queues ORDER BY seq LIMIT 1)
+                SELECT MAX(not_before, created_at) FROM
+                    (SELECT not_before, created_at FROM cf_agents_queues ORDER BY seq LIMIT 1)
             )",
             (),
         )?

@@ -77,7 +77,7 @@ mod schedule;
 pub mod workflow;
 
 pub use agent::{Agent, Connect, ConnectInfo, Connection, Context, Source};
-pub use context::AgentContext;
+pub use context::{AgentContext, MAX_STATE_BYTES};
 pub use error::{Error, Result};
 pub use host::{AgentBuilder, AgentHost, Call, MAX_CONNECTION_ID};
 pub use mcp::{AgentPath, McpClient, McpNotifier};

@@ -86,6 +86,7 @@ pub(crate) enum Callable<A: Agent> {
 ///     }
 /// }
 /// ```
+#[allow(missing_debug_implementations)] // holds boxed closures
 pub struct Methods<A: Agent> {
     pub(crate) callables: HashMap<String, Callable<A>>,
     pub(crate) tasks: HashMap<String, TaskFn<A>>,
@@ -243,6 +244,7 @@ impl<A: Agent> Methods<A> {
 
 /// The sending side of a streaming call. Each `send` goes out at once (the writes made before it
 /// are committed first, as for any message that leaves the agent).
+#[derive(Debug)]
 pub struct StreamingResponse {
     pub(crate) ws: WebSocket,
     pub(crate) id: String,

@@ -3,15 +3,22 @@
 use denizen_runtime::Frame;
 use serde_json::{Value, json};
 
+/// The first frame of a connection: the agent's class and name.
 pub const IDENTITY: &str = "cf_agent_identity";
+/// The whole state, both ways.
 pub const STATE: &str = "cf_agent_state";
+/// A client's state change was refused.
 pub const STATE_ERROR: &str = "cf_agent_state_error";
+/// The agent's MCP servers with their tools, prompts and resources.
 pub const MCP_SERVERS: &str = "cf_agent_mcp_servers";
+/// A method call and its result (or its chunks, when streaming).
 pub const RPC: &str = "rpc";
 /// Our answer to a frame the agent could not use (not JSON, unknown type, malformed protocol
 /// frame). The JS client passes it to plain `message` listeners.
 pub const ERROR: &str = "cf_agent_error";
 
+/// The identity frame: `name` is the instance, `agent` its class; `state_follows` says a state
+/// frame comes next.
 pub fn identity(name: &str, agent: &str, state_follows: bool) -> Value {
     let mut v = json!({ "type": IDENTITY, "name": name, "agent": agent });
     if state_follows {
@@ -20,10 +27,12 @@ pub fn identity(name: &str, agent: &str, state_follows: bool) -> Value {
     v
 }
 
+/// A state frame.
 pub fn state(state: &Value) -> Value {
     json!({ "type": STATE, "state": state })
 }
 
+/// A state error frame, answered to a refused client state change.
 pub fn state_error(error: &str) -> Value {
     json!({ "type": STATE_ERROR, "error": error })
 }
@@ -44,10 +53,24 @@ pub fn rpc_result(id: &str, result: Option<Value>, done: bool) -> Value {
     v
 }
 
+/// An error frame. The id is echoed through [`echo`], so a huge one is not sent back whole.
 pub fn rpc_error(id: &str, error: &str) -> Value {
-    json!({ "type": RPC, "id": id, "success": false, "error": error })
+    json!({ "type": RPC, "id": echo(id), "success": false, "error": error })
 }
 
+/// Characters of a client's own text (a frame type, an RPC id or method name) that errors
+/// echo back; the rest is cut, so a huge field costs the server and the client nothing more.
+pub const MAX_ECHO: usize = 64;
+
+/// `text` as errors echo it: its first [`MAX_ECHO`] characters, and `…` when it was longer.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ECHO) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+    }
+}
+
+/// A [`ERROR`] frame.
 pub fn error(message: &str) -> Value {
     json!({ "type": ERROR, "error": message })
 }
@@ -59,8 +82,11 @@ pub enum Incoming {
     State(Value),
     /// `{"type":"rpc","id":"..","method":"..","args":[..]}`
     Rpc {
+        /// The call's id, echoed in its result frames.
         id: String,
+        /// The callable's name.
         method: String,
+        /// Its arguments.
         args: Vec<Value>,
     },
     /// Anything else (binary, not JSON, another type): the agent's `on_message` gets it.
@@ -100,7 +126,7 @@ pub fn unhandled_frame_error(frame: &Frame) -> String {
             Ok(v) => match v.get("type").and_then(Value::as_str) {
                 Some(RPC) => "malformed rpc frame: it needs a string `id`, a string `method` and an array `args`".to_string(),
                 Some(STATE) => "malformed cf_agent_state frame: it needs a `state`".to_string(),
-                Some(t) => format!("unknown message type `{t}`: this agent handles `rpc` and `cf_agent_state`"),
+                Some(t) => format!("unknown message type `{}`: this agent handles `rpc` and `cf_agent_state`", echo(t)),
                 None => "the frame has no `type`: this agent handles `rpc` and `cf_agent_state`".to_string(),
             },
         },
@@ -157,6 +183,21 @@ mod tests {
         assert_eq!(parse(&Frame::Text("{nope".into())), Incoming::Other);
         assert!(unhandled_frame_error(&Frame::Text("{nope".into())).contains("not valid JSON"));
         assert!(unhandled_frame_error(&Frame::Text(r#"{"type":"x"}"#.into())).contains("`x`"));
+    }
+
+    #[test]
+    fn huge_client_fields_are_not_echoed_whole() {
+        let huge = "t".repeat(1 << 20);
+        let frame = Frame::Text(json!({ "type": huge }).to_string());
+        let reply = unhandled_frame_error(&frame);
+        assert!(reply.len() < 300, "{} bytes", reply.len());
+        assert!(reply.contains(&format!("`{}…`", "t".repeat(MAX_ECHO))));
+        let error = rpc_error(&huge, "no");
+        assert_eq!(error["id"], format!("{}…", "t".repeat(MAX_ECHO)));
+        // Cut on characters, not bytes; short text is kept as it is.
+        assert_eq!(echo(&"é".repeat(100)).chars().count(), MAX_ECHO + 1);
+        assert_eq!(echo("short"), "short");
+        assert_eq!(echo(&"x".repeat(MAX_ECHO)), "x".repeat(MAX_ECHO));
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! none), and `on_start` does the same, so a wake never loses one. A queued item makes the alarm
 //! due at once: the queue runs as the next event after the current one, in insertion order.
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,8 +32,9 @@ pub enum When {
     Delay(Duration),
     /// Once, at this time.
     At(SystemTime),
-    /// At every occurrence of a cron expression (UTC): five fields (`min hour dom mon dow`) or
-    /// six with seconds first.
+    /// At every occurrence of a cron expression (UTC), read as Unix cron: five fields
+    /// (`min hour dom mon dow`) or six with seconds first; Sunday is 0 or 7; month and day names;
+    /// a day matching either day field when both are restricted.
     Cron(String),
 }
 
@@ -63,7 +64,9 @@ impl From<String> for When {
 pub struct Retry {
     /// Runs in all, the first included.
     pub max_attempts: u32,
+    /// The delay before the first retry; it doubles for each one after.
     pub base_delay: Duration,
+    /// The longest delay between two attempts.
     pub max_delay: Duration,
 }
 
@@ -123,35 +126,57 @@ pub struct ScheduleOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ScheduleKind {
+    /// Once, at a time.
     Scheduled,
-    Delayed { delay_ms: i64 },
-    Cron { cron: String },
-    Interval { interval_ms: i64 },
+    /// Once, after a delay.
+    Delayed {
+        /// The delay it was scheduled with.
+        delay_ms: i64,
+    },
+    /// At every occurrence of a cron expression.
+    Cron {
+        /// The expression.
+        cron: String,
+    },
+    /// Every interval.
+    Interval {
+        /// The interval.
+        interval_ms: i64,
+    },
 }
 
 /// A pending schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
+    /// Its id, for `get_schedule` and `cancel_schedule`.
     pub id: String,
     /// The task it runs.
     pub callback: String,
+    /// The task's payload.
     pub payload: Value,
+    /// When it runs.
     #[serde(flatten)]
     pub kind: ScheduleKind,
     /// Next run, epoch milliseconds.
     pub time: i64,
     /// Failed runs of the current occurrence (retries pending).
     pub attempts: u32,
+    /// The error of the last failed run, if any.
     pub last_error: Option<String>,
 }
 
 /// A queued task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueItem {
+    /// Its id, for `dequeue`.
     pub id: String,
+    /// The task it runs.
     pub callback: String,
+    /// The task's payload.
     pub payload: Value,
+    /// Failed runs so far (retries pending).
     pub attempts: u32,
+    /// The error of the last failed run, if any.
     pub last_error: Option<String>,
 }
 
@@ -162,10 +187,15 @@ pub struct Failure {
     pub id: String,
     /// `schedule` or `queue`.
     pub kind: String,
+    /// The task that failed.
     pub callback: String,
+    /// Its payload.
     pub payload: Value,
+    /// The error of its last attempt.
     pub error: String,
+    /// Runs in all.
     pub attempts: u32,
+    /// When the last attempt failed, epoch milliseconds.
     pub failed_at: i64,
 }
 
@@ -179,30 +209,30 @@ pub(crate) fn new_id() -> String {
         .collect()
 }
 
-/// Parses a cron expression (five fields, or six/seven with seconds first).
-pub(crate) fn parse_cron(expression: &str) -> Result<cron::Schedule> {
-    let fields = expression.split_whitespace().count();
-    let full = if fields == 5 {
-        format!("0 {expression}")
-    } else {
-        expression.to_string()
-    };
-    cron::Schedule::from_str(&full).map_err(|e| Error::InvalidCron {
-        expression: expression.to_string(),
-        reason: e.to_string(),
-    })
+/// Parses a cron expression as Unix (Vixie) cron does: five fields `min hour dom mon dow`, or
+/// six with seconds first (a seventh, the year, may follow); Sunday is 0 or 7; month and day
+/// names (`JAN`, `MON-FRI`); and when both day fields are restricted a day matching either runs
+/// (`0 0 13 * 5`: the 13th and every Friday).
+pub(crate) fn parse_cron(expression: &str) -> Result<croner::Cron> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(expression)
+        .map_err(|e| Error::InvalidCron {
+            expression: expression.to_string(),
+            reason: e.to_string(),
+        })
 }
 
-/// The first occurrence strictly after `after_ms`.
+/// The first occurrence strictly after `after_ms` (UTC).
 pub(crate) fn next_cron(expression: &str, after_ms: i64) -> Result<i64> {
     let schedule = parse_cron(expression)?;
     let after: DateTime<Utc> =
         DateTime::from_timestamp_millis(after_ms).unwrap_or(DateTime::UNIX_EPOCH);
     schedule
-        .after(&after)
-        .next()
+        .find_next_occurrence(&after, false)
         .map(|t| t.timestamp_millis())
-        .ok_or_else(|| Error::CronExhausted(expression.to_string()))
+        .map_err(|_| Error::CronExhausted(expression.to_string()))
 }
 
 #[cfg(test)]
@@ -218,6 +248,89 @@ mod tests {
         assert!(matches!(
             next_cron("not cron", 0),
             Err(Error::InvalidCron { .. })
+        ));
+    }
+
+    /// Milliseconds of a UTC time written `2026-12-07T09:00:00`.
+    fn at(text: &str) -> i64 {
+        DateTime::parse_from_rfc3339(&format!("{text}Z"))
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    /// The next `n` occurrences after `from`, as times.
+    fn next_n(expression: &str, from: &str, n: usize) -> Vec<String> {
+        let mut after = at(from);
+        (0..n)
+            .map(|_| {
+                after = next_cron(expression, after).unwrap();
+                DateTime::from_timestamp_millis(after)
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S %a")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cron_reads_days_as_unix_cron_does() {
+        // 2026-12-02 is a Wednesday. Weekday 1 is Monday, not Sunday.
+        assert_eq!(
+            next_n("0 9 * * 1", "2026-12-02T00:00:00", 2),
+            ["2026-12-07T09:00:00 Mon", "2026-12-14T09:00:00 Mon"]
+        );
+        // Sunday is 0 or 7, and a name does too.
+        for sunday in ["0 12 * * 0", "0 12 * * 7", "0 12 * * sun", "0 12 * * SUN"] {
+            assert_eq!(
+                next_n(sunday, "2026-12-02T00:00:00", 1),
+                ["2026-12-06T12:00:00 Sun"],
+                "{sunday}"
+            );
+        }
+        assert_eq!(
+            next_n("* * * * 0", "2026-12-02T00:00:00", 1),
+            ["2026-12-06T00:00:00 Sun"]
+        );
+        // Both day fields restricted: either matches (the 13th, and every Friday).
+        assert_eq!(
+            next_n("0 0 13 * 5", "2026-12-02T00:00:00", 4),
+            [
+                "2026-12-04T00:00:00 Fri",
+                "2026-12-11T00:00:00 Fri",
+                "2026-12-13T00:00:00 Sun",
+                "2026-12-18T00:00:00 Fri"
+            ]
+        );
+        // Names and ranges of months and days.
+        assert_eq!(
+            next_n("30 8 * JAN-MAR MON-FRI", "2026-12-02T00:00:00", 2),
+            ["2027-01-01T08:30:00 Fri", "2027-01-04T08:30:00 Mon"]
+        );
+        // Six fields: seconds first, the days as in five.
+        assert_eq!(
+            next_n("15 0 9 * * 1", "2026-12-02T00:00:00", 1),
+            ["2026-12-07T09:00:15 Mon"]
+        );
+    }
+
+    #[test]
+    fn bad_cron_expressions_are_refused_clearly() {
+        for bad in [
+            "61 * * * *",
+            "* * * *",
+            "* * 32 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "",
+        ] {
+            let err = next_cron(bad, 0).unwrap_err();
+            assert!(matches!(err, Error::InvalidCron { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("five fields"), "{err}");
+        }
+        // Valid, but never due: February 30th.
+        assert!(matches!(
+            next_cron("0 0 30 2 *", 0),
+            Err(Error::CronExhausted(_))
         ));
     }
 

@@ -1,5 +1,6 @@
 //! The agents layer in process: the wire protocol, read-only connections, state validation,
 //! schedules (idempotent across wakes, cron re-arming, cancel, retries) and the queue.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use denizen_agents::{
     Agent, AgentBuilder, AgentContext, AgentHost, Call, Connect, ConnectInfo, Connection, Context,
-    Failure, MAX_FAILURES, Methods, Retry, Schedule, ScheduleOptions, Source,
+    Failure, MAX_FAILURES, MAX_STATE_BYTES, Methods, Retry, Schedule, ScheduleOptions, Source,
 };
 use denizen_runtime::{
     Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, SocketHandle, Upgrade, http,
@@ -155,6 +156,55 @@ impl Agent for Probe {
                 Ok(json!({ "id": conn.id, "readonly": conn.readonly, "state": mine }))
             })
         });
+        m.callable("raw_state", |_, cx, (): ()| {
+            Box::pin(async move {
+                Ok::<String, Error>(cx.sql("SELECT state FROM cf_agents_state", ())?.one()?)
+            })
+        });
+        m.callable("changes", |_, cx, (): ()| {
+            Box::pin(async move {
+                Ok::<Vec<String>, Error>(cx.sql("SELECT note FROM changes ORDER BY id", ())?.all()?)
+            })
+        });
+        m.callable("cancel_race", |_, cx, (): ()| {
+            Box::pin(async move {
+                // Both already due, so one alarm loads both; the canceller runs first.
+                let due = std::time::SystemTime::now() - Duration::from_secs(1);
+                cx.schedule(due, "note", &"cancelled schedule")?;
+                cx.schedule(
+                    due - Duration::from_millis(1),
+                    "cancel",
+                    &"cancelled schedule",
+                )?;
+                cx.queue("cancel", &"dequeued item")?;
+                cx.queue("note", &"dequeued item")?;
+                Ok(())
+            })
+        });
+        m.task("cancel", |_, cx, note: String| {
+            Box::pin(async move {
+                for s in cx.list_schedules()? {
+                    if s.payload == json!(note) {
+                        cx.cancel_schedule(&s.id)?;
+                    }
+                }
+                for item in cx.queued()? {
+                    if item.payload == json!(note) {
+                        cx.dequeue(&item.id)?;
+                    }
+                }
+                let done = format!("cancelled {note}");
+                cx.sql("INSERT INTO log(note) VALUES (?)", (done.as_str(),))?;
+                Ok(())
+            })
+        });
+        m.callable("queue_alarm", |_, cx, (): ()| {
+            Box::pin(async move {
+                cx.queue("note", &"queued")?;
+                let alarm = cx.get_alarm()?.expect("queueing arms the alarm");
+                Ok(denizen_runtime::time::to_ms(alarm))
+            })
+        });
         m.task("note", |a, cx, note: String| Box::pin(a.note(cx, note)));
         m.task("flaky", |a, cx, note: String| Box::pin(a.flaky(cx, note)));
     }
@@ -162,6 +212,10 @@ impl Agent for Probe {
     async fn on_start(&mut self, cx: &mut Context<Self>) -> Result<()> {
         cx.sql(
             "CREATE TABLE IF NOT EXISTS log(id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)",
+            (),
+        )?;
+        cx.sql(
+            "CREATE TABLE IF NOT EXISTS changes(id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)",
             (),
         )?;
         // Declared on every wake: must stay one schedule each.
@@ -224,11 +278,47 @@ impl Agent for Probe {
         }
         Ok(())
     }
+
+    async fn on_state_changed(
+        &mut self,
+        cx: &mut Context<Self>,
+        state: &State,
+        source: &Source,
+    ) -> Result<()> {
+        let note = match source {
+            Source::Server => format!("{} server", state.value),
+            Source::Client(conn) => format!("{} client {}", state.value, conn.id),
+        };
+        cx.sql("INSERT INTO changes(note) VALUES (?)", (note.as_str(),))?;
+        Ok(())
+    }
+}
+
+/// An agent whose state is any JSON value, so only the size limit bounds it.
+#[derive(Default)]
+struct Bag;
+
+impl Agent for Bag {
+    type State = Value;
+
+    fn initial_state(&self) -> Value {
+        json!({})
+    }
+
+    fn methods(m: &mut Methods<Self>) {
+        m.callable("grow", |_, cx, (n,): (usize,)| {
+            Box::pin(async move {
+                cx.set_state(&json!({ "blob": "x".repeat(n) }))?;
+                Ok(n)
+            })
+        });
+    }
 }
 
 struct Harness {
     runtime: Runtime,
     ns: Namespace<AgentHost<Probe>>,
+    bags: Namespace<AgentHost<Bag>>,
     flaky_runs: Arc<AtomicUsize>,
     _dir: tempfile::TempDir,
 }
@@ -244,12 +334,15 @@ fn harness(flaky_failures: usize, idle: Duration) -> Harness {
             flaky_runs: runs.clone(),
             flaky_failures,
         })
+        .agent::<Bag>("bag")
         .build()
         .unwrap();
     let ns = runtime.namespace::<AgentHost<Probe>>("probe").unwrap();
+    let bags = runtime.namespace::<AgentHost<Bag>>("bag").unwrap();
     Harness {
         runtime,
         ns,
+        bags,
         flaky_runs,
         _dir: dir,
     }
@@ -263,11 +356,20 @@ struct Client {
 
 impl Client {
     async fn connect(h: &Harness, name: &str, query: &str) -> Client {
+        Client::connect_to(&h.ns, "probe", name, query).await
+    }
+
+    async fn connect_to<A: Agent>(
+        ns: &Namespace<AgentHost<A>>,
+        class: &str,
+        name: &str,
+        query: &str,
+    ) -> Client {
         let (upgrade, rx) = Upgrade::new();
         let mut req = http::Request::new(Bytes::new());
-        *req.uri_mut() = format!("/agents/probe/{name}?{query}").parse().unwrap();
+        *req.uri_mut() = format!("/agents/{class}/{name}?{query}").parse().unwrap();
         req.extensions_mut().insert(upgrade.clone());
-        let resp = h.ns.get_by_name(name).fetch(req).await.unwrap();
+        let resp = ns.get_by_name(name).fetch(req).await.unwrap();
         assert_eq!(resp.status(), 101);
         Client {
             handle: upgrade.accepted(),
@@ -714,4 +816,171 @@ async fn failure_records_keep_only_the_latest() {
         failures[MAX_FAILURES - 1].payload,
         json!(format!("f{}", n - 1))
     );
+}
+
+#[tokio::test]
+async fn client_state_keeps_only_what_the_typed_state_holds() {
+    let h = harness(0, Duration::from_secs(10));
+    let mut a = Client::connect(&h, "typed", "_pk=a").await;
+    a.handshake().await;
+    let mut b = Client::connect(&h, "typed", "_pk=b").await;
+    b.handshake().await;
+    let junk = "j".repeat(2 << 20);
+    a.send(&json!({"type":"cf_agent_state","state":{"value":3,"junk":junk}}).to_string());
+    let typed = json!({"type":"cf_agent_state","state":{"value":3}});
+    // The others get the typed state; the sender learns its extra field was dropped.
+    assert_eq!(b.json().await, typed);
+    assert_eq!(a.json().await, typed);
+    assert_eq!(
+        call(&h, "typed", "raw_state", json!([])).await,
+        json!(r#"{"value":3}"#)
+    );
+    let mut late = Client::connect(&h, "typed", "_pk=c").await;
+    assert_eq!(late.handshake().await, json!({"value":3}));
+    // A change that is already the typed state is not echoed to its sender.
+    a.send(r#"{"type":"cf_agent_state","state":{"value":4}}"#);
+    assert_eq!(b.json().await["state"], json!({"value":4}));
+    assert_eq!(a.rpc("1", "get", json!([])).await["result"], 4);
+    assert!(a.is_quiet());
+    assert_eq!(
+        call(&h, "typed", "changes", json!([])).await,
+        json!(["3 client a", "4 client a"])
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_state_is_refused_and_later_connections_work() {
+    let h = harness(0, Duration::from_secs(10));
+    let mut a = Client::connect_to(&h.bags, "bag", "big", "_pk=a").await;
+    a.handshake().await;
+    let blob = "x".repeat(MAX_STATE_BYTES + 1);
+    a.send(&json!({"type":"cf_agent_state","state":{"blob":blob}}).to_string());
+    let refused = a.json().await;
+    assert_eq!(refused["type"], "cf_agent_state_error");
+    assert!(
+        refused["error"].as_str().unwrap().contains("limit"),
+        "{refused}"
+    );
+    // From the server too, with an error that names the limit.
+    let grown = a.rpc("1", "grow", json!([MAX_STATE_BYTES])).await;
+    assert_eq!(grown["success"], false);
+    assert!(
+        grown["error"].as_str().unwrap().contains("MAX_STATE_BYTES"),
+        "{grown}"
+    );
+    let over_stub = h
+        .bags
+        .get_by_name("big")
+        .call(Call::new("grow", json!([MAX_STATE_BYTES])))
+        .await;
+    assert!(
+        over_stub
+            .unwrap_err()
+            .to_string()
+            .contains("MAX_STATE_BYTES")
+    );
+    // A state under the limit is fine, and a new client still gets a handshake.
+    assert_eq!(a.rpc("2", "grow", json!([1000])).await["result"], 1000);
+    let mut later = Client::connect_to(&h.bags, "bag", "big", "_pk=b").await;
+    assert_eq!(
+        later.handshake().await["blob"].as_str().unwrap().len(),
+        1000
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_state_changes_are_validated_and_reported() {
+    let h = harness(0, Duration::from_secs(10));
+    let mut a = Client::connect(&h, "srv", "_pk=a").await;
+    a.handshake().await;
+    let mut b = Client::connect(&h, "srv", "_pk=b").await;
+    b.handshake().await;
+    // validate_state_change refuses a server change as it does a client's: the method fails.
+    let refused = a.rpc("1", "set", json!([-1])).await;
+    assert_eq!(refused["success"], false);
+    assert_eq!(refused["error"], "negative values are refused");
+    assert!(b.is_quiet());
+    let over_stub =
+        h.ns.get_by_name("srv")
+            .call(Call::new("set", json!([-2])))
+            .await;
+    assert!(
+        over_stub
+            .unwrap_err()
+            .to_string()
+            .contains("negative values are refused")
+    );
+    assert_eq!(call(&h, "srv", "get", json!([])).await, json!(0));
+    // An accepted one reaches on_state_changed with the server as its source.
+    assert_eq!(a.rpc("2", "set", json!([5])).await["result"], 5);
+    assert_eq!(b.json().await["state"], json!({"value":5}));
+    call(&h, "srv", "set", json!([6])).await;
+    assert_eq!(
+        call(&h, "srv", "changes", json!([])).await,
+        json!(["5 server", "6 server"])
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_cancelled_by_an_earlier_one_of_its_batch_does_not_run() {
+    let h = harness(0, Duration::from_secs(10));
+    call(&h, "race", "cancel_race", json!([])).await;
+    wait_for("both cancellers", || async {
+        log(&h, "race").await.len() >= 2
+    })
+    .await;
+    // Nothing else is due: a victim that still ran would be in the log by now.
+    let schedules: Vec<Schedule> =
+        serde_json::from_value(call(&h, "race", "schedules", json!([])).await).unwrap();
+    assert_eq!(
+        schedules.len(),
+        2,
+        "hourly and midnight only: {schedules:?}"
+    );
+    assert_eq!(
+        log(&h, "race").await,
+        ["cancelled dequeued item", "cancelled cancelled schedule"]
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn queued_items_arm_the_alarm_at_the_time_they_were_queued() {
+    let h = harness(0, Duration::from_secs(10));
+    // Woken first, so the alarm read back is the queue's, not on_start's schedules'.
+    call(&h, "qa", "get", json!([])).await;
+    let before = denizen_runtime::time::now_ms();
+    let alarm = call(&h, "qa", "queue_alarm", json!([])).await;
+    let after = denizen_runtime::time::now_ms();
+    let alarm = alarm.as_i64().unwrap();
+    assert!(
+        (before..=after).contains(&alarm),
+        "armed at {alarm}, queued between {before} and {after}"
+    );
+    wait_for("the queued item", || async {
+        log(&h, "qa").await == ["queued"]
+    })
+    .await;
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_type_id_and_method_are_not_echoed_whole() {
+    let h = harness(0, Duration::from_secs(10));
+    let mut a = Client::connect(&h, "echo", "_pk=a").await;
+    a.handshake().await;
+    let huge = "h".repeat(1 << 20);
+    a.send(&json!({ "type": huge }).to_string());
+    let error = a.json().await;
+    assert_eq!(error["type"], "cf_agent_error");
+    assert!(error.to_string().len() < 300, "{error}");
+    a.send(&json!({"type":"rpc","id":huge,"method":huge,"args":[]}).to_string());
+    let error = a.json().await;
+    assert_eq!(error["success"], false);
+    assert!(error.to_string().len() < 400, "{error}");
+    assert!(error["id"].as_str().unwrap().ends_with('…'));
+    h.runtime.shutdown().await;
 }

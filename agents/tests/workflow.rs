@@ -1,5 +1,6 @@
 //! The workflow engine in process: journaling, retries, sleeps, events, operator actions,
 //! determinism and many instances.
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -719,5 +720,49 @@ async fn an_object_starts_a_workflow_and_hears_its_progress_and_completion() {
     let last = seen.last().unwrap();
     assert_eq!(last["id"], id.as_str());
     assert_eq!(last["output"]["attempt"], 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_instances_with_their_status_wakes_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, c) = start(dir.path(), Duration::from_millis(50), Script::default());
+    let ids: Vec<String> = (0..10).map(|i| format!("listed-{i}")).collect();
+    for id in &ids {
+        c.create(Some(id), &Plan::default()).await.unwrap();
+    }
+    for id in &ids {
+        c.wait_final(id).await.unwrap();
+    }
+    let instances = rt
+        .namespace::<workflow::Instance<Script>>(&workflow::namespace_of("script"))
+        .unwrap();
+    // Until every instance has hibernated with its final status indexed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = c.list_statuses().await.unwrap();
+        let all_complete =
+            listed.len() == ids.len() && listed.iter().all(|s| s.status == Status::Complete);
+        if all_complete && instances.live_count() == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let activations = rt.metrics().activations.get();
+    let listed = c.list_statuses().await.unwrap();
+    let registry = Workflows::new()
+        .add("script", Script::default())
+        .bind(&rt)
+        .unwrap();
+    let by_name = registry.list_statuses("script").await.unwrap();
+    assert_eq!(listed, by_name);
+    let mut listed_ids: Vec<String> = listed.iter().map(|s| s.id.clone()).collect();
+    listed_ids.sort();
+    assert_eq!(listed_ids, ids);
+    assert!(listed.iter().all(|s| s.status == Status::Complete));
+    assert_eq!(instances.live_count(), 0, "listing woke instances");
+    // At most the index object itself woke.
+    assert!(rt.metrics().activations.get() - activations <= 1);
     rt.shutdown().await;
 }

@@ -1,19 +1,20 @@
 //! Registering workflows and driving their instances: typed ([`Client`]) and by name with JSON
 //! ([`Registry`], for HTTP routes and CLIs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use denizen_runtime::{Builder, Namespace, Runtime};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Workflow;
 use super::error::{Error, Result};
+use super::index::{ListStatuses, STATUS_NAMESPACE, StatusIndex};
 use super::instance::{Action, Control, Create, GetStatus, Instance, SendEvent};
-use super::record::{InstanceStatus, NotifyTarget};
+use super::record::{InstanceStatus, NotifyTarget, Status};
 
 /// The namespace holding the instances of workflow `name`.
 pub fn namespace_of(name: &str) -> String {
@@ -49,6 +50,15 @@ pub struct CreateOptions {
     pub notify: Option<NotifyTarget>,
 }
 
+/// An instance as a list shows it: its id and status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    /// The instance's id.
+    pub id: String,
+    /// Its status, as last indexed.
+    pub status: Status,
+}
+
 /// The instances of one workflow type, driven from Rust (an application, an agent, any durable
 /// object through `ctx.runtime()`).
 pub struct Client<W: Workflow> {
@@ -56,6 +66,12 @@ pub struct Client<W: Workflow> {
     ns: Namespace<Instance<W>>,
     runtime: Runtime,
     _w: PhantomData<fn() -> W>,
+}
+
+impl<W: Workflow> std::fmt::Debug for Client<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("name", &self.name).finish()
+    }
 }
 
 impl<W: Workflow> Clone for Client<W> {
@@ -161,6 +177,7 @@ impl<W: Workflow> Client<W> {
         self.control(id, Action::Pause).await
     }
 
+    /// Continues a paused instance.
     pub async fn resume(&self, id: &str) -> Result<InstanceStatus> {
         self.control(id, Action::Resume).await
     }
@@ -209,6 +226,39 @@ impl<W: Workflow> Client<W> {
             .into_iter()
             .filter_map(|o| o.name)
             .collect())
+    }
+
+    /// Every instance created so far with its status, read from the catalog and the workflow's
+    /// status index without waking the instances. The index may lag an instance by a moment
+    /// ([`status`](Client::status) asks the instance itself); an instance the index does not
+    /// know yet is asked (and indexed by that).
+    pub async fn list_statuses(&self) -> Result<Vec<InstanceSummary>> {
+        let ids = self.list().await?;
+        let indexed: HashMap<String, Status> =
+            match self.runtime.namespace::<StatusIndex>(STATUS_NAMESPACE) {
+                Ok(index) => index
+                    .get_by_name(&self.name)
+                    .call(ListStatuses)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let status = match indexed.get(&id) {
+                Some(status) => *status,
+                None => match self.status(&id).await {
+                    Ok(s) => s.status,
+                    Err(e) => {
+                        tracing::warn!(workflow = %self.name, %id, error = %e, "instance left out of the list: its status could not be read");
+                        continue;
+                    }
+                },
+            };
+            out.push(InstanceSummary { id, status });
+        }
+        Ok(out)
     }
 
     /// Polls the status until the instance is complete, errored or terminated.
@@ -263,6 +313,7 @@ trait Erased: Send + Sync {
         payload: serde_json::Value,
     ) -> BoxFuture<'static, Result<()>>;
     fn list(&self) -> BoxFuture<'static, Result<Vec<String>>>;
+    fn list_statuses(&self) -> BoxFuture<'static, Result<Vec<InstanceSummary>>>;
 }
 
 impl<W: Workflow> Erased for Client<W> {
@@ -307,6 +358,11 @@ impl<W: Workflow> Erased for Client<W> {
         let this = self.clone();
         Box::pin(async move { Client::list(&this).await })
     }
+
+    fn list_statuses(&self) -> BoxFuture<'static, Result<Vec<InstanceSummary>>> {
+        let this = self.clone();
+        Box::pin(async move { Client::list_statuses(&this).await })
+    }
 }
 
 /// The workflows an application registers, by name.
@@ -337,7 +393,16 @@ pub struct Workflows {
     entries: BTreeMap<String, Arc<dyn Entry>>,
 }
 
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflows")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl Workflows {
+    /// No workflows yet; [`add`](Workflows::add) them.
     pub fn new() -> Self {
         Workflows::default()
     }
@@ -360,12 +425,16 @@ impl Workflows {
         self.entries.keys().cloned().collect()
     }
 
-    /// Registers every workflow's instance namespace with the runtime builder.
+    /// Registers every workflow's instance namespace with the runtime builder, and the status
+    /// index (namespace `workflow_status`) their lists read.
     pub fn register(&self, mut builder: Builder) -> Builder {
+        if self.entries.is_empty() {
+            return builder;
+        }
         for entry in self.entries.values() {
             builder = entry.register(builder);
         }
-        builder
+        builder.object::<StatusIndex>(STATUS_NAMESPACE)
     }
 
     /// The JSON instance API of every workflow, on a runtime built with [`Workflows::register`].
@@ -387,6 +456,14 @@ pub struct Registry {
     entries: Arc<BTreeMap<String, Arc<dyn Erased>>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
 impl Registry {
     fn get(&self, name: &str) -> Result<&Arc<dyn Erased>> {
         self.entries
@@ -399,6 +476,7 @@ impl Registry {
         self.entries.keys().cloned().collect()
     }
 
+    /// Creates an instance of workflow `name` with JSON params and starts it; answers its id.
     pub async fn create(
         &self,
         name: &str,
@@ -408,14 +486,17 @@ impl Registry {
         self.get(name)?.create(options, params).await
     }
 
+    /// An instance's status, output or error, and step history ([`Client::status`]).
     pub async fn status(&self, name: &str, id: &str) -> Result<InstanceStatus> {
         self.get(name)?.status(id).await
     }
 
+    /// Applies an operator's action and answers the new status ([`Client::control`]).
     pub async fn control(&self, name: &str, id: &str, action: Action) -> Result<InstanceStatus> {
         self.get(name)?.control(id, action).await
     }
 
+    /// Sends an event with a JSON payload ([`Client::send_event`]).
     pub async fn send_event(
         &self,
         name: &str,
@@ -429,6 +510,12 @@ impl Registry {
     /// The ids of a workflow's instances.
     pub async fn list(&self, name: &str) -> Result<Vec<String>> {
         self.get(name)?.list().await
+    }
+
+    /// A workflow's instances with their statuses, without waking them (see
+    /// [`Client::list_statuses`]).
+    pub async fn list_statuses(&self, name: &str) -> Result<Vec<InstanceSummary>> {
+        self.get(name)?.list_statuses().await
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use super::Workflow;
 use super::error::{Error, Result};
+use super::index::{self, Indexed};
 use super::record::{
     Attempt, EventRecord, IN_MEMORY_RETRY, INSTANCE_KEY, InstanceRecord, InstanceStatus,
     NotifyTarget, Status, StepInfo, StepState, event_key, from_ms, load_events, load_steps, now_ms,
@@ -23,6 +24,7 @@ use super::step::{Inner, Sink, Step, StepCall, StepOp, StepReply};
 pub(crate) const LEASE: Duration = Duration::from_secs(2);
 
 /// The durable object behind every instance of workflow `W`.
+#[allow(missing_debug_implementations)] // holds the application's workflow, which need not be Debug
 pub struct Instance<W: Workflow> {
     workflow: Arc<W>,
     /// The generation of the run task alive in this process, if any.
@@ -41,6 +43,7 @@ impl<W: Workflow> Instance<W> {
 // ---- messages ----
 
 /// Creates the instance with JSON params (already checked against `W::Params`).
+#[derive(Debug)]
 pub struct Create {
     pub workflow: String,
     pub params: String,
@@ -51,6 +54,7 @@ impl Message for Create {
 }
 
 /// The instance's status, output or error, and step history.
+#[derive(Debug)]
 pub struct GetStatus;
 impl Message for GetStatus {
     type Reply = Result<InstanceStatus>;
@@ -59,13 +63,18 @@ impl Message for GetStatus {
 /// An operator's command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Stop after the current step.
     Pause,
+    /// Continue a paused instance.
     Resume,
+    /// End the instance for good.
     Terminate,
+    /// Clear the journal and events and run again with the same params.
     Restart,
 }
 
 impl Action {
+    /// The action's name, as the HTTP routes spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pause => "pause",
@@ -76,12 +85,15 @@ impl Action {
     }
 }
 
+/// An operator's action on the instance.
+#[derive(Debug)]
 pub struct Control(pub Action);
 impl Message for Control {
     type Reply = Result<InstanceStatus>;
 }
 
 /// Sends an event (JSON payload) to the instance.
+#[derive(Debug)]
 pub struct SendEvent {
     pub event_type: String,
     pub payload: String,
@@ -91,16 +103,19 @@ impl Message for SendEvent {
 }
 
 /// Internal: a step of the running task.
+#[derive(Debug)]
 pub struct StepMessage(pub(crate) StepCall);
 impl Message for StepMessage {
     type Reply = Result<StepReply>;
 }
 
 /// Internal: the run task ended.
+#[derive(Debug)]
 pub struct RunEnded {
     generation: u64,
     outcome: Outcome,
 }
+#[derive(Debug)]
 enum Outcome {
     Complete(String),
     Failed(String),
@@ -118,8 +133,24 @@ fn load(ctx: &mut Ctx<Instance<impl Workflow>>) -> Result<Option<InstanceRecord>
 
 fn save<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &mut InstanceRecord) -> Result<()> {
     rec.updated_ms = now_ms();
+    if rec.indexed != Some(rec.status) {
+        rec.indexed = Some(rec.status);
+        rec.index_seq += 1;
+        index_status(ctx, rec);
+    }
     ctx.storage().put(INSTANCE_KEY, rec)?;
     Ok(())
+}
+
+/// Sends the instance's status to its workflow's status index once this event commits.
+fn index_status<W: Workflow>(ctx: &mut Ctx<Instance<W>>, rec: &InstanceRecord) {
+    let msg = Indexed {
+        id: rec.id.clone(),
+        status: rec.status,
+        seq: rec.index_seq,
+    };
+    let runtime = ctx.runtime();
+    ctx.wait_until(index::report(runtime, rec.workflow.clone(), msg));
 }
 
 fn unknown<W: Workflow>(ctx: &Ctx<Instance<W>>) -> Error {
@@ -516,6 +547,14 @@ impl<W: Workflow> Instance<W> {
 }
 
 impl<W: Workflow> DurableObject for Instance<W> {
+    async fn on_start(&mut self, ctx: &mut Ctx<Self>) -> RtResult<()> {
+        // Again on every activation: repairs a status whose send a crash cut off.
+        if let Some(rec) = load(ctx).map_err(denizen_runtime::Error::msg)? {
+            index_status(ctx, &rec);
+        }
+        Ok(())
+    }
+
     async fn alarm(&mut self, ctx: &mut Ctx<Self>, _info: AlarmInfo) -> RtResult<()> {
         let Some(mut rec) = load(ctx).map_err(denizen_runtime::Error::msg)? else {
             return Ok(());
@@ -556,6 +595,8 @@ impl<W: Workflow> Handler<Create> for Instance<W> {
             updated_ms: now,
             notify: msg.notify,
             notify_seq: 0,
+            indexed: None,
+            index_seq: 0,
         };
         self.start_run(ctx, &mut rec)
             .map_err(denizen_runtime::Error::msg)?;

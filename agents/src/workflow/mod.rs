@@ -62,6 +62,7 @@
 
 mod client;
 mod error;
+mod index;
 mod instance;
 mod record;
 mod step;
@@ -72,7 +73,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use client::{Client, CreateOptions, Registry, Workflows, client, namespace_of};
+pub use client::{
+    Client, CreateOptions, InstanceSummary, Registry, Workflows, client, namespace_of,
+};
 pub use error::{Error, Result};
 pub use instance::{Action, Instance, NOTIFY_PATH};
 pub use record::{
@@ -99,6 +102,8 @@ pub trait Workflow: Send + Sync + 'static {
     /// What a completed instance reports.
     type Output: Serialize + DeserializeOwned + Send + 'static;
 
+    /// Runs (or replays) one instance: `event` holds its id and params; durable work goes
+    /// through `step`. `Ok` completes the instance with that output; `Err` ends it `errored`.
     fn run(
         &self,
         event: Event<Self::Params>,

@@ -48,6 +48,7 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status's name, as the API reports it.
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
@@ -59,6 +60,22 @@ impl Status {
             Status::Terminated => "terminated",
             Status::Complete => "complete",
         }
+    }
+
+    /// The status named `name` (as [`Status::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Sleeping,
+            Status::Waiting,
+            Status::Paused,
+            Status::Errored,
+            Status::Terminated,
+            Status::Complete,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
     }
 
     /// Complete, errored or terminated: nothing more happens unless restarted.
@@ -80,12 +97,16 @@ impl std::fmt::Display for Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepKind {
+    /// `step.run`: a closure, journaled with its result.
     Run,
+    /// `step.sleep`: a durable sleep.
     Sleep,
+    /// `step.wait_for_event`: an event of a type, or a deadline.
     Wait,
 }
 
 impl StepKind {
+    /// The kind's name, as the API reports it.
     pub fn as_str(self) -> &'static str {
         match self {
             StepKind::Run => "run",
@@ -101,25 +122,32 @@ impl StepKind {
 pub enum StepState {
     /// A `run` step between failed attempts.
     Retrying,
+    /// A `sleep` step before its end.
     Sleeping,
+    /// A `wait_for_event` step before its event or deadline.
     Waiting,
+    /// Done, its result journaled.
     Complete,
+    /// Failed for good, its error journaled.
     Failed,
 }
 
 /// One failed attempt of a `run` step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
+    /// Its number, the first attempt being 1.
     pub attempt: u32,
+    /// Its error.
     pub error: String,
     /// The delay chosen before the next attempt.
     pub delay_ms: i64,
+    /// When it failed, epoch milliseconds.
     pub at_ms: i64,
 }
 
 /// One journal entry: a step of the workflow, in the order the code reached it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepInfo {
+pub(crate) struct StepInfo {
     pub index: u32,
     pub name: String,
     pub kind: StepKind,
@@ -140,7 +168,9 @@ pub struct StepInfo {
 /// Where an instance reports its progress and completion (any object's `fetch`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotifyTarget {
+    /// The object's namespace.
     pub namespace: String,
+    /// The object's name.
     pub name: String,
 }
 
@@ -160,6 +190,11 @@ pub(crate) struct InstanceRecord {
     /// Notifications sent so far (each carries its number: they may arrive out of order).
     #[serde(default)]
     pub notify_seq: u64,
+    /// The status last sent to the workflow's status index, and how many were sent.
+    #[serde(default)]
+    pub indexed: Option<Status>,
+    #[serde(default)]
+    pub index_seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,35 +209,53 @@ pub(crate) struct EventRecord {
 /// An instance's status as the API reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
+    /// The instance's id.
     pub id: String,
+    /// Its workflow's name.
     pub workflow: String,
+    /// Where it is.
     pub status: Status,
+    /// The params it was created with.
     pub params: serde_json::Value,
+    /// What `run` returned, once complete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// Why it errored, once errored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The journal, in the order the code reached its steps.
     pub steps: Vec<StepView>,
     /// Events received and not yet taken by a `wait_for_event`.
     pub pending_events: usize,
+    /// When it was created, epoch milliseconds.
     pub created_ms: i64,
+    /// When its record last changed, epoch milliseconds.
     pub updated_ms: i64,
 }
 
 /// A journal entry with its result decoded, for the status report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
+    /// The step's name.
     pub name: String,
+    /// What kind of step it is.
     pub kind: StepKind,
+    /// Where it is.
     pub state: StepState,
+    /// Its result (`run`: the closure's value; `wait`: the event payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// Its error, once failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Failed attempts, in order.
     pub attempts: Vec<Attempt>,
+    /// Sleep: when it ends. Wait: its deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_ms: Option<i64>,
+    /// When it started, epoch milliseconds.
     pub started_ms: i64,
+    /// When it finished, epoch milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<i64>,
 }

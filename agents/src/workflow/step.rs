@@ -35,6 +35,7 @@ pub struct StepConfig {
     pub retries: u32,
     /// Base delay between attempts.
     pub delay: Duration,
+    /// How the delay grows from one retry to the next.
     pub backoff: Backoff,
     /// Each attempt is abandoned (and counts as failed) after this long.
     pub timeout: Duration,
@@ -96,7 +97,9 @@ impl From<&StepConfig> for RetryPolicy {
 /// at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepError {
+    /// What went wrong.
     pub message: String,
+    /// Whether another attempt may succeed.
     pub retryable: bool,
 }
 
@@ -204,6 +207,7 @@ pub(crate) struct Inner {
 /// Durable steps of one workflow run. Clone it freely; call its steps one after another (not
 /// concurrently: a step's place in the journal is its order).
 #[derive(Clone)]
+#[allow(missing_debug_implementations)] // holds the run's channel to its instance
 pub struct Step {
     pub(crate) inner: Arc<Inner>,
 }
