@@ -8,7 +8,6 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use croner::parser::{CronParser, Seconds};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -210,14 +209,13 @@ pub(crate) fn new_id() -> String {
 }
 
 /// Parses a cron expression as Unix (Vixie) cron does: five fields `min hour dom mon dow`, or
-/// six with seconds first (a seventh, the year, may follow); Sunday is 0 or 7; month and day
+/// six with seconds first, or `@daily` and its kin; Sunday is 0 or 7; month and day
 /// names (`JAN`, `MON-FRI`); and when both day fields are restricted a day matching either runs
 /// (`0 0 13 * 5`: the 13th and every Friday).
 pub(crate) fn parse_cron(expression: &str) -> Result<croner::Cron> {
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(expression)
+    croner::Cron::new(expression)
+        .with_seconds_optional()
+        .parse()
         .map_err(|e| Error::InvalidCron {
             expression: expression.to_string(),
             reason: e.to_string(),
@@ -245,6 +243,7 @@ mod tests {
         assert_eq!(t, 5 * 60 * 1000);
         let t = next_cron("* * * * * *", 1500).unwrap();
         assert_eq!(t, 2000);
+        assert_eq!(next_cron("@daily", 0).unwrap(), 86_400_000);
         assert!(matches!(
             next_cron("not cron", 0),
             Err(Error::InvalidCron { .. })
