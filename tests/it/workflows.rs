@@ -388,3 +388,45 @@ async fn workflow_routes_go_through_the_auth_hook() {
     let _ = stop.send(());
     served.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_instances_wakes_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--idle-timeout", "200ms"]);
+    let client = server.admin_client();
+    for i in 0..5 {
+        let (code, v) = post(
+            &client,
+            server.url(&format!("/workflows/approval?id=nap-{i}")),
+            r#"{"request": "nap", "sleep_secs": 3600}"#,
+        )
+        .await;
+        assert_eq!(code, 201, "{v}");
+        wait_for_status(
+            &server,
+            &client,
+            &format!("/workflows/approval/nap-{i}"),
+            "sleeping",
+        )
+        .await;
+    }
+    crate::support::wait_until("the sleepers to hibernate", Duration::from_secs(10), || {
+        let server = &server;
+        async move { server.metric("denizen_live_objects").await == 0.0 }
+    })
+    .await;
+    let before = server.metric("denizen_activations_total").await;
+    let (code, list) = get(&client, server.url("/workflows/approval")).await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["total"], 5, "{list}");
+    let statuses: Vec<&str> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["sleeping"; 5], "{list}");
+    // The workflow's status index may wake; none of the instances does.
+    let woken = server.metric("denizen_activations_total").await - before;
+    assert!(woken <= 1.0, "{woken} objects woke to list the instances");
+}
