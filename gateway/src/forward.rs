@@ -43,7 +43,11 @@ pub(crate) fn error_response(e: &RuntimeError) -> Response {
         RuntimeError::EventTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    if status.is_server_error() {
+    // Overload is the load's doing, counted in the metrics: one line per refused request would
+    // let a flood write the log too.
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::debug!(error = %e, "object request refused");
+    } else if status.is_server_error() {
         tracing::warn!(error = %e, "object request failed");
     }
     let mut resp = text(status, e.to_string());
