@@ -1,6 +1,5 @@
 //! The agents layer in process: the wire protocol, read-only connections, state validation,
 //! schedules (idempotent across wakes, cron re-arming, cancel, retries) and the queue.
-#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

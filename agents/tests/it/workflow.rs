@@ -1,6 +1,5 @@
 //! The workflow engine in process: journaling, retries, sleeps, events, operator actions,
 //! determinism and many instances.
-#![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,0 +1,5 @@
+//! The agents layer's end-to-end tests, in one binary (each test binary links the whole tree).
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+mod agents;
+mod workflow;
