@@ -92,14 +92,12 @@ impl<A: Agent> AgentHost<A> {
             }
             let outcome = self.run_task(cx, &callback, &payload).await?;
             // The schedule may have been cancelled (or replaced) by the task itself.
-            let still_there: Option<i64> = cx
-                .storage()
-                .exec(
-                    "SELECT 1 FROM cf_agents_schedules WHERE id = ?",
-                    (id.as_str(),),
-                )?
-                .first()?;
-            if still_there.is_none() {
+            if !row_exists(
+                cx,
+                "SELECT 1 FROM cf_agents_schedules WHERE id = ?",
+                &id,
+                None,
+            )? {
                 cx.commit().await?;
                 continue;
             }
