@@ -449,6 +449,10 @@ impl<O: DurableObject> State<O> {
             return;
         }
         self.ns.shared.metrics.events.inc();
+        if self.ns.shared.is_abandoning() && !matches!(event, Event::BackgroundDone) {
+            self.fail_undelivered(event, Error::ShuttingDown);
+            return;
+        }
         if let Event::BackgroundDone = event {
             if let Some(ctx) = self.ctx.as_mut() {
                 ctx.background = ctx.background.saturating_sub(1);

@@ -49,6 +49,11 @@ pub struct Options {
     /// Bounds on an operator's query through [`Runtime::sql`] (the admin SQL route and
     /// `denizen sql`). Default [`QueryLimits::OPERATOR`]: 5 s, 10,000 rows, 16 MiB.
     pub operator_query_limits: QueryLimits,
+    /// How long [`Runtime::shutdown`] lets objects finish the events they have queued. Past it,
+    /// events not yet started are refused with [`Error::ShuttingDown`] and a handler still
+    /// running is abandoned uncommitted (nothing acknowledged is lost: only committed writes
+    /// were acknowledged), so a hung handler cannot hold the process. Default 10 s.
+    pub shutdown_timeout: Duration,
 }
 
 impl Options {
@@ -74,6 +79,7 @@ impl Default for Options {
             event_timeout: Some(Options::DEFAULT_EVENT_TIMEOUT),
             socket_message_quota: 32,
             operator_query_limits: QueryLimits::OPERATOR,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -163,6 +169,8 @@ pub(crate) struct Shared {
     alarms_tx: mpsc::UnboundedSender<alarm::Op>,
     namespaces: RwLock<HashMap<String, NsEntry>>,
     shutting_down: AtomicBool,
+    /// Shutdown ran out of time: objects refuse the events they still have queued.
+    abandoning: AtomicBool,
     started: Instant,
     last_trim_ms: AtomicU64,
     trim_deferred: AtomicBool,
@@ -171,6 +179,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Relaxed)
+    }
+
+    pub(crate) fn is_abandoning(&self) -> bool {
+        self.abandoning.load(Relaxed)
     }
 
     pub(crate) fn namespace_arc<O: DurableObject>(&self, name: &str) -> Result<Arc<NsInner<O>>> {
@@ -561,6 +573,7 @@ impl Builder {
             alarms_tx,
             namespaces: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            abandoning: AtomicBool::new(false),
             started: Instant::now(),
             last_trim_ms: AtomicU64::new(0),
             trim_deferred: AtomicBool::new(false),
@@ -739,8 +752,9 @@ impl Runtime {
         &self.shared.options
     }
 
-    /// Stops accepting events, lets every object finish what it has queued, commits, closes the
-    /// databases and flushes the catalog. Sockets stay registered until the transport closes them.
+    /// Stops accepting events, lets every object finish what it has queued (for up to
+    /// [`Options::shutdown_timeout`]), commits, closes the databases and flushes the catalog.
+    /// Sockets stay registered until the transport closes them.
     pub async fn shutdown(&self) {
         self.shared.shutting_down.store(true, Relaxed);
         let namespaces: Vec<Arc<dyn AnyNamespace>> = {
@@ -751,8 +765,19 @@ impl Runtime {
                 .unwrap_or_else(|e| e.into_inner());
             map.values().map(|e| e.erased.clone()).collect()
         };
-        for ns in &namespaces {
-            ns.stop_all().await;
+        let deadline = self.shared.options.shutdown_timeout;
+        let stopped = tokio::time::timeout(
+            deadline,
+            futures_util::future::join_all(namespaces.iter().map(|ns| ns.stop_all())),
+        )
+        .await
+        .is_ok();
+        if !stopped {
+            self.shared.abandoning.store(true, Relaxed);
+            tracing::warn!(
+                ?deadline,
+                "objects still busy at the shutdown deadline: their queued events are refused and running handlers abandoned uncommitted"
+            );
         }
         self.shared.flush_catalog().await;
         self.shared
@@ -761,7 +786,10 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         crate::socket::lock(&self.shared.catalog_tx).take();
-        // Every object database is closed: another process may use the directory now.
-        crate::socket::lock(&self.shared.data_dir_lock).take();
+        // Every object database is closed: another process may use the directory now. Not so
+        // when objects were abandoned: they may still hold their files until the process exits.
+        if stopped {
+            crate::socket::lock(&self.shared.data_dir_lock).take();
+        }
     }
 }

@@ -107,6 +107,7 @@ async fn reading_objects_that_do_not_exist_creates_nothing_on_disk() {
 struct Stuck;
 
 static STUCK_STARTS: AtomicUsize = AtomicUsize::new(0);
+static STUCK_HANGS: AtomicUsize = AtomicUsize::new(0);
 
 impl DurableObject for Stuck {
     async fn on_start(&mut self, _ctx: &mut Ctx<Self>) -> Result<()> {
@@ -118,6 +119,7 @@ impl DurableObject for Stuck {
         match req.uri().path() {
             "/hang" => {
                 ctx.storage().put("before-hang", &1)?;
+                STUCK_HANGS.fetch_add(1, Ordering::SeqCst);
                 std::future::pending::<()>().await;
             }
             "/spin-sql" => {
@@ -171,6 +173,47 @@ async fn a_handler_past_the_event_deadline_is_stopped_rolled_back_and_reset() {
     let resp = rt.fetch("stuck", "q", at("/")).await.unwrap();
     assert_eq!(resp.status(), http::StatusCode::OK);
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_hung_handler_past_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .options(denizen_runtime::Options {
+            data_dir: dir.path().to_path_buf(),
+            // No event deadline: only the shutdown deadline can end the wait.
+            event_timeout: None,
+            shutdown_timeout: Duration::from_millis(300),
+            ..Default::default()
+        })
+        .object::<Stuck>("stuck")
+        .build()
+        .unwrap();
+    let hangs = STUCK_HANGS.load(Ordering::SeqCst);
+    let hung = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.fetch("stuck", "h", at("/hang")).await }
+    });
+    eventually("the handler to hang", Duration::from_secs(10), || {
+        STUCK_HANGS.load(Ordering::SeqCst) > hangs
+    })
+    .await;
+    // Queued behind the hung handler (or refused at the door if shutdown begins first).
+    let queued = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.fetch("stuck", "h", at("/")).await }
+    });
+    // Bounded only so that a regression fails instead of hanging the suite.
+    tokio::time::timeout(Duration::from_secs(60), rt.shutdown())
+        .await
+        .expect("shutdown returned past its deadline");
+    let refused = queued.await.unwrap().unwrap_err();
+    assert!(matches!(refused, Error::ShuttingDown), "{refused:?}");
+    assert!(
+        !hung.is_finished(),
+        "the hung handler was not abandoned but ended"
+    );
+    hung.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

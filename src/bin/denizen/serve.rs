@@ -12,7 +12,7 @@ use crate::remote::SERVER_ADDRESS_FILE;
 
 pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
     let defaults = Options::default();
-    let options = Options {
+    let mut options = Options {
         data_dir: args
             .data_dir
             .or(file.data_dir)
@@ -107,6 +107,8 @@ pub(crate) fn serve(args: ServeArgs, file: FileConfig) -> Result<()> {
         None => duration("shutdown_timeout", file.shutdown_timeout.as_deref())?,
     } {
         gateway_options.shutdown_timeout = d;
+        // One deadline for the operator: requests in flight, then objects' queued events.
+        options.shutdown_timeout = d;
     }
     // Before the data directory is opened: a bad value is refused without side effects.
     gateway_options.validate()?;
