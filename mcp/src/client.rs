@@ -233,6 +233,9 @@ pub(crate) struct Connected {
     pub service: RunningService<RoleClient, Handler>,
     pub route: Route,
     pub progress: Arc<Mutex<ProgressRoutes>>,
+    /// Requests carry the OAuth cell's current token (read per request, so a re-authorization
+    /// takes effect on this connection without dialling again).
+    pub oauth: bool,
 }
 
 /// True for the statuses after which the spec says to try the legacy SSE transport.
@@ -287,8 +290,10 @@ async fn dial_streamable(
             match manager.initialize_from_store().await {
                 // Tokens are attached (and refreshed when they expire) by rmcp's AuthClient.
                 Ok(true) => {
-                    return serve_streamable(dial, AuthClient::new(http, manager), era, events)
-                        .await;
+                    let mut connected =
+                        serve_streamable(dial, AuthClient::new(http, manager), era, events).await?;
+                    connected.oauth = true;
+                    return Ok(connected);
                 }
                 Ok(false) => debug!(url = %dial.url, "stored OAuth credentials not usable"),
                 Err(e) => debug!(url = %dial.url, error = %e, "stored OAuth credentials rejected"),
@@ -368,6 +373,7 @@ where
             era,
         },
         progress,
+        oauth: false,
     })
 }
 
@@ -414,6 +420,7 @@ async fn dial_sse(dial: &Dial, events: mpsc::UnboundedSender<ServerEvent>) -> Re
             era: Era::Legacy,
         },
         progress,
+        oauth: false,
     })
 }
 

@@ -211,6 +211,8 @@ struct Live {
     lists: Lists,
     auth_url: Option<String>,
     capabilities: Option<serde_json::Value>,
+    /// The connection's requests carry the OAuth token (see [`Connected::oauth`]).
+    oauth_attached: bool,
 }
 
 struct Server {
@@ -223,8 +225,11 @@ struct Server {
     oauth: OAuthCell,
     /// The authorization in progress (between the URL handed out and the callback).
     session: Mutex<Option<rmcp::transport::AuthorizationSession>>,
-    /// A 403 `insufficient_scope` (or 401) challenge from a request: re-authorize with it.
-    step_up: Mutex<Option<String>>,
+    /// Completed authorizations, counted: what waiters for a callback watch. A watch, not a
+    /// `Notify`, so a completion nobody waited for leaves no stale wake-up behind.
+    authorized: watch::Sender<u64>,
+    /// One step-up re-authorization at a time; requests refused together share it.
+    step_up: tokio::sync::Mutex<()>,
     /// Step-up authorizations since the last request that succeeded.
     step_ups: std::sync::atomic::AtomicU32,
 }
@@ -327,6 +332,7 @@ impl McpClientManager {
                     lists: Lists::default(),
                     auth_url: None,
                     capabilities: None,
+                    oauth_attached: false,
                 }),
                 shutdown: self.inner.closed.child_token(),
                 redial: Notify::new(),
@@ -335,7 +341,8 @@ impl McpClientManager {
                     changed: self.inner.version.clone(),
                 },
                 session: Mutex::new(None),
-                step_up: Mutex::new(None),
+                authorized: watch::channel(0).0,
+                step_up: tokio::sync::Mutex::new(()),
                 step_ups: std::sync::atomic::AtomicU32::new(0),
             });
             servers.insert(config.id.clone(), server.clone());
@@ -445,9 +452,23 @@ impl McpClientManager {
             message,
         })?;
         *lock(&server.session) = None;
-        lock(&server.live).auth_url = None;
+        let redial = {
+            let mut live = lock(&server.live);
+            live.auth_url = None;
+            // A step-up on a live connection: its requests read the new token, so it serves on.
+            // Without a token attached it must be dialled again to carry one.
+            let stepped_up = live.state == ServerState::Authenticating && live.peer.is_some();
+            if stepped_up && live.oauth_attached {
+                live.state = ServerState::Ready;
+                live.error = None;
+            }
+            stepped_up && !live.oauth_attached
+        };
+        if redial {
+            server.redial.notify_one();
+        }
+        server.authorized.send_modify(|n| *n += 1);
         self.bump();
-        server.redial.notify_one();
         Ok(())
     }
 
@@ -825,6 +846,10 @@ impl McpClientManager {
         })
     }
 
+    /// Sends a request. A refusal of the token (403 `insufficient_scope`, or a 401 the token
+    /// refresh did not cure) is an authorization event, not a lost connection: the manager
+    /// re-authorizes with the union of the granted and the challenged scopes, waits (within the
+    /// request's timeout) for the callback, and sends the request once more.
     async fn request(
         &self,
         id: &str,
@@ -832,34 +857,66 @@ impl McpClientManager {
         options: CallOptions,
     ) -> Result<ServerResult> {
         let server = self.get(id)?;
+        let timeout = options
+            .timeout
+            .unwrap_or(self.inner.options.request_timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let challenge = match self
+            .send(&server, id, request.clone(), &options, timeout)
+            .await
+        {
+            Sent::Answer(answer) => return *answer,
+            Sent::Refused(challenge) => challenge,
+        };
+        self.step_up(&server, id, &challenge, deadline).await?;
+        match self.send(&server, id, request, &options, timeout).await {
+            Sent::Answer(answer) => *answer,
+            Sent::Refused(challenge) => Err(Error::Authorization {
+                server: id.to_owned(),
+                message: format!(
+                    "the server still refuses the token after re-authorization ({challenge})"
+                ),
+            }),
+        }
+    }
+
+    /// One request on the current connection.
+    async fn send(
+        &self,
+        server: &Server,
+        id: &str,
+        request: ClientRequest,
+        options: &CallOptions,
+        timeout: Duration,
+    ) -> Sent {
         let (peer, routes) = {
             let live = lock(&server.live);
             match (&live.peer, live.state) {
                 (Some(peer), ServerState::Ready) => (peer.clone(), live.progress.clone()),
                 _ => {
-                    return Err(Error::NotReady {
+                    return Sent::Answer(Box::new(Err(Error::NotReady {
                         id: id.to_owned(),
                         state: match &live.error {
                             Some(e) => format!("{}: {e}", live.state),
                             None => live.state.to_string(),
                         },
-                    });
+                    })));
                 }
             }
         };
-        let timeout = options
-            .timeout
-            .unwrap_or(self.inner.options.request_timeout);
-        let handle = peer
+        let handle = match peer
             .send_cancellable_request(request, PeerRequestOptions::no_options())
             .await
-            .map_err(|e| self.lost(&server, id, &e))?;
+        {
+            Ok(handle) => handle,
+            Err(e) => return self.failed(server, id, &e),
+        };
         let request_id = handle.id.clone();
         let token = handle.progress_token.clone();
-        if let (Some(tx), Some(routes)) = (options.progress, &routes) {
+        if let (Some(tx), Some(routes)) = (options.progress.clone(), &routes) {
             ProgressRoutes::register(routes, token.clone(), tx);
         }
-        let cancel = options.cancel.unwrap_or_default();
+        let cancel = options.cancel.clone().unwrap_or_default();
         let outcome = tokio::select! {
             r = tokio::time::timeout(timeout, handle.await_response()) => r.ok(),
             _ = cancel.cancelled() => {
@@ -867,13 +924,13 @@ impl McpClientManager {
                 if let Some(routes) = &routes {
                     ProgressRoutes::unregister(routes, &token);
                 }
-                return Err(Error::Cancelled { server: id.to_owned() });
+                return Sent::Answer(Box::new(Err(Error::Cancelled { server: id.to_owned() })));
             }
         };
         if let Some(routes) = &routes {
             ProgressRoutes::unregister(routes, &token);
         }
-        match outcome {
+        Sent::Answer(Box::new(match outcome {
             None => {
                 send_cancel(&peer, request_id, "timed out").await;
                 Err(Error::Timeout {
@@ -896,41 +953,111 @@ impl McpClientManager {
                 server: id.to_owned(),
                 seconds: timeout.as_secs_f64(),
             }),
-            Some(Err(e)) => Err(self.lost(&server, id, &e)),
-        }
+            Some(Err(e)) => return self.failed(server, id, &e),
+        }))
     }
 
-    /// A request failed below JSON-RPC: the connection is suspect, so dial again.
-    fn lost(&self, server: &Server, id: &str, e: &ServiceError) -> Error {
-        use std::sync::atomic::Ordering;
+    /// A request failed below JSON-RPC. A refused token is for [`Self::step_up`]; anything else
+    /// makes the connection suspect, so it is dialled again.
+    fn failed(&self, server: &Server, id: &str, e: &ServiceError) -> Sent {
         if let Some(challenge) = e.auth_challenge() {
-            let (url, oauth) = {
-                let config = lock(&server.config);
-                (config.url.clone(), config.oauth.is_some())
-            };
-            let done = server.step_ups.load(Ordering::SeqCst);
-            if !oauth || done >= MAX_STEP_UPS {
-                return Error::Authorization {
-                    server: id.to_owned(),
-                    message: format!(
-                        "the server refused the token ({challenge}) after {done} re-authorizations"
-                    ),
-                };
-            }
-            info!(server = %id, challenge, "MCP server wants more authorization; re-authorizing");
-            *lock(&server.step_up) = Some(challenge.to_owned());
-            server.redial.notify_one();
-            return Error::AuthorizationRequired {
-                url,
-                challenge: Some(challenge.to_owned()),
-            };
+            return Sent::Refused(challenge.to_owned());
         }
         warn!(server = %id, error = %client::error_chain(e), "MCP request lost its connection; reconnecting");
         server.redial.notify_one();
-        Error::ConnectionLost {
+        Sent::Answer(Box::new(Err(Error::ConnectionLost {
             server: id.to_owned(),
             message: client::error_chain(e),
+        })))
+    }
+
+    /// Re-authorizes after a request's token was refused with `challenge`, and waits until the
+    /// server serves again (the callback came) or `deadline` passes. The connection is kept:
+    /// its requests read the token from the OAuth cell, so the new one applies at once.
+    async fn step_up(
+        &self,
+        server: &Server,
+        id: &str,
+        challenge: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let refused = |message: String| Error::Authorization {
+            server: id.to_owned(),
+            message,
+        };
+        if lock(&server.config).oauth.is_none() {
+            return Err(refused(format!(
+                "the server refused the token ({challenge}); give the server OAuth options so \
+                 the manager can authorize again"
+            )));
         }
+        let url = lock(&server.config).url.clone();
+        let timed_out = || Error::AuthorizationRequired {
+            url: url.clone(),
+            challenge: Some(challenge.to_owned()),
+        };
+        let mut authorized = server.authorized.subscribe();
+        let _one = tokio::time::timeout_at(deadline, server.step_up.lock())
+            .await
+            .map_err(|_| timed_out())?;
+        if authorized.has_changed().unwrap_or(false) {
+            // Refused together with a request whose step-up completed meanwhile: retry as is.
+            return self.until_ready(id, deadline).await;
+        }
+        // Bounded, or a server that never accepts any scope would loop forever.
+        let n = server.step_ups.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > MAX_STEP_UPS {
+            return Err(refused(format!(
+                "the server still refuses the token ({challenge}) after {MAX_STEP_UPS} \
+                 re-authorizations"
+            )));
+        }
+        info!(server = %id, challenge, "MCP server wants more authorization; re-authorizing");
+        let options = scoped_options(server, Some(challenge));
+        let session = auth::start(
+            &url,
+            Some(challenge),
+            &options,
+            &self.inner.options.client_name,
+            &server.oauth,
+            self.inner.options.allow_private_oauth_metadata,
+        )
+        .await
+        .map_err(refused)?;
+        let auth_url = session.get_authorization_url().to_owned();
+        *lock(&server.session) = Some(session);
+        {
+            let mut live = lock(&server.live);
+            if live.state == ServerState::Closed {
+                return Err(Error::NotReady {
+                    id: id.to_owned(),
+                    state: live.state.to_string(),
+                });
+            }
+            live.auth_url = Some(auth_url);
+            // The peer stays: the callback puts this connection back to `ready`.
+            live.state = ServerState::Authenticating;
+        }
+        self.bump();
+        tokio::select! {
+            changed = authorized.changed() => {
+                if changed.is_err() {
+                    return Err(Error::UnknownServer(id.to_owned()));
+                }
+            }
+            _ = server.shutdown.cancelled() => {
+                return Err(Error::NotReady { id: id.to_owned(), state: ServerState::Closed.to_string() });
+            }
+            _ = tokio::time::sleep_until(deadline) => return Err(timed_out()),
+        }
+        self.until_ready(id, deadline).await
+    }
+
+    /// Waits until the server is ready again, at most until `deadline`.
+    async fn until_ready(&self, id: &str, deadline: tokio::time::Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_ready(id, left).await.map(|_| ())
     }
 
     fn get(&self, id: &str) -> Result<Arc<Server>> {
@@ -943,6 +1070,14 @@ impl McpClientManager {
     fn bump(&self) {
         self.inner.version.send_modify(|v| *v += 1);
     }
+}
+
+/// How one attempt at a request ended.
+enum Sent {
+    /// An answer, or an error that is final for this request (boxed: results are large).
+    Answer(Box<Result<ServerResult>>),
+    /// The server refused the token with this `WWW-Authenticate` challenge.
+    Refused(String),
 }
 
 fn unexpected(id: &str, result: &ServerResult) -> Error {
@@ -1075,10 +1210,7 @@ enum Authorize {
 
 /// Starts an authorization and waits (without retrying) for the callback to complete it.
 async fn authorize(inner: &Inner, server: &Server, challenge: Option<&str>) -> Authorize {
-    let (url, mut options) = {
-        let config = lock(&server.config);
-        (config.url.clone(), config.oauth.clone().unwrap_or_default())
-    };
+    let url = lock(&server.config).url.clone();
     // A challenge while holding a token is a step-up; bounded, or a server that never accepts
     // any scope would loop forever.
     if lock(&server.oauth.record).has_token() {
@@ -1094,21 +1226,9 @@ async fn authorize(inner: &Inner, server: &Server, challenge: Option<&str>) -> A
             return Authorize::Failed;
         }
     }
-    // Step-up: ask for what was granted plus what the challenge wants (never fewer scopes).
-    if let Some(wanted) = challenge.and_then(challenge_scope) {
-        let granted = lock(&server.oauth.record)
-            .credentials
-            .as_ref()
-            .map(|c| c.granted_scopes.clone())
-            .unwrap_or_default();
-        let mut scopes = options.scopes.clone();
-        for scope in granted.iter().map(String::as_str).chain(wanted.split(' ')) {
-            if !scope.is_empty() && !scopes.iter().any(|s| s == scope) {
-                scopes.push(scope.to_owned());
-            }
-        }
-        options.scopes = scopes;
-    }
+    let options = scoped_options(server, challenge);
+    // Subscribed before the URL is handed out: a callback cannot complete unseen.
+    let mut authorized = server.authorized.subscribe();
     let started = auth::start(
         &url,
         challenge,
@@ -1127,7 +1247,10 @@ async fn authorize(inner: &Inner, server: &Server, challenge: Option<&str>) -> A
             info!("MCP server needs authorization; waiting for the callback");
             // No retries while the user is away: the callback redials.
             tokio::select! {
-                _ = server.redial.notified() => Authorize::Redial,
+                changed = authorized.changed() => match changed {
+                    Ok(()) => Authorize::Redial,
+                    Err(_) => Authorize::Shutdown,
+                },
                 _ = server.shutdown.cancelled() => Authorize::Shutdown,
             }
         }
@@ -1137,6 +1260,26 @@ async fn authorize(inner: &Inner, server: &Server, challenge: Option<&str>) -> A
             Authorize::Failed
         }
     }
+}
+
+/// The server's OAuth options for an authorization answering `challenge`: a challenge with a
+/// scope asks for the configured scopes, those granted and those challenged (MCP scope
+/// challenge handling: the union, never fewer scopes than before).
+fn scoped_options(server: &Server, challenge: Option<&str>) -> OAuthOptions {
+    let mut options = lock(&server.config).oauth.clone().unwrap_or_default();
+    if let Some(wanted) = challenge.and_then(challenge_scope) {
+        let granted = lock(&server.oauth.record)
+            .credentials
+            .as_ref()
+            .map(|c| c.granted_scopes.clone())
+            .unwrap_or_default();
+        for scope in granted.iter().map(String::as_str).chain(wanted.split(' ')) {
+            if !scope.is_empty() && !options.scopes.iter().any(|s| s == scope) {
+                options.scopes.push(scope.to_owned());
+            }
+        }
+    }
+    options
 }
 
 /// The `scope` parameter of a `WWW-Authenticate: Bearer` challenge.
@@ -1152,15 +1295,6 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
     loop {
         if server.shutdown.is_cancelled() {
             return;
-        }
-        // A request hit a scope challenge: authorize again (the old session is already closed).
-        let step_up = lock(&server.step_up).take();
-        if let Some(challenge) = step_up {
-            match authorize(&inner, &server, Some(&challenge)).await {
-                Authorize::Redial => continue,
-                Authorize::Shutdown => return,
-                Authorize::Failed => {}
-            }
         }
         set_state(&inner, &server, ServerState::Connecting, None);
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -1195,6 +1329,7 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                 service,
                 route,
                 progress,
+                oauth,
             }) => {
                 let peer = service.peer().clone();
                 let stop = service.cancellation_token();
@@ -1218,6 +1353,7 @@ async fn supervise(inner: Arc<Inner>, server: Arc<Server>) {
                             live.lists = lists;
                             live.connections += 1;
                             live.progress = Some(progress);
+                            live.oauth_attached = oauth;
                             if live.state != ServerState::Closed {
                                 live.state = ServerState::Ready;
                                 live.error = None;
