@@ -34,7 +34,7 @@ use crate::{
     Error, Result,
     auth::{OAuthCell, authorization_manager},
     http::SessionHttpClient,
-    sse::{SseClientTransport, SseError},
+    sse::{self, SseClientTransport},
 };
 
 /// Which wire transport a server speaks.
@@ -388,7 +388,7 @@ async fn dial_sse(dial: &Dial, events: mpsc::UnboundedSender<ServerEvent>) -> Re
         message: format!("no SSE endpoint event within {:?}", dial.connect_timeout),
     })?
     .map_err(|e| match e {
-        SseError::Status { status, .. } => Error::Http {
+        sse::Error::Status { status, .. } => Error::Http {
             url: dial.url.clone(),
             status: Some(status),
             message: e.to_string(),

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 /// An error of the legacy SSE transport.
 #[derive(Debug, thiserror::Error)]
-pub enum SseError {
+pub enum Error {
     /// The HTTP request failed before a response.
     #[error("HTTP request to {url} failed: {source}")]
     Request {
@@ -62,8 +62,8 @@ impl SseClientTransport {
         client: reqwest::Client,
         url: &str,
         auth_header: Option<String>,
-    ) -> Result<Self, SseError> {
-        let base = url::Url::parse(url).map_err(|e| SseError::BadEndpoint {
+    ) -> Result<Self, Error> {
+        let base = url::Url::parse(url).map_err(|e| Error::BadEndpoint {
             url: url.to_owned(),
             endpoint: url.to_owned(),
             reason: e.to_string(),
@@ -74,12 +74,12 @@ impl SseClientTransport {
         if let Some(token) = &auth_header {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|source| SseError::Request {
+        let response = request.send().await.map_err(|source| Error::Request {
             url: url.to_owned(),
             source,
         })?;
         if !response.status().is_success() {
-            return Err(SseError::Status {
+            return Err(Error::Status {
                 url: url.to_owned(),
                 status: response.status().as_u16(),
             });
@@ -93,29 +93,27 @@ impl SseClientTransport {
                 // Comments, keep-alives and anything before the endpoint are skipped.
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
-                    return Err(SseError::NoEndpoint {
+                    return Err(Error::NoEndpoint {
                         url: url.to_owned(),
                         reason: e.to_string(),
                     });
                 }
                 None => {
-                    return Err(SseError::NoEndpoint {
+                    return Err(Error::NoEndpoint {
                         url: url.to_owned(),
                         reason: "stream ended".into(),
                     });
                 }
             }
         };
-        let post_url = base
-            .join(endpoint.trim())
-            .map_err(|e| SseError::BadEndpoint {
-                url: url.to_owned(),
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
-            })?;
+        let post_url = base.join(endpoint.trim()).map_err(|e| Error::BadEndpoint {
+            url: url.to_owned(),
+            endpoint: endpoint.clone(),
+            reason: e.to_string(),
+        })?;
         // A server must not redirect our messages (and our token) to another origin.
         if post_url.origin() != base.origin() {
-            return Err(SseError::BadEndpoint {
+            return Err(Error::BadEndpoint {
                 url: url.to_owned(),
                 endpoint,
                 reason: "the endpoint is on another origin".into(),
@@ -161,7 +159,7 @@ impl SseClientTransport {
 }
 
 impl Transport<RoleClient> for SseClientTransport {
-    type Error = SseError;
+    type Error = Error;
 
     fn name() -> Cow<'static, str> {
         "legacy-sse".into()
@@ -177,18 +175,18 @@ impl Transport<RoleClient> for SseClientTransport {
         let closed = self.reader.is_finished();
         async move {
             if closed {
-                return Err(SseError::Closed);
+                return Err(Error::Closed);
             }
             let mut request = client.post(url.as_ref()).json(&item);
             if let Some(token) = auth {
                 request = request.bearer_auth(token.as_ref());
             }
-            let response = request.send().await.map_err(|source| SseError::Request {
+            let response = request.send().await.map_err(|source| Error::Request {
                 url: url.to_string(),
                 source,
             })?;
             if !response.status().is_success() {
-                return Err(SseError::Status {
+                return Err(Error::Status {
                     url: url.to_string(),
                     status: response.status().as_u16(),
                 });
