@@ -60,7 +60,9 @@ pub enum Era {
 /// What worked last time for a server; tried first on the next connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The transport that connected.
     pub transport: TransportKind,
+    /// The protocol era it spoke.
     pub era: Era,
 }
 
@@ -88,8 +90,11 @@ pub(crate) enum ServerEvent {
 /// A progress notification for a request in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
+    /// How far the request got; grows with every notification.
     pub progress: f64,
+    /// Where it ends, when the server knows.
     pub total: Option<f64>,
+    /// What the server is doing.
     pub message: Option<String>,
 }
 

@@ -24,21 +24,36 @@ pub enum Error {
     /// The HTTP request failed before a response.
     #[error("HTTP request to {url} failed: {source}")]
     Request {
+        /// The URL requested.
         url: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
     /// The server answered with a status that is not success.
     #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
     /// The event stream ended or broke before the `endpoint` event.
     #[error("the SSE stream of {url} did not start with an `endpoint` event ({reason})")]
-    NoEndpoint { url: String, reason: String },
+    NoEndpoint {
+        /// The SSE URL.
+        url: String,
+        /// How the stream ended or broke.
+        reason: String,
+    },
     /// The endpoint URI does not resolve to a URL on the stream's origin.
     #[error("invalid endpoint {endpoint:?} announced by {url}: {reason}")]
     BadEndpoint {
+        /// The SSE URL.
         url: String,
+        /// The endpoint as announced.
         endpoint: String,
+        /// Why it was refused.
         reason: String,
     },
     /// The stream is closed; nothing more can be sent.
@@ -53,6 +68,15 @@ pub struct SseClientTransport {
     auth_header: Option<Arc<str>>,
     inbound: mpsc::Receiver<RxJsonRpcMessage<RoleClient>>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SseClientTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the auth header: it carries a token.
+        f.debug_struct("SseClientTransport")
+            .field("post_url", &self.post_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SseClientTransport {

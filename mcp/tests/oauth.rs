@@ -227,18 +227,18 @@ mod scoped {
     use serde_json::{Value, json};
 
     #[derive(Default)]
-    pub struct Seen {
+    pub(super) struct Seen {
         /// The `scope` of every authorization request, in order.
-        pub authorizations: Vec<String>,
+        pub(super) authorizations: Vec<String>,
         /// `initialize` requests: one per connection.
-        pub initializes: usize,
+        pub(super) initializes: usize,
         codes: HashMap<String, String>,
         tokens: HashMap<String, String>,
     }
 
-    pub struct Server {
-        pub url: String,
-        pub seen: Arc<Mutex<Seen>>,
+    pub(super) struct Server {
+        pub(super) url: String,
+        pub(super) seen: Arc<Mutex<Seen>>,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -254,7 +254,7 @@ mod scoped {
         seen: Arc<Mutex<Seen>>,
     }
 
-    pub async fn start() -> Server {
+    pub(super) async fn start() -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -115,6 +115,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl McpClientManager {
+    /// A manager without servers; add them with [`McpClientManager::add_server`].
     pub fn new(options: ManagerOptions) -> Self {
         let (version, _) = watch::channel(0);
         let closed = CancellationToken::new();

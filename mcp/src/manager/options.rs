@@ -20,6 +20,7 @@ pub struct ServerConfig {
     pub id: String,
     /// The MCP endpoint (`…/mcp`) or legacy SSE URL (`…/sse`).
     pub url: String,
+    /// Which transport to use.
     pub transport: TransportPreference,
     /// The transport and era that worked last time, tried first on the next connect.
     pub route: Option<Route>,
@@ -50,8 +51,11 @@ impl ServerConfig {
 pub enum ServerState {
     /// Waiting for the user to authorize at [`ServerStatus::auth_url`].
     Authenticating,
+    /// Dialling (a transport, an era, the lifecycle handshake).
     Connecting,
+    /// Connected; fetching the tool, prompt and resource lists.
     Discovering,
+    /// Connected with its lists: calls go through.
     Ready,
     /// The last attempt failed; another follows after a backoff.
     Failed,
@@ -75,15 +79,21 @@ impl std::fmt::Display for ServerState {
 /// A snapshot of one server for listing.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerStatus {
+    /// The server's id.
     pub id: String,
+    /// Its URL.
     pub url: String,
+    /// Where its connection stands.
     pub state: ServerState,
     /// The last connection error, kept while the server is not ready.
     pub error: Option<String>,
+    /// The transport and era of the last connection.
     pub route: Option<Route>,
     /// The negotiated protocol version.
     pub protocol_version: Option<String>,
+    /// The name the server gave.
     pub server_name: Option<String>,
+    /// The server's instructions for the model, if it gave any.
     pub instructions: Option<String>,
     /// How many times the server has been (re)connected.
     pub connections: u64,
@@ -96,14 +106,18 @@ pub struct ServerStatus {
 pub struct NamespacedTool {
     /// `<server id>__<tool name>`.
     pub name: String,
+    /// The id of the server that has it.
     pub server_id: String,
+    /// The tool as the server describes it, under its own name.
     pub tool: Tool,
 }
 
 /// Tunables of a manager.
 #[derive(Clone)]
 pub struct ManagerOptions {
+    /// The client name sent in `initialize` and dynamic registration.
     pub client_name: String,
+    /// The client version sent in `initialize`.
     pub client_version: String,
     /// Bound on one connection attempt (all fallbacks included).
     pub connect_timeout: Duration,
@@ -152,12 +166,13 @@ impl Default for ManagerOptions {
 }
 
 /// Per-request options.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct CallOptions {
     /// Overrides [`ManagerOptions::request_timeout`].
     pub timeout: Option<Duration>,
     /// Receives the server's progress notifications for this request.
     pub progress: Option<mpsc::UnboundedSender<Progress>>,
-    /// Cancelling it sends `notifications/cancelled` and ends the call with [`Error::Cancelled`].
+    /// Cancelling it sends `notifications/cancelled` and ends the call with
+    /// [`crate::Error::Cancelled`].
     pub cancel: Option<CancellationToken>,
 }
