@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p denizen-mcp --bench calls`
 
+#![allow(clippy::print_stdout)] // a bench reports its figures on stdout
+
 use std::{
     path::PathBuf,
     process::Stdio,

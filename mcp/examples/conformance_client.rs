@@ -50,8 +50,17 @@ impl ElicitationHandler for AcceptDefaults {
     }
 }
 
-/// Waits for the server to be ready, completing an authorization headlessly on the way.
-async fn ready(manager: &McpClientManager) -> anyhow::Result<denizen_mcp::ServerStatus> {
+/// The user's browser, headless: completes every authorization the manager hands out (at
+/// connect time, and step-ups while a call waits for one).
+fn browser(manager: McpClientManager) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = complete_authorizations(&manager).await {
+            eprintln!("browser: {e:#}");
+        }
+    })
+}
+
+async fn complete_authorizations(manager: &McpClientManager) -> anyhow::Result<()> {
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -60,7 +69,6 @@ async fn ready(manager: &McpClientManager) -> anyhow::Result<denizen_mcp::Server
     loop {
         let status = manager.server("s")?;
         match status.state {
-            ServerState::Ready => return Ok(status),
             ServerState::Authenticating => {
                 if let Some(url) = status.auth_url.filter(|u| handled.as_ref() != Some(u)) {
                     handled = Some(url.clone());
@@ -74,10 +82,12 @@ async fn ready(manager: &McpClientManager) -> anyhow::Result<denizen_mcp::Server
                     manager.complete_authorization("s", &location).await?;
                 }
             }
-            ServerState::Failed => eprintln!("not ready yet: {:?}", status.error),
+            ServerState::Failed => eprintln!("not ready: {:?}", status.error),
             _ => {}
         }
-        changes.changed().await?;
+        if changes.changed().await.is_err() {
+            return Ok(());
+        }
     }
 }
 
@@ -139,9 +149,11 @@ async fn main() -> anyhow::Result<()> {
         ..OAuthOptions::default()
     });
     manager.add_server(config)?;
-    let status = tokio::time::timeout(Duration::from_secs(25), ready(&manager))
+    let _browser = browser(manager.clone());
+    let status = manager
+        .wait_ready("s", Duration::from_secs(25))
         .await
-        .context("the server did not become ready")??;
+        .context("the server did not become ready")?;
     eprintln!("connected: {status:?}");
 
     // Scenarios that script their calls name them in the context.
@@ -208,27 +220,16 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     for (tool, arguments) in calls {
-        // A scope challenge puts the server back into `authenticating`: authorize and retry.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match manager
-                .call_server_tool("s", &tool, arguments.clone(), CallOptions::default())
-                .await
-            {
-                Ok(result) => eprintln!("{tool}: is_error={:?}", result.is_error),
-                Err(denizen_mcp::Error::AuthorizationRequired { .. }) if tries < 5 => {
-                    tokio::time::timeout(Duration::from_secs(25), ready(&manager))
-                        .await
-                        .context("re-authorization")??;
-                    continue;
-                }
-                Err(e) => {
-                    eprintln!("{tool}: {e}");
-                    failed = true;
-                }
+        // A scope challenge is handled inside the call (re-authorization, one retry).
+        match manager
+            .call_server_tool("s", &tool, arguments, CallOptions::default())
+            .await
+        {
+            Ok(result) => eprintln!("{tool}: is_error={:?}", result.is_error),
+            Err(e) => {
+                eprintln!("{tool}: {e}");
+                failed = true;
             }
-            break;
         }
     }
     manager.close().await;

@@ -26,6 +26,7 @@ use crate::{Error, OAuthOptions, Result, TransportPreference, store};
 /// How [`AgentMcp::add_server`] reaches a server.
 #[derive(Clone, Debug, Default)]
 pub struct AddServerOptions {
+    /// Which transport to use; automatic selection by default.
     pub transport: TransportPreference,
     /// Sent as `Authorization: Bearer` on every request (servers with static keys).
     pub bearer_token: Option<String>,
@@ -41,8 +42,11 @@ pub struct AddServerOptions {
 /// `{id, state: "ready"}`, or `{id, state: "authenticating", authUrl}` — send the user there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AddedServer {
+    /// The server's id.
     pub id: String,
+    /// Where its connection stands.
     pub state: ServerState,
+    /// While `authenticating`: where to send the user.
     #[serde(rename = "authUrl", skip_serializing_if = "Option::is_none")]
     pub auth_url: Option<String>,
     /// Why the server is not ready yet (it keeps reconnecting in the background).
@@ -109,6 +113,7 @@ impl std::fmt::Debug for AgentMcp {
 }
 
 impl AgentMcp {
+    /// An agent's MCP client with these manager options, started by the agents layer.
     pub fn new(options: ManagerOptions) -> Self {
         AgentMcp {
             options,

@@ -39,8 +39,11 @@ pub struct OAuthOptions {
 /// The client registration used with one authorization server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisteredClient {
+    /// The client id the authorization server knows this client by.
     pub client_id: String,
+    /// Its secret, for a confidential client.
     pub client_secret: Option<String>,
+    /// The redirect URI it was registered with.
     pub redirect_uri: String,
     /// The authorization server's issuer: a registration is only reused with the same one.
     pub issuer: Option<String>,
@@ -50,9 +53,12 @@ pub struct RegisteredClient {
 /// and the PKCE verifiers of authorizations in progress, keyed by `state`.
 #[derive(Clone, Default, Serialize, Deserialize)]
 pub struct OAuthRecord {
+    /// The registration with the server's authorization server.
     #[serde(default)]
     pub client: Option<RegisteredClient>,
+    /// The tokens and the scopes they were granted for.
     pub credentials: Option<StoredCredentials>,
+    /// PKCE states of authorizations waiting for their callback, by `state`.
     pub pending: HashMap<String, StoredAuthorizationState>,
 }
 

@@ -34,7 +34,7 @@ use crate::{
     Error, Result,
     auth::{OAuthCell, authorization_manager},
     http::SessionHttpClient,
-    sse::{SseClientTransport, SseError},
+    sse::{self, SseClientTransport},
 };
 
 /// Which wire transport a server speaks.
@@ -60,7 +60,9 @@ pub enum Era {
 /// What worked last time for a server; tried first on the next connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The transport that connected.
     pub transport: TransportKind,
+    /// The protocol era it spoke.
     pub era: Era,
 }
 
@@ -88,8 +90,11 @@ pub(crate) enum ServerEvent {
 /// A progress notification for a request in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
+    /// How far the request got; grows with every notification.
     pub progress: f64,
+    /// Where it ends, when the server knows.
     pub total: Option<f64>,
+    /// What the server is doing.
     pub message: Option<String>,
 }
 
@@ -233,6 +238,9 @@ pub(crate) struct Connected {
     pub service: RunningService<RoleClient, Handler>,
     pub route: Route,
     pub progress: Arc<Mutex<ProgressRoutes>>,
+    /// Requests carry the OAuth cell's current token (read per request, so a re-authorization
+    /// takes effect on this connection without dialling again).
+    pub oauth: bool,
 }
 
 /// True for the statuses after which the spec says to try the legacy SSE transport.
@@ -287,8 +295,10 @@ async fn dial_streamable(
             match manager.initialize_from_store().await {
                 // Tokens are attached (and refreshed when they expire) by rmcp's AuthClient.
                 Ok(true) => {
-                    return serve_streamable(dial, AuthClient::new(http, manager), era, events)
-                        .await;
+                    let mut connected =
+                        serve_streamable(dial, AuthClient::new(http, manager), era, events).await?;
+                    connected.oauth = true;
+                    return Ok(connected);
                 }
                 Ok(false) => debug!(url = %dial.url, "stored OAuth credentials not usable"),
                 Err(e) => debug!(url = %dial.url, error = %e, "stored OAuth credentials rejected"),
@@ -368,6 +378,7 @@ where
             era,
         },
         progress,
+        oauth: false,
     })
 }
 
@@ -382,7 +393,7 @@ async fn dial_sse(dial: &Dial, events: mpsc::UnboundedSender<ServerEvent>) -> Re
         message: format!("no SSE endpoint event within {:?}", dial.connect_timeout),
     })?
     .map_err(|e| match e {
-        SseError::Status { status, .. } => Error::Http {
+        sse::Error::Status { status, .. } => Error::Http {
             url: dial.url.clone(),
             status: Some(status),
             message: e.to_string(),
@@ -414,6 +425,7 @@ async fn dial_sse(dial: &Dial, events: mpsc::UnboundedSender<ServerEvent>) -> Re
             era: Era::Legacy,
         },
         progress,
+        oauth: false,
     })
 }
 

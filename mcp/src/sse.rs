@@ -20,25 +20,40 @@ use tracing::{debug, warn};
 
 /// An error of the legacy SSE transport.
 #[derive(Debug, thiserror::Error)]
-pub enum SseError {
+pub enum Error {
     /// The HTTP request failed before a response.
     #[error("HTTP request to {url} failed: {source}")]
     Request {
+        /// The URL requested.
         url: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
     /// The server answered with a status that is not success.
     #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
     /// The event stream ended or broke before the `endpoint` event.
     #[error("the SSE stream of {url} did not start with an `endpoint` event ({reason})")]
-    NoEndpoint { url: String, reason: String },
+    NoEndpoint {
+        /// The SSE URL.
+        url: String,
+        /// How the stream ended or broke.
+        reason: String,
+    },
     /// The endpoint URI does not resolve to a URL on the stream's origin.
     #[error("invalid endpoint {endpoint:?} announced by {url}: {reason}")]
     BadEndpoint {
+        /// The SSE URL.
         url: String,
+        /// The endpoint as announced.
         endpoint: String,
+        /// Why it was refused.
         reason: String,
     },
     /// The stream is closed; nothing more can be sent.
@@ -55,6 +70,15 @@ pub struct SseClientTransport {
     reader: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for SseClientTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the auth header: it carries a token.
+        f.debug_struct("SseClientTransport")
+            .field("post_url", &self.post_url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SseClientTransport {
     /// Opens `GET url` and waits for the `endpoint` event. `auth_header` is a bearer token sent
     /// on the GET and on every POST.
@@ -62,8 +86,8 @@ impl SseClientTransport {
         client: reqwest::Client,
         url: &str,
         auth_header: Option<String>,
-    ) -> Result<Self, SseError> {
-        let base = url::Url::parse(url).map_err(|e| SseError::BadEndpoint {
+    ) -> Result<Self, Error> {
+        let base = url::Url::parse(url).map_err(|e| Error::BadEndpoint {
             url: url.to_owned(),
             endpoint: url.to_owned(),
             reason: e.to_string(),
@@ -74,12 +98,12 @@ impl SseClientTransport {
         if let Some(token) = &auth_header {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|source| SseError::Request {
+        let response = request.send().await.map_err(|source| Error::Request {
             url: url.to_owned(),
             source,
         })?;
         if !response.status().is_success() {
-            return Err(SseError::Status {
+            return Err(Error::Status {
                 url: url.to_owned(),
                 status: response.status().as_u16(),
             });
@@ -93,29 +117,27 @@ impl SseClientTransport {
                 // Comments, keep-alives and anything before the endpoint are skipped.
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
-                    return Err(SseError::NoEndpoint {
+                    return Err(Error::NoEndpoint {
                         url: url.to_owned(),
                         reason: e.to_string(),
                     });
                 }
                 None => {
-                    return Err(SseError::NoEndpoint {
+                    return Err(Error::NoEndpoint {
                         url: url.to_owned(),
                         reason: "stream ended".into(),
                     });
                 }
             }
         };
-        let post_url = base
-            .join(endpoint.trim())
-            .map_err(|e| SseError::BadEndpoint {
-                url: url.to_owned(),
-                endpoint: endpoint.clone(),
-                reason: e.to_string(),
-            })?;
+        let post_url = base.join(endpoint.trim()).map_err(|e| Error::BadEndpoint {
+            url: url.to_owned(),
+            endpoint: endpoint.clone(),
+            reason: e.to_string(),
+        })?;
         // A server must not redirect our messages (and our token) to another origin.
         if post_url.origin() != base.origin() {
-            return Err(SseError::BadEndpoint {
+            return Err(Error::BadEndpoint {
                 url: url.to_owned(),
                 endpoint,
                 reason: "the endpoint is on another origin".into(),
@@ -161,7 +183,7 @@ impl SseClientTransport {
 }
 
 impl Transport<RoleClient> for SseClientTransport {
-    type Error = SseError;
+    type Error = Error;
 
     fn name() -> Cow<'static, str> {
         "legacy-sse".into()
@@ -177,18 +199,18 @@ impl Transport<RoleClient> for SseClientTransport {
         let closed = self.reader.is_finished();
         async move {
             if closed {
-                return Err(SseError::Closed);
+                return Err(Error::Closed);
             }
             let mut request = client.post(url.as_ref()).json(&item);
             if let Some(token) = auth {
                 request = request.bearer_auth(token.as_ref());
             }
-            let response = request.send().await.map_err(|source| SseError::Request {
+            let response = request.send().await.map_err(|source| Error::Request {
                 url: url.to_string(),
                 source,
             })?;
             if !response.status().is_success() {
-                return Err(SseError::Status {
+                return Err(Error::Status {
                     url: url.to_string(),
                     status: response.status().as_u16(),
                 });

@@ -20,7 +20,7 @@ fn repo_root() -> PathBuf {
         .unwrap_or(manifest)
 }
 
-pub fn peers_dir() -> PathBuf {
+pub(crate) fn peers_dir() -> PathBuf {
     let dir = match std::env::var_os("DENIZEN_MCP_PEERS") {
         Some(d) => PathBuf::from(d),
         None => repo_root().join(".peers/mcp"),
@@ -43,21 +43,21 @@ fn here() -> PathBuf {
 }
 
 /// A port that was free a moment ago (the servers take their port from the command line or env).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
 
 /// A running peer; SIGKILLed on drop.
-pub struct Peer {
-    pub child: Child,
-    pub port: u16,
-    pub url: String,
+pub(crate) struct Peer {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
+    pub(crate) url: String,
 }
 
 impl Peer {
     /// server-everything; `mode` is `streamableHttp` (URL `/mcp`) or `sse` (URL `/sse`).
-    pub async fn everything(mode: &str, port: u16) -> Peer {
+    pub(crate) async fn everything(mode: &str, port: u16) -> Peer {
         let peers = peers_dir();
         let mut cmd = Command::new("node");
         cmd.arg("-r")
@@ -81,7 +81,7 @@ impl Peer {
 
     /// The TypeScript SDK's example server with its in-memory OAuth authorization server
     /// (URLs on `localhost`): MCP on `port`, authorization server on `auth_port`.
-    pub async fn ts_oauth(port: u16, auth_port: u16) -> Peer {
+    pub(crate) async fn ts_oauth(port: u16, auth_port: u16) -> Peer {
         let peers = peers_dir();
         let mut cmd = Command::new("node");
         cmd.arg("-r")
@@ -107,7 +107,7 @@ impl Peer {
     }
 
     /// The Python SDK server; `transport` is `streamable-http` (URL `/mcp`) or `sse` (`/sse`).
-    pub async fn python(transport: &str, port: u16) -> Peer {
+    pub(crate) async fn python(transport: &str, port: u16) -> Peer {
         let peers = peers_dir();
         let mut cmd = Command::new(peers.join("venv/bin/python"));
         cmd.arg(here().join("py_server.py"))
@@ -181,7 +181,7 @@ impl Peer {
     }
 
     /// SIGKILL, and wait for the process to be gone.
-    pub async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -190,7 +190,7 @@ impl Peer {
 /// The user's browser at the demo authorization server, which approves at once and redirects
 /// to the callback: answers that redirect's `Location` (what the object's callback route would
 /// receive), checking it starts with `callback_prefix`.
-pub async fn authorize(auth_url: &str, callback_prefix: &str) -> String {
+pub(crate) async fn authorize(auth_url: &str, callback_prefix: &str) -> String {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -207,7 +207,7 @@ pub async fn authorize(auth_url: &str, callback_prefix: &str) -> String {
     location
 }
 
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
