@@ -1,17 +1,15 @@
 //! Servers that die and come back, and an object that restarts: the manager reports clear
 //! errors, reconnects by itself and keeps working; the server list survives in SQLite.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Peer, free_port, init_tracing};
 use denizen_mcp::{
     CallOptions, Era, Error, ManagerOptions, McpClientManager, ServerConfig, ServerState,
     TransportKind, store,
 };
 use denizen_storage::{Database, Durability};
 use serde_json::json;
-use support::{Peer, free_port, init_tracing};
 
 const READY: Duration = Duration::from_secs(30);
 

@@ -1,16 +1,14 @@
 //! Against @modelcontextprotocol/server-everything (the TypeScript SDK's reference server) over
 //! Streamable HTTP and over the legacy SSE transport.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Peer, free_port, init_tracing};
 use denizen_mcp::{
     CallOptions, Era, ManagerOptions, McpClientManager, Route, ServerConfig, ServerState,
     TransportKind, TransportPreference,
 };
 use serde_json::json;
-use support::{Peer, free_port, init_tracing};
 use tokio_util::sync::CancellationToken;
 
 const READY: Duration = Duration::from_secs(30);

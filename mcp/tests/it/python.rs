@@ -1,15 +1,13 @@
 //! Against the Python `mcp` SDK server: Streamable HTTP in the 2026-07-28 stateless era and in
 //! the 2025-11-25 `initialize` era, and its legacy SSE transport.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Peer, free_port, init_tracing};
 use denizen_mcp::{
     CallOptions, Era, ManagerOptions, McpClientManager, Route, ServerConfig, TransportKind,
 };
 use serde_json::json;
-use support::{Peer, free_port, init_tracing};
 
 const READY: Duration = Duration::from_secs(30);
 

@@ -1,14 +1,12 @@
 //! The manager inside a runtime object: created in `on_start` from the object's own SQLite,
 //! used from handlers, and back with its servers after the whole runtime restarted.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Peer, free_port, init_tracing};
 use denizen_mcp::{CallOptions, ManagerOptions, McpClientManager, ServerConfig, store};
 use denizen_runtime::{Ctx, DurableObject, Error, Handler, Message, Result, Runtime};
 use serde_json::json;
-use support::{Peer, free_port, init_tracing};
 
 const READY: Duration = Duration::from_secs(30);
 

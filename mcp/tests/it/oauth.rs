@@ -2,16 +2,14 @@
 //! authorization server: 401 → metadata discovery → dynamic registration → PKCE S256 URL →
 //! callback → token → authorized calls; then an object restart that reuses the stored token.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Peer, authorize, free_port, init_tracing};
 use denizen_mcp::{
     CallOptions, ManagerOptions, McpClientManager, OAuthOptions, ServerConfig, ServerState, store,
 };
 use denizen_storage::{Database, Durability};
 use serde_json::json;
-use support::{Peer, authorize, free_port, init_tracing};
 
 const READY: Duration = Duration::from_secs(30);
 const CALLBACK: &str = "http://localhost:1/agents/assistant/callback";

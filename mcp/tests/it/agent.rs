@@ -3,10 +3,9 @@
 //! connected clients, a server that dies and comes back, servers and tokens restored after the
 //! runtime restarted, and OAuth completed on the agent's own callback route.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{Peer, authorize, free_port, init_tracing};
 use denizen_agents::Methods;
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Call, Context, McpClient};
 use denizen_mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
@@ -15,7 +14,6 @@ use denizen_runtime::{Bytes, Frame, Namespace, Outgoing, Result, Runtime, Socket
 use denizen_runtime::{Upgrade, http};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use support::{Peer, authorize, free_port, init_tracing};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(30);
