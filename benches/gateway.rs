@@ -299,6 +299,10 @@ fn main() {
             for r in 0..rooms {
                 let mut s = ws(&server.addr, &format!("/objects/chat/room-{r}?user=u")).await;
                 next_text(&mut s).await; // history
+                // A room exists once written to: the wake below then opens its file, as a room
+                // with history does, instead of creating it.
+                s.send(Message::Text("hello".into())).await.expect("send");
+                next_text(&mut s).await;
                 sockets.push(s);
             }
             server.wait_metric("denizen_live_objects", 0.0).await;
