@@ -392,26 +392,33 @@ impl<O: DurableObject> Ctx<O> {
                     message: format!("writing the catalog failed: {message}"),
                 })
         };
-        if !self.registered && self.storage.created() {
-            let touch = ObjectTouch {
+        // Both writes are queued before either is awaited: they share the writer's next batch,
+        // so a new object that sets an alarm waits for one catalog commit, not two.
+        let registration = (!self.registered && self.storage.created()).then(|| {
+            shared.register_object(ObjectTouch {
                 namespace: self.ns.name.to_string(),
                 id: self.id.to_hex(),
                 name: self.id.name().map(str::to_string),
                 at_ms: now_ms(),
                 size_bytes: None,
-            };
-            recorded(shared.register_object(touch).await)?;
-            self.registered = true;
-        }
+            })
+        });
         let alarm = if self.alarm_dirty {
-            let at = self.stored_alarm()?;
-            if let Some(at) = at {
-                recorded(shared.record_alarm(&self.ns.name, &self.id, at).await)?;
-            }
-            Some(at)
+            Some(self.stored_alarm()?)
         } else {
             None
         };
+        let alarm_recorded = match alarm {
+            Some(Some(at)) => Some(shared.record_alarm(&self.ns.name, &self.id, at)),
+            _ => None,
+        };
+        if let Some(registration) = registration {
+            recorded(registration.await)?;
+            self.registered = true;
+        }
+        if let Some(alarm_recorded) = alarm_recorded {
+            recorded(alarm_recorded.await)?;
+        }
         // An event that touched no storage has nothing to commit (and no latency to record).
         if self.storage.in_transaction() {
             let started = Instant::now();

@@ -271,6 +271,16 @@ impl<O: DurableObject> NsInner<O> {
     }
 
     /// Asks every live object to finish its queue, commit and stop; waits for all of them.
+    /// Ends every live object at once (shutdown ran out of time): a running handler is dropped
+    /// uncommitted, and the callers of queued events get an error.
+    pub(crate) fn kill_all(&self) {
+        for shard in self.shards.iter() {
+            for live in lock(shard).values() {
+                live.actor.kill();
+            }
+        }
+    }
+
     pub(crate) async fn stop_all(&self) {
         let lives: Vec<Arc<Live<O>>> = self
             .shards
@@ -460,6 +470,7 @@ pub(crate) trait AnyNamespace: Send + Sync {
     fn live_count(&self) -> usize;
     fn collect_lru(&self, out: &mut Vec<LruEntry>);
     fn stop_all(&self) -> BoxFuture<'_, ()>;
+    fn kill_all(&self);
 }
 
 impl<O: DurableObject> AnyNamespace for NsInner<O> {
@@ -535,5 +546,9 @@ impl<O: DurableObject> AnyNamespace for NsInner<O> {
 
     fn stop_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(NsInner::stop_all(self).in_current_span())
+    }
+
+    fn kill_all(&self) {
+        NsInner::kill_all(self)
     }
 }

@@ -778,6 +778,9 @@ impl Runtime {
                 ?deadline,
                 "objects still busy at the shutdown deadline: their queued events are refused and running handlers abandoned uncommitted"
             );
+            for ns in &namespaces {
+                ns.kill_all();
+            }
         }
         self.shared.flush_catalog().await;
         self.shared
