@@ -73,13 +73,19 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// The bench binary started again in server mode; its first stdout line is its address.
+/// The bench binary started again in server mode; its first stdout line is its address. Derefs
+/// to its [`ChildServer`] (`addr`, `rss_kib`, ...).
 pub(crate) struct Server {
     child: ChildServer,
-    /// Where the child listens.
-    pub(crate) addr: String,
     /// Removed after the child is gone (fields drop in order).
     _data: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = ChildServer;
+    fn deref(&self) -> &ChildServer {
+        &self.child
+    }
 }
 
 impl Server {
@@ -97,16 +103,10 @@ impl Server {
             .env(DATA_ENV, data.path())
             .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
             .env("RUST_LOG", "error");
-        let child = ChildServer::spawn(command);
         Server {
-            addr: child.addr.clone(),
-            child,
+            child: ChildServer::spawn(command),
             _data: data,
         }
-    }
-
-    pub(crate) fn rss_kib(&self) -> u64 {
-        self.child.rss_kib()
     }
 
     pub(crate) async fn wait_metric(&self, name: &str, value: f64) {
