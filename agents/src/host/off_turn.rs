@@ -70,7 +70,14 @@ where
         async move {
             let out = settled(fut).await;
             Landed {
-                then: then_box(move |host: &mut AgentHost<A>, cx| then(&mut host.agent, cx, out)),
+                then: then_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
+                    // The MCP servers the work changed are saved (and listed to the clients)
+                    // before the agent acts on its result.
+                    if let Err(e) = host.mcp_changed(cx) {
+                        return Box::pin(std::future::ready(Err(e)));
+                    }
+                    then(&mut host.agent, cx, out)
+                }),
             }
         }
         .instrument(span),
