@@ -230,8 +230,8 @@ pub trait AgentContext<A: Agent> {
     /// `then` gets its output (an error saying so if it panicked) and runs like any handler of the agent: its state changes are validated and
     /// broadcast, its SQL commits when it returns. If `then` fails, its writes are rolled back
     /// and the failure is logged; the agent goes on. The agent does not hibernate while work is
-    /// in flight; work does not survive a restart of the server (persist what must be retried,
-    /// or use a schedule).
+    /// in flight, so give network work a timeout; work does not survive a restart of the server
+    /// (persist what must be retried, or use a schedule).
     ///
     /// To answer a client's call with the result, declare the method with
     /// [`Methods::callable_off_turn`](crate::Methods::callable_off_turn).
