@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use denizen_runtime::{Ctx, Error, Handler, Message, Result};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tracing::Instrument;
-
-use futures_util::future::BoxFuture;
 
 use super::{AgentHost, guarded, off_turn, state_text};
 use crate::agent::{Agent, Connection, Context};
@@ -164,7 +163,10 @@ impl<A: Agent> Handler<Call> for AgentHost<A> {
                 // A server-side caller waits for the reply in this event; what the call wrote
                 // before is committed first, as it would be before the work starts.
                 cx.commit().await?;
-                guarded(fut).await
+                let reply = guarded(fut).await?;
+                // Saved before the reply leaves, as for a client's call.
+                self.mcp_changed(cx)?;
+                Ok(reply)
             }
             Some(Callable::FromConnection(_)) => Err(Error::msg(format!(
                 "Method {} needs the calling connection; call it over a WebSocket",
