@@ -13,8 +13,8 @@ use crate::methods::Methods;
 use crate::protocol;
 
 /// What an agent's handlers work with: the runtime's [`Ctx`] of the object hosting the agent.
-/// The agent operations (state, connections, schedules, queue) come from
-/// [`AgentContext`](crate::AgentContext); storage, alarms and background work from `Ctx` itself.
+/// The agent operations (state, connections, schedules, queue, work off the turn) come from
+/// [`AgentContext`](crate::AgentContext); storage and sockets from `Ctx` itself.
 pub type Context<A> = Ctx<AgentHost<A>>;
 
 /// One client connection, as handlers see it.
@@ -84,7 +84,10 @@ pub enum Source {
 /// [`AgentHost`].
 ///
 /// Handlers run one at a time, like every durable object's; their writes (state included)
-/// commit together when they return, before anything they sent leaves.
+/// commit together when they return, before anything they sent leaves. A handler that awaits
+/// the network holds the agent meanwhile: start slow work with
+/// [`spawn_then`](crate::AgentContext::spawn_then) or declare the method with
+/// [`callable_off_turn`](crate::Methods::callable_off_turn) instead.
 ///
 /// The agents layer owns the object's alarm (schedules and the queue share it): use
 /// `cx.schedule(..)` rather than `cx.set_alarm(..)`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use denizen_runtime::storage::Params;
 use denizen_runtime::{Cursor, Value as SqlValue, WebSocket};
+use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -219,6 +220,79 @@ pub trait AgentContext<A: Agent> {
     /// Tasks that failed every attempt, oldest first (the last
     /// [`MAX_FAILURES`](crate::MAX_FAILURES)).
     fn failures(&mut self) -> Result<Vec<Failure>>;
+
+    /// Starts slow work off the turn — an HTTP API, an LLM request, an MCP tool call — and
+    /// hands its result to `then`, run on the agent as an event of its own. Meanwhile the agent
+    /// goes on serving its clients' calls and state changes, schedules and the queue: only
+    /// `then` waits for the work.
+    ///
+    /// `fut` starts once this event's writes are committed, and not at all if the event fails.
+    /// `then` gets its output (an error saying so if it panicked) and runs like any handler of the agent: its state changes are validated and
+    /// broadcast, its SQL commits when it returns. If `then` fails, its writes are rolled back
+    /// and the failure is logged; the agent goes on. The agent does not hibernate while work is
+    /// in flight, so give network work a timeout; work does not survive a restart of the server
+    /// (persist what must be retried, or use a schedule).
+    ///
+    /// To answer a client's call with the result, declare the method with
+    /// [`Methods::callable_off_turn`](crate::Methods::callable_off_turn).
+    ///
+    /// ```
+    /// use denizen_agents::{Agent, AgentContext, Context, Methods};
+    /// use denizen_runtime::Result;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct State {
+    ///     loading: bool,
+    ///     weather: Option<String>,
+    /// }
+    ///
+    /// struct Weather;
+    ///
+    /// async fn fetch_weather(city: String) -> Result<String> {
+    ///     Ok(format!("sunny in {city}")) // an HTTP API call, in a real agent
+    /// }
+    ///
+    /// impl Weather {
+    ///     fn refresh(&mut self, cx: &mut Context<Self>, city: String) -> Result<()> {
+    ///         let state = cx.state()?;
+    ///         cx.set_state(&State { loading: true, ..state })?;
+    ///         cx.spawn_then(fetch_weather(city), |agent, cx, weather| {
+    ///             Box::pin(agent.on_weather(cx, weather))
+    ///         });
+    ///         Ok(())
+    ///     }
+    ///
+    ///     async fn on_weather(&mut self, cx: &mut Context<Self>, weather: Result<String>) -> Result<()> {
+    ///         let weather = weather.unwrap_or_else(|e| format!("unknown ({e})"));
+    ///         Ok(cx.set_state(&State { loading: false, weather: Some(weather) })?)
+    ///     }
+    /// }
+    ///
+    /// impl Agent for Weather {
+    ///     type State = State;
+    ///     fn initial_state(&self) -> State {
+    ///         State::default()
+    ///     }
+    ///     fn methods(m: &mut Methods<Self>) {
+    ///         m.callable("refresh", |a, cx, (city,): (String,)| {
+    ///             let started = a.refresh(cx, city);
+    ///             Box::pin(async move { started })
+    ///         });
+    ///     }
+    /// }
+    /// ```
+    fn spawn_then<T, F, H>(&mut self, fut: F, then: H)
+    where
+        T: Send + 'static,
+        F: Future<Output = denizen_runtime::Result<T>> + Send + 'static,
+        H: for<'a> FnOnce(
+                &'a mut A,
+                &'a mut Context<A>,
+                denizen_runtime::Result<T>,
+            ) -> BoxFuture<'a, denizen_runtime::Result<()>>
+            + Send
+            + 'static;
 }
 
 impl<A: Agent> AgentContext<A> for Context<A> {
@@ -445,6 +519,21 @@ impl<A: Agent> AgentContext<A> for Context<A> {
                 })
             })
             .collect()
+    }
+
+    fn spawn_then<T, F, H>(&mut self, fut: F, then: H)
+    where
+        T: Send + 'static,
+        F: Future<Output = denizen_runtime::Result<T>> + Send + 'static,
+        H: for<'a> FnOnce(
+                &'a mut A,
+                &'a mut Context<A>,
+                denizen_runtime::Result<T>,
+            ) -> BoxFuture<'a, denizen_runtime::Result<()>>
+            + Send
+            + 'static,
+    {
+        crate::host::spawn_then(self, fut, then);
     }
 
     fn failures(&mut self) -> Result<Vec<Failure>> {

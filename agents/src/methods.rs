@@ -1,6 +1,7 @@
 //! Callable methods, streaming methods and tasks, declared one line each in `Agent::methods`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,6 +39,11 @@ type StreamFn<A> = Box<
         + Send
         + Sync,
 >;
+type OffTurnFn<A> = Box<
+    dyn Fn(&mut A, &mut Context<A>, Vec<Value>) -> Result<BoxFuture<'static, Result<Value>>>
+        + Send
+        + Sync,
+>;
 type TaskFn<A> = Box<
     dyn for<'a> Fn(&'a mut A, &'a mut Context<A>, Value) -> BoxFuture<'a, Result<()>> + Send + Sync,
 >;
@@ -46,6 +52,7 @@ pub(crate) enum Callable<A: Agent> {
     Plain(CallFn<A>),
     FromConnection(ConnCallFn<A>),
     Streaming(StreamFn<A>),
+    OffTurn(OffTurnFn<A>),
 }
 
 /// The methods of an agent type: what clients may call (by name, with a JSON array of
@@ -170,6 +177,61 @@ impl<A: Agent> Methods<A> {
             );
         self.callables
             .insert(name.to_string(), Callable::FromConnection(call));
+        self
+    }
+
+    /// A method whose slow part runs off the turn: `f` runs in the agent's turn (it may read and
+    /// change the state, write SQL, schedule) and returns a future — the network call, the LLM
+    /// request — that runs outside the agent's mailbox. Its output is the call's reply, sent
+    /// when it finishes, in an event of the agent; meanwhile the agent goes on serving its other
+    /// clients, callables and schedules. The JS client's `call()` resolves (or rejects) then, as
+    /// for any other method.
+    ///
+    /// An `Err` from `f` fails the call at once and rolls back its writes, and the future does
+    /// not start; an `Err` or a panic of the future becomes the call's error. The future starts
+    /// after the writes of `f` are committed. To act on the result in the agent as well (change
+    /// the state), start the work with
+    /// [`AgentContext::spawn_then`](crate::AgentContext::spawn_then) instead.
+    ///
+    /// From the server side ([`Call`](crate::Call)) the caller gets the same reply, but the
+    /// agent waits for the future in that event.
+    ///
+    /// ```
+    /// use denizen_agents::{Agent, Methods};
+    ///
+    /// struct Forecaster;
+    ///
+    /// async fn forecast(city: String) -> denizen_runtime::Result<String> {
+    ///     Ok(format!("sunny in {city}")) // an HTTP API call, in a real agent
+    /// }
+    ///
+    /// impl Agent for Forecaster {
+    ///     type State = ();
+    ///     fn initial_state(&self) {}
+    ///     fn methods(m: &mut Methods<Self>) {
+    ///         m.callable_off_turn("forecast", |_agent, _cx, (city,): (String,)| {
+    ///             Ok(forecast(city))
+    ///         });
+    ///     }
+    /// }
+    /// ```
+    pub fn callable_off_turn<Args, R, Fut, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        Args: DeserializeOwned,
+        R: Serialize + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        F: Fn(&mut A, &mut Context<A>, Args) -> Result<Fut> + Send + Sync + 'static,
+    {
+        let call: OffTurnFn<A> = Box::new(move |agent, cx, args| {
+            let fut = f(agent, cx, parse_args::<Args>(args)?)?;
+            Ok(Box::pin(async move {
+                let out = fut.await?;
+                serde_json::to_value(out)
+                    .map_err(|e| Error::msg(format!("could not encode the result: {e}")))
+            }))
+        });
+        self.callables
+            .insert(name.to_string(), Callable::OffTurn(call));
         self
     }
 

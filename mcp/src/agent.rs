@@ -8,6 +8,7 @@
 //! persists tokens as they are issued and refreshed, and answers the OAuth callback at
 //! `/agents/<class>/<name>/callback` before the agent's `on_request`.
 
+use std::future::Future;
 use std::time::Duration;
 
 use denizen_agents::mcp::BoxFuture;
@@ -151,6 +152,10 @@ impl AgentMcp {
     /// Connects a server under `id` (the prefix of its tool names, `[A-Za-z0-9-]`), saves it in
     /// the agent's SQLite, and waits until it is ready or asks for authorization. A server that
     /// is not reachable yet stays registered and keeps reconnecting in the background.
+    ///
+    /// The wait holds the agent's turn (up to the timeout): in a callable, prefer
+    /// [`add_server_off_turn`](AgentMcp::add_server_off_turn), which answers the same once the
+    /// server settles while the agent goes on serving its other clients.
     pub async fn add_server<O: DurableObject>(
         &mut self,
         cx: &mut Ctx<O>,
@@ -158,6 +163,55 @@ impl AgentMcp {
         url: &str,
         options: AddServerOptions,
     ) -> Result<AddedServer> {
+        let settled = self.add_server_off_turn(cx, id, url, options)?;
+        let added = settled.await?;
+        // The route it took and, when it wants authorization, the PKCE verifier the callback
+        // needs: saved before the URL leaves, so a restart in between does not lose them.
+        self.persist_now(cx.storage())?;
+        Ok(added)
+    }
+
+    /// [`add_server`](AgentMcp::add_server) without holding the agent's turn: the server is
+    /// registered and saved now (an invalid id or URL fails here), and the returned future
+    /// waits, off the turn, until it is ready or asks for authorization (or the timeout
+    /// passes), answering what `add_server` answers. Clients see it `connecting` meanwhile in
+    /// `cf_agent_mcp_servers`.
+    ///
+    /// Hand the future to the agents layer, which saves the servers again (the route taken, the
+    /// PKCE verifier of an authorization) before the answer leaves: as the reply of a
+    /// [`callable_off_turn`](denizen_agents::Methods::callable_off_turn), or to
+    /// [`spawn_then`](denizen_agents::AgentContext::spawn_then).
+    ///
+    /// ```
+    /// use denizen_agents::{Agent, McpClient, Methods};
+    /// use denizen_mcp::{AddServerOptions, AgentMcp};
+    ///
+    /// #[derive(Default)]
+    /// struct Assistant {
+    ///     mcp: AgentMcp,
+    /// }
+    ///
+    /// impl Agent for Assistant {
+    ///     type State = ();
+    ///     fn initial_state(&self) {}
+    ///     fn mcp(&mut self) -> Option<&mut dyn McpClient> {
+    ///         Some(&mut self.mcp)
+    ///     }
+    ///     fn methods(m: &mut Methods<Self>) {
+    ///         m.callable_off_turn("addServer", |a, cx, (id, url): (String, String)| {
+    ///             let added = a.mcp.add_server_off_turn(cx, &id, &url, AddServerOptions::default())?;
+    ///             Ok(async move { Ok(added.await?) })
+    ///         });
+    ///     }
+    /// }
+    /// ```
+    pub fn add_server_off_turn<O: DurableObject>(
+        &mut self,
+        cx: &mut Ctx<O>,
+        id: &str,
+        url: &str,
+        options: AddServerOptions,
+    ) -> Result<impl Future<Output = Result<AddedServer>> + Send + 'static + use<O>> {
         let oauth = match options.oauth {
             Some(oauth) => Some(oauth),
             None => self.redirect_uri().map(|redirect_uri| OAuthOptions {
@@ -175,29 +229,29 @@ impl AgentMcp {
         manager.add_server(config)?;
         self.persist_now(cx.storage())?;
         let timeout = options.timeout.unwrap_or(self.options.connect_timeout);
-        // Ready, or waiting for the user; after the timeout, whatever it is (it goes on
-        // reconnecting).
-        let settled = manager
-            .wait_for_state(id, timeout, |s| {
-                matches!(
-                    s,
-                    ServerState::Ready | ServerState::Authenticating | ServerState::Closed
-                )
+        let id = id.to_string();
+        Ok(async move {
+            // Ready, or waiting for the user; after the timeout, whatever it is (it goes on
+            // reconnecting).
+            let settled = manager
+                .wait_for_state(&id, timeout, |s| {
+                    matches!(
+                        s,
+                        ServerState::Ready | ServerState::Authenticating | ServerState::Closed
+                    )
+                })
+                .await;
+            let status = match settled? {
+                Some(status) => status,
+                None => manager.server(&id)?,
+            };
+            info!(server = %id, state = %status.state, "MCP server added");
+            Ok(AddedServer {
+                id: status.id,
+                state: status.state,
+                auth_url: status.auth_url,
+                error: status.error,
             })
-            .await;
-        // The route it took and, when it wants authorization, the PKCE verifier the callback
-        // needs: saved before the URL leaves, so a restart in between does not lose them.
-        self.persist_now(cx.storage())?;
-        let status = match settled? {
-            Some(status) => status,
-            None => manager.server(id)?,
-        };
-        info!(server = %id, state = %status.state, "MCP server added");
-        Ok(AddedServer {
-            id: status.id,
-            state: status.state,
-            auth_url: status.auth_url,
-            error: status.error,
         })
     }
 
@@ -222,19 +276,37 @@ impl AgentMcp {
     /// Calls a tool by its namespaced name, first waiting (up to the connect timeout) for its
     /// server when it is still reconnecting, as it is right after the agent woke. A tool that
     /// fails answers `Ok` with `is_error: Some(true)`.
+    ///
+    /// The call holds the agent's turn: in a callable, prefer
+    /// [`call_tool_off_turn`](AgentMcp::call_tool_off_turn).
     pub async fn call_tool(
         &self,
         name: &str,
         arguments: serde_json::Value,
     ) -> Result<CallToolResult> {
-        let manager = self.manager()?;
+        self.call_tool_off_turn(name, arguments)?.await
+    }
+
+    /// [`call_tool`](AgentMcp::call_tool) without holding the agent's turn: an unknown tool
+    /// fails now, and the returned future waits for the server and calls the tool, off the
+    /// turn. Return it from a
+    /// [`callable_off_turn`](denizen_agents::Methods::callable_off_turn) (the result is the
+    /// call's reply) or hand it to [`spawn_then`](denizen_agents::AgentContext::spawn_then).
+    pub fn call_tool_off_turn(
+        &self,
+        name: &str,
+        arguments: serde_json::Value,
+    ) -> Result<impl Future<Output = Result<CallToolResult>> + Send + 'static + use<>> {
+        let manager = self.manager()?.clone();
         let (server, _) = manager.resolve_tool(name)?;
-        manager
-            .wait_ready(&server, self.options.connect_timeout)
-            .await?;
-        manager
-            .call_tool(name, arguments, CallOptions::default())
-            .await
+        let timeout = self.options.connect_timeout;
+        let name = name.to_string();
+        Ok(async move {
+            manager.wait_ready(&server, timeout).await?;
+            manager
+                .call_tool(&name, arguments, CallOptions::default())
+                .await
+        })
     }
 
     fn redirect_uri(&self) -> Option<String> {

@@ -30,7 +30,10 @@
 //!   `cf_agent_mcp_servers` frame current for connected clients, persists tokens as they change
 //!   and answers the OAuth callback at `/agents/<class>/<name>/callback`. `add_server` is the
 //!   Agents SDK's `addMcpServer`; `call_tool` waits for a server still reconnecting after a wake,
-//!   so callables, schedules and queued tasks can use tools right away.
+//!   so callables, schedules and queued tasks can use tools right away. Their `_off_turn` forms
+//!   do the waiting and the calling off the agent's turn (for `callable_off_turn` and
+//!   `spawn_then`), so the agent serves its other clients while a server connects or a tool
+//!   runs.
 //!
 //! The manager also runs inside any plain runtime object: create it in `on_start`, restore the
 //! saved servers, and save after adding or removing one.

@@ -2,11 +2,13 @@
 //!
 //! Its events are split by what they do: `connect` (the WebSocket handshake and clients' state
 //! changes), `rpc` (callable methods, from clients and from [`Call`]), `due` (schedules and
-//! the queue on the alarm) and `mcp` (the agent's MCP servers).
+//! the queue on the alarm), `mcp` (the agent's MCP servers) and `off_turn` (results of work
+//! started off the turn).
 
 mod connect;
 mod due;
 mod mcp;
+mod off_turn;
 mod rpc;
 
 use std::panic::AssertUnwindSafe;
@@ -27,6 +29,7 @@ use crate::methods::Methods;
 use crate::protocol::{self, Incoming};
 
 pub use connect::MAX_CONNECTION_ID;
+pub(crate) use off_turn::spawn_then;
 pub use rpc::Call;
 
 /// The durable object hosting an agent of type `A`. Registered with

@@ -4,14 +4,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use denizen_runtime::{Ctx, Error, Handler, Message, Result};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::{AgentHost, guarded, state_text};
+use super::{AgentHost, guarded, off_turn, state_text};
 use crate::agent::{Agent, Connection, Context};
 use crate::context::{take_server_change, tracking_state};
 use crate::methods::{Callable, StreamingResponse};
 use crate::protocol;
+
+/// How a callable answers.
+enum Reply {
+    /// Its result, sent now.
+    Now(Value),
+    /// Already sent (a stream's last frame).
+    Sent,
+    /// Its off-turn part, whose output is sent when it finishes.
+    Later(BoxFuture<'static, Result<Value>>),
+}
 
 impl<A: Agent> AgentHost<A> {
     pub(super) async fn rpc(
@@ -37,12 +48,15 @@ impl<A: Agent> AgentHost<A> {
         let before = if conn.readonly { state_text(cx)? } else { None };
         let span =
             tracing::debug_span!("rpc", method = %protocol::echo(&method), connection = %conn.id);
-        let outcome: Result<Option<Value>> = async {
+        let outcome: Result<Reply> = async {
             match callable {
-                Callable::Plain(f) => guarded(f(&mut self.agent, cx, args)).await.map(Some),
+                Callable::Plain(f) => guarded(f(&mut self.agent, cx, args)).await.map(Reply::Now),
                 Callable::FromConnection(f) => guarded(f(&mut self.agent, cx, conn.clone(), args))
                     .await
-                    .map(Some),
+                    .map(Reply::Now),
+                Callable::OffTurn(f) => guarded(async { f(&mut self.agent, cx, args) })
+                    .await
+                    .map(Reply::Later),
                 Callable::Streaming(f) => {
                     let closed = Arc::new(AtomicBool::new(false));
                     let stream = StreamingResponse {
@@ -53,17 +67,17 @@ impl<A: Agent> AgentHost<A> {
                     let r = guarded(f(&mut self.agent, cx, stream, args)).await;
                     match r {
                         // Ended by the method (its last frame is in the outbox), or ended now.
-                        Ok(()) if closed.load(Ordering::Relaxed) => Ok(None),
+                        Ok(()) if closed.load(Ordering::Relaxed) => Ok(Reply::Sent),
                         Ok(()) => {
                             cx.send(conn.ws, protocol::rpc_result(&id, None, true).to_string());
-                            Ok(None)
+                            Ok(Reply::Sent)
                         }
                         Err(e) => Err(e),
                     }
                 }
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
         // A read-only connection may call methods, but not ones that change the state.
         let outcome = match outcome {
@@ -74,13 +88,16 @@ impl<A: Agent> AgentHost<A> {
             other => other,
         };
         match outcome {
-            Ok(Some(result)) => {
+            Ok(Reply::Now(result)) => {
                 cx.send(
                     conn.ws,
                     protocol::rpc_result(&id, Some(result), true).to_string(),
                 );
             }
-            Ok(None) => {}
+            Ok(Reply::Sent) => {}
+            Ok(Reply::Later(fut)) => {
+                span.in_scope(|| off_turn::reply_later(cx, conn.ws, id, fut));
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "callable failed; its writes are rolled back");
                 cx.rollback()?;
@@ -135,6 +152,21 @@ impl<A: Agent> Handler<Call> for AgentHost<A> {
                     Ok(result)
                 })
                 .await
+            }
+            Some(Callable::OffTurn(f)) => {
+                let fut = tracking_state(async {
+                    let fut = f(&mut self.agent, cx, call.args)?;
+                    self.settle_state(cx).await?;
+                    Ok::<_, Error>(fut)
+                })
+                .await?;
+                // A server-side caller waits for the reply in this event; what the call wrote
+                // before is committed first, as it would be before the work starts.
+                cx.commit().await?;
+                let reply = guarded(fut).await?;
+                // Saved before the reply leaves, as for a client's call.
+                self.mcp_changed(cx)?;
+                Ok(reply)
             }
             Some(Callable::FromConnection(_)) => Err(Error::msg(format!(
                 "Method {} needs the calling connection; call it over a WebSocket",

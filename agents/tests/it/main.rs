@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod agents;
+mod off_turn;
 mod workflow;

@@ -57,16 +57,6 @@ impl Assistant {
         Ok(self.mcp.tools().into_iter().map(|t| t.name).collect())
     }
 
-    async fn call_tool(
-        &mut self,
-        _cx: &mut Context<Self>,
-        name: String,
-        args: Value,
-    ) -> Result<Value> {
-        let result = self.mcp.call_tool(&name, args).await?;
-        Ok(json!({ "text": text_of(&result), "isError": result.is_error == Some(true) }))
-    }
-
     async fn call_later(
         &mut self,
         cx: &mut Context<Self>,
@@ -99,15 +89,26 @@ impl Agent for Assistant {
     }
 
     fn methods(m: &mut Methods<Self>) {
-        m.callable("addServer", |a, cx, (id, url): (String, String)| {
+        // Off the turn, as an agent should: the agent serves its other clients meanwhile.
+        m.callable_off_turn("addServer", |a, cx, (id, url): (String, String)| {
+            let added = a
+                .mcp
+                .add_server_off_turn(cx, &id, &url, AddServerOptions::default())?;
+            Ok(async move { Ok(added.await?) })
+        });
+        m.callable("addServerInTurn", |a, cx, (id, url): (String, String)| {
             Box::pin(a.add_server(cx, id, url))
         });
         m.callable("removeServer", |a, cx, (id,): (String,)| {
             Box::pin(a.remove_server(cx, id))
         });
         m.callable("tools", |a, cx, (): ()| Box::pin(a.tools(cx)));
-        m.callable("callTool", |a, cx, (name, args): (String, Value)| {
-            Box::pin(a.call_tool(cx, name, args))
+        m.callable_off_turn("callTool", |a, _cx, (name, args): (String, Value)| {
+            let call = a.mcp.call_tool_off_turn(&name, args)?;
+            Ok(async move {
+                let result = call.await?;
+                Ok(json!({ "text": text_of(&result), "isError": result.is_error == Some(true) }))
+            })
         });
         m.callable("callLater", |a, cx, (name, args): (String, Value)| {
             Box::pin(a.call_later(cx, name, args))
@@ -480,7 +481,7 @@ async fn an_agent_with_servers_hibernates_and_reconnects_on_wake() {
     let (rt, ns) = runtime_idle(dir.path(), Duration::from_millis(300));
     let stub = ns.get_by_name("hal");
     let added = stub
-        .call(Call::new("addServer", json!(["every", peer.url])))
+        .call(Call::new("addServerInTurn", json!(["every", peer.url])))
         .await
         .expect("addServer");
     assert_eq!(added["state"], "ready", "{added}");
@@ -505,4 +506,74 @@ async fn an_agent_with_servers_hibernates_and_reconnects_on_wake() {
     );
     rt.shutdown().await;
     peer.kill().await;
+}
+
+/// A server that accepts connections and never answers: its `initialize` hangs.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn adding_a_slow_server_does_not_hold_the_agent() {
+    init_tracing();
+    let (url, silent) = silent_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, ns) = runtime(dir.path());
+    let mut a = Client::connect(&ns, "ada").await;
+
+    // The server is connecting (and will not answer): other calls are answered meanwhile, and
+    // the clients see it listed.
+    let send = |client: &Client, id: &str, method: &str, args: Value| {
+        client
+            .handle
+            .message(Frame::Text(
+                json!({"type":"rpc","id":id,"method":method,"args":args}).to_string(),
+            ))
+            .expect("send");
+    };
+    send(&a, "1", "addServer", json!(["slow", url]));
+    send(&a, "2", "tools", json!([]));
+    loop {
+        let frame = a.frame().await;
+        assert_ne!(
+            frame["id"], "1",
+            "addServer answered before the next call: it held the agent"
+        );
+        if frame["type"] == "rpc" && frame["id"] == "2" {
+            assert_eq!(frame["success"], true, "{frame}");
+            break;
+        }
+    }
+    // A second client connects, and gets the server in its handshake.
+    let b = Client::connect(&ns, "ada").await;
+    assert!(
+        !server_state(&b.mcp, "slow").is_empty(),
+        "the slow server is not listed: {}",
+        b.mcp
+    );
+    assert_ne!(server_state(&b.mcp, "slow"), "ready");
+
+    // After the connect timeout the call answers what add_server answers: the server, not
+    // ready, still registered and reconnecting.
+    let added = loop {
+        let frame = a.frame().await;
+        if frame["type"] == "rpc" && frame["id"] == "1" {
+            break frame;
+        }
+    };
+    assert_eq!(added["success"], true, "{added}");
+    assert_eq!(added["result"]["id"], "slow", "{added}");
+    assert_ne!(added["result"]["state"], "ready", "{added}");
+    silent.abort();
+    rt.shutdown().await;
 }

@@ -1,0 +1,146 @@
+//! Work off the turn: futures started by a handler that run outside the agent's mailbox, whose
+//! results come back as events of the agent ([`AgentContext::spawn_then`], and the late replies
+//! of [`Methods::callable_off_turn`](crate::Methods::callable_off_turn)).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use denizen_runtime::{Ctx, Error, Handler, Message, Result, WebSocket};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::{AgentHost, panic_message};
+use crate::agent::{Agent, Context};
+use crate::context::{take_server_change, tracking_state};
+use crate::protocol;
+
+/// What runs on the agent when off-turn work finished: the work's output is captured in it.
+type Then<A> = Box<
+    dyn for<'a> FnOnce(&'a mut AgentHost<A>, &'a mut Context<A>) -> BoxFuture<'a, Result<()>>
+        + Send,
+>;
+
+/// The event that brings the result of off-turn work back to the agent.
+pub(crate) struct Landed<A: Agent> {
+    then: Then<A>,
+}
+
+impl<A: Agent> Message for Landed<A> {
+    type Reply = ();
+}
+
+fn then_box<A: Agent, F>(f: F) -> Then<A>
+where
+    F: for<'a> FnOnce(&'a mut AgentHost<A>, &'a mut Context<A>) -> BoxFuture<'a, Result<()>>
+        + Send
+        + 'static,
+{
+    Box::new(f)
+}
+
+/// Runs `fut` to its end, a panic becoming an error, in the span that started it.
+async fn settled<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(out) => out,
+        Err(panic) => {
+            let message = panic_message(panic);
+            tracing::error!(%message, "work started off the turn panicked");
+            Err(Error::msg(format!(
+                "work started off the turn panicked: {message}"
+            )))
+        }
+    }
+}
+
+/// Starts `fut` off the turn (after the current event commits); `then` gets its output (a panic
+/// as an error) in an event of the agent.
+pub(crate) fn spawn_then<A, T, F, H>(cx: &mut Context<A>, fut: F, then: H)
+where
+    A: Agent,
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+    H: for<'a> FnOnce(&'a mut A, &'a mut Context<A>, Result<T>) -> BoxFuture<'a, Result<()>>
+        + Send
+        + 'static,
+{
+    let span = tracing::Span::current();
+    cx.spawn(
+        async move {
+            let out = settled(fut).await;
+            Landed {
+                then: then_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
+                    // The MCP servers the work changed are saved (and listed to the clients)
+                    // before the agent acts on its result.
+                    if let Err(e) = host.mcp_changed(cx) {
+                        return Box::pin(std::future::ready(Err(e)));
+                    }
+                    then(&mut host.agent, cx, out)
+                }),
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Starts the off-turn part of an RPC call; its result is sent to the caller as the call's reply
+/// when it lands.
+pub(crate) fn reply_later<A: Agent>(
+    cx: &mut Context<A>,
+    ws: WebSocket,
+    id: String,
+    fut: BoxFuture<'static, Result<Value>>,
+) {
+    let span = tracing::Span::current();
+    cx.spawn(
+        async move {
+            let out = settled(fut).await;
+            Landed {
+                then: then_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
+                    Box::pin(async move {
+                        // The servers the call changed (an MCP server added, and the PKCE
+                        // verifier of its authorization) are saved before the reply leaves.
+                        let out = match host.mcp_changed(cx) {
+                            Ok(()) => out,
+                            Err(e) => {
+                                cx.rollback()?;
+                                Err(e)
+                            }
+                        };
+                        let frame = match out {
+                            Ok(result) => protocol::rpc_result(&id, Some(result), true),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "callable failed off the turn");
+                                protocol::rpc_error(&id, &e.to_string())
+                            }
+                        };
+                        cx.send(ws, frame.to_string());
+                        Ok(())
+                    })
+                }),
+            }
+        }
+        .instrument(span),
+    );
+}
+
+impl<A: Agent> Handler<Landed<A>> for AgentHost<A> {
+    /// A failing handler has its writes rolled back and is logged; the agent goes on (the
+    /// instance is not reset, so other off-turn work it started still lands).
+    async fn handle(&mut self, cx: &mut Ctx<Self>, landed: Landed<A>) -> Result<()> {
+        tracking_state(async {
+            let outcome = match super::guarded((landed.then)(self, cx)).await {
+                Ok(()) => self.settle_state(cx).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "handling the result of off-turn work failed; its writes are rolled back");
+                cx.rollback()?;
+                take_server_change();
+            }
+            Ok(())
+        })
+        .await
+    }
+}
