@@ -8,53 +8,38 @@
 
 mod support;
 
+#[path = "../examples/apps/counter_agent.rs"]
+mod counter_agent;
+
 use support::{SERVER_ENV, Server, median, wanted};
 
 use std::time::{Duration, Instant};
 
-use denizen::Runtime;
+use denizen::app::{App, Config};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-/// Server mode: what `denizen serve` hosts (the agents route included, idle polling as its
-/// default), idle timeout from the environment.
+/// Server mode: the example `counter-agent` on the `App` an application serves with (idle polling
+/// as `serve` has it by default), idle timeout from the environment.
 fn serve() {
     let idle_ms: u64 = std::env::var("DENIZEN_BENCH_IDLE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let poll = denizen::IdlePoll::start(denizen::IdlePoll::DEFAULT_WINDOW);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(poll.on_park())
-        .build()
-        .expect("tokio");
-    rt.block_on(async move {
-        let runtime = denizen::apps::register(
-            Runtime::builder()
-                .data_dir(support::server_data_dir())
-                .idle_timeout(Duration::from_millis(idle_ms))
-                .max_open_objects(2_000),
-            "http://127.0.0.1",
-        )
-        .build()
-        .expect("runtime");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
-        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Options::default());
-        let app = gateway
-            .router()
-            .merge(denizen::agents::routes(&gateway, denizen::apps::AGENTS));
-        gateway
-            .serve_router(listener, app, std::future::pending())
-            .await
-            .expect("serve");
-    });
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: support::server_data_dir(),
+        idle_timeout: Duration::from_millis(idle_ms),
+        max_open_objects: 2_000,
+        ..Config::default()
+    };
+    App::new("bench")
+        .agent::<counter_agent::CounterAgent>("counter-agent")
+        .serve(config)
+        .expect("serve");
 }
 
 async fn next_text(ws: &mut Ws) -> String {

@@ -7,13 +7,18 @@
 
 mod support;
 
+#[path = "../examples/apps/chat.rs"]
+mod chat;
+#[path = "../examples/apps/counter.rs"]
+mod counter;
+
 use support::{SERVER_ENV, Server, median, percentile, wanted};
 
 use std::time::{Duration, Instant};
 
+use denizen::app::{App, Config};
 use denizen::{
-    Ctx, DurableObject, Frame, IdlePoll, Request, Response, Result, Runtime, Upgrade, WebSocket,
-    http_util,
+    Ctx, DurableObject, Frame, IdlePoll, Request, Response, Result, Upgrade, WebSocket, http_util,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
@@ -44,39 +49,27 @@ impl DurableObject for Echo {
     }
 }
 
-/// Server mode: the example apps plus `echo`, idle timeout from the environment, idle polling
-/// for `idle_poll` (`denizen serve` polls for `IdlePoll::DEFAULT_WINDOW`).
+/// Server mode: the example counter and chat room plus `echo`, on the `App` an application
+/// serves with, idle timeout from the environment, idle polling for `idle_poll` (`serve` polls
+/// for `IdlePoll::DEFAULT_WINDOW`).
 fn serve(idle_poll: Duration) {
     let idle_ms: u64 = std::env::var("DENIZEN_BENCH_IDLE_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let poll = IdlePoll::start(idle_poll);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(poll.on_park())
-        .build()
-        .expect("tokio");
-    rt.block_on(async move {
-        let runtime = denizen::apps::register(
-            Runtime::builder()
-                .data_dir(support::server_data_dir())
-                .idle_timeout(Duration::from_millis(idle_ms)),
-            "http://127.0.0.1",
-        )
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: support::server_data_dir(),
+        idle_timeout: Duration::from_millis(idle_ms),
+        idle_poll,
+        ..Config::default()
+    };
+    App::new("bench")
+        .object::<counter::Counter>("counter")
+        .object::<chat::ChatRoom>("chat")
         .object::<Echo>("echo")
-        .build()
-        .expect("runtime");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        println!("{}", listener.local_addr().expect("addr"));
-        let gateway = denizen::gateway::Gateway::new(runtime, denizen::gateway::Options::default());
-        gateway
-            .serve(listener, std::future::pending())
-            .await
-            .expect("serve");
-    });
+        .serve(config)
+        .expect("serve");
 }
 
 /// Server mode `tcp-echo`: echoes bytes on plain TCP, with nothing of Denizen or WebSocket in

@@ -7,11 +7,6 @@ use std::time::Duration;
 
 use denizen_test_util::child::ChildServer;
 
-/// The allocator of the `denizen` binary, so figures are the server's.
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Set in the child's environment: the bench binary then serves instead of measuring.
 pub(crate) const SERVER_ENV: &str = "DENIZEN_BENCH_SERVER";
 /// The child's data directory, made and removed by the parent: the child is killed, so it

@@ -14,7 +14,7 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts `command` with stdout piped and waits for its first line: an address, bare or
-    /// after "denizen listening on http://".
+    /// after "<app> listening on http://".
     pub fn spawn(mut command: Command) -> ChildServer {
         let mut child = command
             .stdout(Stdio::piped())
@@ -26,8 +26,8 @@ impl ChildServer {
             .expect("read the server's address");
         let line = line.trim();
         let addr = line
-            .strip_prefix("denizen listening on http://")
-            .unwrap_or(line);
+            .split_once(" listening on http://")
+            .map_or(line, |(_, addr)| addr);
         assert!(
             !addr.is_empty() && !addr.contains(' '),
             "unexpected first line: {line:?}"

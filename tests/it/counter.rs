@@ -123,7 +123,7 @@ async fn idle_polling_is_on_by_default_off_with_a_zero_window_and_a_bad_value_is
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("`idle_poll` in the config file: `soon` is not a duration"),
+        stderr.contains("idle_poll") && stderr.contains("`soon` is not a duration"),
         "{stderr}"
     );
 }

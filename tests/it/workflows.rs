@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::support::Server;
+use denizen::agent::workflow::{self, Event, Step, Workflow, Workflows};
 use serde_json::{Value, json};
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
@@ -339,11 +340,23 @@ async fn workflow_routes_are_admin_routes() {
     assert_eq!(code, 200);
 }
 
+/// A workflow that completes with its params.
+struct Echo;
+
+impl Workflow for Echo {
+    type Params = Value;
+    type Output = Value;
+
+    async fn run(&self, event: Event<Value>, _step: Step) -> workflow::Result<Value> {
+        Ok(event.payload)
+    }
+}
+
 /// The workflow routes go through the gateway's authentication hook, as object routes do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workflow_routes_go_through_the_auth_hook() {
     let dir = tempfile::tempdir().unwrap();
-    let workflows = denizen::apps::workflows::workflows();
+    let workflows = Workflows::new().add("approval", Echo);
     let runtime = workflows
         .register(denizen::Runtime::builder().data_dir(dir.path()))
         .build()

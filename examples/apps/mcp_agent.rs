@@ -18,9 +18,9 @@
 
 use std::time::Duration;
 
-use denizen_agents::{Agent, AgentContext, Context, McpClient, Methods};
-use denizen_mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
-use denizen_runtime::{Error, Result};
+use denizen::agent::{Agent, AgentContext, Context, McpClient, Methods};
+use denizen::mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -29,14 +29,14 @@ const MAX_DELAY_SECONDS: f64 = 86_400.0;
 
 /// An agent that connects to MCP servers and calls their tools, now or later.
 #[derive(Debug)]
-pub struct McpAgent {
+pub(crate) struct McpAgent {
     mcp: AgentMcp,
 }
 
 impl McpAgent {
     /// An agent whose OAuth callbacks come back to `public_url` (the scheme and authority the
     /// user's browser reaches this server at).
-    pub fn new(public_url: &str) -> Self {
+    pub(crate) fn new(public_url: &str) -> Self {
         McpAgent {
             mcp: AgentMcp::new(ManagerOptions {
                 // The example runs on loopback beside the servers it tries, so OAuth metadata on
@@ -53,9 +53,9 @@ impl McpAgent {
 /// The state every client sees.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct McpAgentState {
+pub(crate) struct McpAgentState {
     /// The last result of a scheduled tool call: `{name, result}` or `{name, error}`.
-    pub last_result: Option<Value>,
+    pub(crate) last_result: Option<Value>,
 }
 
 impl McpAgent {

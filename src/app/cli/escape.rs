@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 /// `text` with control characters, bidirectional overrides and `\` itself (so an escape cannot be
 /// faked) written as `\u{..}` escapes; unchanged, and not copied, when it has none.
-pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+pub(super) fn printable(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }

@@ -5,34 +5,34 @@
 //! `GET /objects/chat/<room>` answers the history as JSON. The room hibernates while its clients
 //! stay connected; `ping` is answered with `pong` without waking it.
 
-use denizen_runtime::http::StatusCode;
-use denizen_runtime::time::now_ms;
-use denizen_runtime::{
+use denizen::http::StatusCode;
+use denizen::time::now_ms;
+use denizen::{
     Ctx, DurableObject, Frame, Request, Response, Result, Upgrade, WebSocket, http_util,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// Messages a joining client receives.
-pub const HISTORY_LIMIT: i64 = 100;
+pub(crate) const HISTORY_LIMIT: i64 = 100;
 /// Longest accepted message, in bytes.
-pub const MAX_TEXT: usize = 16 * 1024;
+pub(crate) const MAX_TEXT: usize = 16 * 1024;
 /// Longest user name, in bytes.
-pub const MAX_USER: usize = 64;
+pub(crate) const MAX_USER: usize = 64;
 
 /// A chat room: WebSocket members, the history in its database.
 #[derive(Debug, Default)]
-pub struct ChatRoom;
+pub(crate) struct ChatRoom;
 
 /// One message of the history, as members receive it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChatMessage {
+pub(crate) struct ChatMessage {
     /// Who sent it (the `user` query parameter of their socket).
-    pub user: String,
+    pub(crate) user: String,
     /// What they wrote.
-    pub text: String,
+    pub(crate) text: String,
     /// When the room received it, in ms since the Unix epoch.
-    pub at: i64,
+    pub(crate) at: i64,
 }
 
 fn history(ctx: &mut Ctx<ChatRoom>) -> Result<Vec<ChatMessage>> {
@@ -49,7 +49,7 @@ fn history(ctx: &mut Ctx<ChatRoom>) -> Result<Vec<ChatMessage>> {
 
 fn user_of(req: &Request) -> Option<String> {
     let query = req.uri().query().unwrap_or("");
-    form_urlencoded::parse(query.as_bytes())
+    url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.into_owned())
 }

@@ -3,13 +3,13 @@
 //! - `POST /objects/counter/<name>/increment` adds one and answers `{"count": N}`
 //! - `GET /objects/counter/<name>` answers `{"count": N}`
 
-use denizen_runtime::http::{Method, StatusCode};
-use denizen_runtime::{Ctx, DurableObject, Request, Response, Result, http_util};
+use denizen::http::{Method, StatusCode};
+use denizen::{Ctx, DurableObject, Request, Response, Result, http_util};
 use serde_json::json;
 
 /// A counter over HTTP: `GET` reads it, `POST .../increment` adds one.
 #[derive(Debug, Default)]
-pub struct Counter;
+pub(crate) struct Counter;
 
 impl DurableObject for Counter {
     const SCHEMA: &'static str = "CREATE TABLE IF NOT EXISTS counter(

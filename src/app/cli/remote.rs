@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
-/// Where `denizen serve` writes its address while it runs on a data directory.
-pub(crate) const SERVER_ADDRESS_FILE: &str = "server.address";
+use crate::app::serve::SERVER_ADDRESS_FILE;
 
 /// The address of the server running on `dir`, from the file it keeps there while it runs.
-pub(crate) fn running_server(dir: &Path) -> Option<String> {
+pub(super) fn running_server(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(SERVER_ADDRESS_FILE)).ok()?;
     let url = text.trim();
     (!url.is_empty()).then(|| url.to_string())
@@ -14,23 +13,23 @@ pub(crate) fn running_server(dir: &Path) -> Option<String> {
 
 /// The admin token for the server on `dir`: the one given (flag, environment, config file), else
 /// the one the server generated into `<dir>/admin.token`.
-pub(crate) fn admin_token(dir: &Path, given: Option<String>) -> Option<String> {
+pub(super) fn admin_token(dir: &Path, given: Option<String>) -> Option<String> {
     given.or_else(|| {
-        let text = std::fs::read_to_string(dir.join(denizen::gateway::ADMIN_TOKEN_FILE)).ok()?;
+        let text = std::fs::read_to_string(dir.join(denizen_gateway::ADMIN_TOKEN_FILE)).ok()?;
         let token = text.trim();
         (!token.is_empty()).then(|| token.to_string())
     })
 }
 
-pub(crate) enum Remote {
+pub(super) enum Remote {
     /// Nothing answered: no server there.
-    Unreachable(anyhow::Error),
+    Unreachable(String),
     /// The server answered with an error (bad SQL, unknown object, wrong token).
     Refused(String),
 }
 
 /// `s` percent-encoded as one URL path segment.
-pub(crate) fn segment(s: &str) -> String {
+pub(super) fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")

@@ -2,28 +2,30 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use denizen::admin::{self, Address};
-use denizen::{Durability, Value};
+use std::io::Write;
 
-use crate::escape::printable;
-use crate::remote::{Remote, running_server, segment};
+use denizen_runtime::admin::{self, Address};
+use denizen_runtime::{Durability, Value};
+
+use super::escape::printable;
+use super::remote::{Remote, running_server, segment};
+use crate::app::Error;
 
 /// One `denizen sql` invocation.
-pub(crate) struct Query<'a> {
-    pub(crate) dir: &'a Path,
-    pub(crate) namespace: &'a str,
-    pub(crate) object: &'a str,
-    pub(crate) by_id: bool,
-    pub(crate) query: &'a str,
+pub(super) struct Query<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) namespace: &'a str,
+    pub(super) object: &'a str,
+    pub(super) by_id: bool,
+    pub(super) query: &'a str,
     /// `--server`: the server named on the command line, if any.
-    pub(crate) server: Option<String>,
+    pub(super) server: Option<String>,
     /// The admin token (given, or read from the data directory).
-    pub(crate) token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
 /// Runs the query through the server running on the data directory, or on the file.
-pub(crate) fn run(q: Query<'_>) -> Result<()> {
+pub(super) fn run(q: Query<'_>) -> Result<(), Error> {
     let Query {
         dir,
         namespace,
@@ -42,10 +44,10 @@ pub(crate) fn run(q: Query<'_>) -> Result<()> {
             Err(Remote::Unreachable(e)) if from_address_file => {
                 tracing::debug!(%url, error = %e, "no server answers for this data directory; opening the file");
             }
-            Err(Remote::Unreachable(e)) => {
-                return Err(e).with_context(|| format!("no Denizen server answers at {url}"));
+            Err(Remote::Unreachable(message)) => {
+                return Err(Error::Unreachable { url, message });
             }
-            Err(Remote::Refused(message)) => bail!("{message}"),
+            Err(Remote::Refused(message)) => return Err(Error::Refused(message)),
         }
     }
     let address = if id {
@@ -69,12 +71,11 @@ pub(crate) fn run(q: Query<'_>) -> Result<()> {
             cursor.rows_read(),
             cursor.rows_written()
         ),
-    );
-    Ok(())
+    )
 }
 
 /// Runs the query through a server's `/admin/sql` route.
-pub(crate) fn remote_sql(
+pub(super) fn remote_sql(
     url: &str,
     token: Option<&str>,
     namespace: &str,
@@ -94,7 +95,7 @@ pub(crate) fn remote_sql(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Remote::Unreachable(e.into()))?;
+        .map_err(|e| Remote::Unreachable(e.to_string()))?;
     rt.block_on(async {
         let mut req = reqwest::Client::new()
             .post(&endpoint)
@@ -105,12 +106,12 @@ pub(crate) fn remote_sql(
         let resp = req
             .send()
             .await
-            .map_err(|e| Remote::Unreachable(e.into()))?;
+            .map_err(|e| Remote::Unreachable(e.to_string()))?;
         let status = resp.status();
         let body = resp
             .text()
             .await
-            .map_err(|e| Remote::Unreachable(e.into()))?;
+            .map_err(|e| Remote::Unreachable(e.to_string()))?;
         if !status.is_success() {
             return Err(Remote::Refused(format!(
                 "the server at {url} answered {status}: {}",
@@ -126,7 +127,7 @@ pub(crate) fn remote_sql(
 }
 
 /// A result as `POST /admin/sql` answers it, printed like one read from the file.
-pub(crate) fn print_answer(answer: &serde_json::Value) -> Result<()> {
+pub(super) fn print_answer(answer: &serde_json::Value) -> Result<(), Error> {
     let columns: Vec<String> = answer["columns"]
         .as_array()
         .map(|c| {
@@ -164,13 +165,16 @@ pub(crate) fn print_answer(answer: &serde_json::Value) -> Result<()> {
             "{} read, {} written; through the server",
             answer["rows_read"], answer["rows_written"]
         ),
-    );
-    Ok(())
+    )
 }
 
 /// Tab-separated: the column names, then one line per row (tabs, newlines and other control
 /// characters in values escaped); the counts on stderr.
-pub(crate) fn print_table(columns: &[String], rows: &[Vec<String>], counts: &str) {
+pub(super) fn print_table(
+    columns: &[String],
+    rows: &[Vec<String>],
+    counts: &str,
+) -> Result<(), Error> {
     let line = |cells: &[String]| {
         cells
             .iter()
@@ -178,15 +182,18 @@ pub(crate) fn print_table(columns: &[String], rows: &[Vec<String>], counts: &str
             .collect::<Vec<_>>()
             .join("\t")
     };
-    println!("{}", line(columns));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", line(columns))?;
     for row in rows {
-        println!("{}", line(row));
+        writeln!(out, "{}", line(row))?;
     }
-    eprintln!("({} rows, {counts})", rows.len());
+    out.flush()?;
+    writeln!(std::io::stderr(), "({} rows, {counts})", rows.len())?;
+    Ok(())
 }
 
 /// A value as a table cell: SQL literals for NULL and blobs.
-pub(crate) fn show(v: &Value) -> String {
+pub(super) fn show(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),

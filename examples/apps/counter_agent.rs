@@ -15,36 +15,36 @@
 
 use std::time::Duration;
 
-use denizen_agents::{
+use denizen::agent::{
     Agent, AgentContext, Context, Failure, Methods, Schedule, Source, StreamingResponse,
 };
-use denizen_runtime::http::StatusCode;
-use denizen_runtime::time::now_ms;
-use denizen_runtime::{Error, Request, Response, Result, http_util};
+use denizen::http::StatusCode;
+use denizen::time::now_ms;
+use denizen::{Error, Request, Response, Result, http_util};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 /// How often the `tick` task runs.
-pub const TICK_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const TICK_EVERY: Duration = Duration::from_secs(60);
 
 /// An agent with a synchronized count, callables and schedules.
 #[derive(Debug, Default)]
-pub struct CounterAgent;
+pub(crate) struct CounterAgent;
 
 /// The state every client sees.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CounterState {
+pub(crate) struct CounterState {
     /// The count.
-    pub count: i64,
+    pub(crate) count: i64,
 }
 
 /// A scheduled reminder's payload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Reminder {
+pub(crate) struct Reminder {
     /// What to remind of.
-    pub note: String,
+    pub(crate) note: String,
     /// When it was asked for, in ms since the Unix epoch.
-    pub at: i64,
+    pub(crate) at: i64,
 }
 
 impl CounterAgent {

@@ -7,35 +7,28 @@
 
 use std::time::Duration;
 
-use denizen_agents::workflow::{
-    Backoff, Error, Event, Result, Step, StepConfig, StepError, Workflow, Workflows,
+use denizen::agent::workflow::{
+    Backoff, Error, Event, Result, Step, StepConfig, StepError, Workflow,
 };
-use denizen_runtime::http::Method;
+use denizen::http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-/// Every example workflow, by name.
-pub fn workflows() -> Workflows {
-    Workflows::new()
-        .add("approval", Approval)
-        .add("pipeline", Pipeline)
-}
 
 /// `approval` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApprovalParams {
+pub(crate) struct ApprovalParams {
     /// What is to be approved.
-    pub request: String,
+    pub(crate) request: String,
     /// Attempts of the `prepare` step that fail before one succeeds (to watch the retries).
     #[serde(default)]
-    pub flaky_attempts: u32,
+    pub(crate) flaky_attempts: u32,
     /// Seconds of the sleep before waiting [default: 1].
     #[serde(default = "one")]
-    pub sleep_secs: u64,
+    pub(crate) sleep_secs: u64,
     /// How long to wait for `approved` [default: 86400].
     #[serde(default = "one_day")]
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
 }
 
 fn one() -> u64 {
@@ -48,7 +41,7 @@ fn one_day() -> u64 {
 
 /// A workflow that waits for a person's approval (an event) before it goes on.
 #[derive(Debug)]
-pub struct Approval;
+pub(crate) struct Approval;
 
 impl Workflow for Approval {
     type Params = ApprovalParams;
@@ -94,19 +87,19 @@ impl Workflow for Approval {
 /// `pipeline` params.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PipelineParams {
+pub(crate) struct PipelineParams {
     /// How many steps (1 to 100).
-    pub steps: u32,
+    pub(crate) steps: u32,
     /// How long each step works after counting itself, in ms (at most 60000).
     #[serde(default)]
-    pub work_ms: u64,
+    pub(crate) work_ms: u64,
     /// Step `i` increments the counter object `<counter>-<i>`.
-    pub counter: String,
+    pub(crate) counter: String,
 }
 
 /// A workflow of `steps` steps, each incrementing a counter object.
 #[derive(Debug)]
-pub struct Pipeline;
+pub(crate) struct Pipeline;
 
 impl Workflow for Pipeline {
     type Params = PipelineParams;
