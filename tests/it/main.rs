@@ -13,5 +13,6 @@ mod bad_input;
 mod chat;
 mod cli;
 mod counter;
+mod examples;
 mod sql_cli;
 mod workflows;
