@@ -28,14 +28,19 @@
 //! $ wf http://127.0.0.1:8787/workflows/expense/trip-1          # "status": "waiting"
 //! $ wf -X POST http://127.0.0.1:8787/workflows/expense/trip-1/events/decision \
 //!     -d '{"approved": true, "by": "grace"}'
-//! $ wf http://127.0.0.1:8787/workflows/expense/trip-1          # "status": "complete", "output"
+//! $ wf http://127.0.0.1:8787/workflows/expense/trip-1          # "status": "complete", and
+//!   "output":{"amount_cents":12000,"approved_by":"grace","outcome":"paid",...}
 //! $ curl -s http://127.0.0.1:8787/objects/ledger/ada
-//! {"payments":[{"claim":"trip-1","amount_cents":12000,"what":"train to Lyon"}],"total_cents":12000}
+//! {"payments":[{"amount_cents":12000,"claim":"trip-1","what":"train to Lyon"}],"total_cents":12000}
 //! $ cargo run --example approval -- workflows expense --data-dir approval-data
+//! ID                                   STATUS     STEPS  UPDATED
+//! trip-1                               complete     3  2026-12-02T15:59:26.105Z
 //! ```
 //!
 //! A decision is `{"approved": true, "by": ..}`; anything else (`"approved": false`, a payload
-//! that is not an object) rejects the claim: the workflow fails closed.
+//! that is not an object) rejects the claim: the workflow fails closed. A claim that does not
+//! fit is refused with 400 (`{"error":"the params do not fit this workflow: amount_cents is 1
+//! to 10000000"}`); with no decision within `review_secs` the claim ends `expired`.
 
 use std::time::Duration;
 

@@ -15,12 +15,15 @@
 //!
 //! ```text
 //! $ websocat 'ws://127.0.0.1:8787/objects/room/lobby?user=ada'
-//! {"type":"history","messages":[]}
+//! {"messages":[],"type":"history"}
 //! hello
-//! {"type":"message","user":"ada","text":"hello","at":1764690000000}
+//! {"at":1764690000000,"text":"hello","type":"message","user":"ada"}
 //! $ curl http://127.0.0.1:8787/objects/room/lobby
-//! {"messages":[{"user":"ada","text":"hello","at":1764690000000}]}
+//! {"messages":[{"at":1764690000000,"text":"hello","user":"ada"}]}
 //! ```
+//!
+//! A message longer than 4096 bytes gets `{"error":..,"type":"error"}` back and is not kept; a
+//! binary frame closes the socket (1003); a missing or odd user name is answered 400.
 
 use denizen::app::App;
 use denizen::http::StatusCode;

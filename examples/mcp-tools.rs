@@ -5,7 +5,8 @@
 //! Agents speak the protocol of Cloudflare's `agents` JavaScript client over a WebSocket at
 //! `/agents/mcp-tools/<name>` (`new AgentClient({ agent: "McpTools", name, host })`). Callables:
 //!
-//! - `addServer(id, url)`: connects a Streamable HTTP (or legacy SSE) server under `id`;
+//! - `addServer(id, url)`: connects a Streamable HTTP (or legacy SSE) server under `id` and
+//!   answers `{id, state}`; watch `cf_agent_mcp_servers` (below) for the moment it is `ready`;
 //! - `removeServer(id)`: disconnects it and forgets it;
 //! - `listTools()`: the ready servers' tools, named `<id>__<tool>`;
 //! - `callTool(name, args)`: calls one and answers its result as MCP has it (`content`,
@@ -27,14 +28,15 @@
 //!
 //! ```text
 //! $ websocat ws://127.0.0.1:8787/agents/mcp-tools/ada
-//! {"type":"cf_agent_identity",...}
-//! {"type":"cf_agent_state","state":{"calls":0}}
-//! {"type":"cf_agent_mcp_servers","mcp":{"servers":{},"tools":[],...}}
+//! {"agent":"mcp-tools","name":"ada","stateFollows":true,"type":"cf_agent_identity"}
+//! {"state":{"calls":0},"type":"cf_agent_state"}
+//! {"mcp":{"prompts":[],"resources":[],"servers":{},"tools":[]},"type":"cf_agent_mcp_servers"}
 //! {"type":"rpc","id":"1","method":"addServer","args":["every","http://127.0.0.1:3001/mcp"]}
-//! {"type":"cf_agent_mcp_servers","mcp":{"servers":{"every":{"state":"ready",...}},...}}
-//! {"type":"rpc","id":"1","success":true,"result":{"id":"every","state":"ready"},"done":true}
+//! {"done":true,"id":"1","result":{"id":"every","state":"ready"},"success":true,"type":"rpc"}
+//! {"mcp":{..,"servers":{"every":{..,"state":"ready"}},"tools":[..]},"type":"cf_agent_mcp_servers"}
 //! {"type":"rpc","id":"2","method":"callTool","args":["every__echo",{"message":"hi"}]}
-//! {"type":"rpc","id":"2","success":true,"result":{"content":[{"type":"text","text":"Echo: hi"}]},...}
+//! {"state":{"calls":1},"type":"cf_agent_state"}
+//! {"done":true,"id":"2","result":{"content":[{"text":"Echo: hi","type":"text"}]},"success":true,"type":"rpc"}
 //! ```
 
 use denizen::agent::{Agent, AgentContext, Context, McpClient, Methods};

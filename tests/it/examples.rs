@@ -1,13 +1,10 @@
 //! The standalone examples (`examples/*.rs`), each started as its own binary with `serve`,
 //! exercised over HTTP and WebSocket, and stopped: `chat-room`, `approval`, `mcp-tools`.
-#[path = "../../mcp/tests/support/mod.rs"]
-#[allow(unreachable_pub)] // the MCP tests' own support module, shared here
-mod mcp_peers;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::agents_mcp::mcp_peers;
 use crate::support::{Ws, close_code, next_text, send_text};
 use denizen_test_util::child::ChildServer;
 use futures_util::SinkExt;
@@ -166,7 +163,10 @@ async fn chat_room_broadcasts_keeps_history_and_hibernates_with_members_connecte
     }
 
     // Stopped, then started again on the same data: the history was kept.
-    drop((ada, bob, carol));
+    for client in [&mut ada, &mut bob, &mut carol] {
+        client.close(None).await.unwrap();
+        close_code(client).await;
+    }
     assert!(server.stop().success());
     let server = serve("chat-room", dir.path(), &[]);
     let mut dave = ws(&server, "/objects/room/lobby?user=dave").await;
@@ -500,7 +500,8 @@ async fn mcp_tools_agent_connects_a_server_and_calls_its_tools() {
         .await;
     assert_eq!(ada.call("listTools", json!([])).await.unwrap(), json!([]));
 
-    drop(ada);
+    ada.ws.close(None).await.unwrap();
+    close_code(&mut ada.ws).await;
     assert!(server.stop().success());
     peer.kill().await;
 }
