@@ -4,8 +4,8 @@
 //!
 //! - `expense` (workflow): step `prepare` reads what the employee was paid so far, step
 //!   `review` waits for an event of type `decision`, step `pay` records the payment. Each step's
-//!   result is journaled, so a crash or restart never pays twice or asks twice; while it waits,
-//!   the instance is on disk only.
+//!   result is journaled, so a crash or a restart replays the claim without paying twice; while
+//!   it waits, the instance is on disk only.
 //! - `ledger` (object, one per employee): the payments, in its SQLite database. Over HTTP it is
 //!   read-only (`GET /objects/ledger/<employee>`); payments arrive as typed messages from the
 //!   workflow, which nobody outside the process can send.
