@@ -4,7 +4,7 @@
 //! that follows the authorization server's redirect to the agent's callback route.
 #[path = "../../mcp/tests/support/mod.rs"]
 #[allow(unreachable_pub)] // the MCP tests' own support module, shared here
-mod mcp_peers;
+pub(crate) mod mcp_peers;
 
 use std::time::{Duration, Instant};
 

@@ -13,6 +13,7 @@ mod bad_input;
 mod chat;
 mod cli;
 mod counter;
+mod examples;
 mod getting_started;
 mod sql_cli;
 mod workflows;

@@ -1,0 +1,520 @@
+//! The standalone examples (`examples/*.rs`), each started as its own binary with `serve`,
+//! exercised over HTTP and WebSocket, and stopped: `chat-room`, `approval`, `mcp-tools`.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::agents_mcp::mcp_peers;
+use crate::support::{Ws, close_code, next_text, send_text};
+use denizen_test_util::child::ChildServer;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The example `name`'s binary, next to the `denizen` binary: `target/<profile>/examples/<name>`.
+/// `cargo test` builds the examples before it runs the tests, but `cargo test --test it` does
+/// not, and would run a stale or missing one: so it is built here every time, with the same
+/// profile and target directory (a no-op when it is up to date).
+fn example_binary(name: &str) -> PathBuf {
+    let denizen = Path::new(env!("CARGO_BIN_EXE_denizen"));
+    let profile_dir = denizen.parent().expect("the binary's directory");
+    let target_dir = profile_dir.parent().expect("the target directory");
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", name, "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir.join("examples").join(name)
+}
+
+/// `<example> serve` on 127.0.0.1 port 0 with `data_dir`, no config file, and `args`.
+fn serve(example: &str, data_dir: &Path, args: &[&str]) -> ChildServer {
+    let mut command = Command::new(example_binary(example));
+    command
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml");
+    ChildServer::spawn(command)
+}
+
+async fn ws(server: &ChildServer, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(server.ws_url(path))
+        .await
+        .expect("websocket connect")
+        .0
+}
+
+async fn json_frame(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("a JSON frame")
+}
+
+async fn metric(server: &ChildServer, name: &str) -> f64 {
+    server
+        .metric(name)
+        .await
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_room_broadcasts_keeps_history_and_hibernates_with_members_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve("chat-room", dir.path(), &["--idle-timeout", "200ms"]);
+
+    let mut ada = ws(&server, "/objects/room/lobby?user=ada").await;
+    assert_eq!(
+        json_frame(&mut ada).await,
+        json!({"type": "history", "messages": []})
+    );
+    let mut bob = ws(&server, "/objects/room/lobby?user=bob").await;
+    assert_eq!(json_frame(&mut bob).await["type"], "history");
+
+    // Everyone gets a message, the sender too.
+    send_text(&mut ada, "hello").await;
+    for client in [&mut ada, &mut bob] {
+        let msg = json_frame(client).await;
+        assert_eq!(
+            (msg["type"].as_str(), msg["user"].as_str()),
+            (Some("message"), Some("ada"))
+        );
+        assert_eq!(msg["text"], "hello");
+    }
+
+    // The room leaves memory while both stay connected...
+    server.wait_metric("denizen_live_objects", 0.0, WAIT).await;
+    assert_eq!(metric(&server, "denizen_websockets").await, 2.0);
+    let activations = metric(&server, "denizen_activations_total").await;
+    // ...and the next message wakes it.
+    send_text(&mut bob, "hi ada").await;
+    for client in [&mut ada, &mut bob] {
+        let msg = json_frame(client).await;
+        assert_eq!(
+            (msg["user"].as_str(), msg["text"].as_str()),
+            (Some("bob"), Some("hi ada"))
+        );
+    }
+    assert_eq!(
+        metric(&server, "denizen_activations_total").await,
+        activations + 1.0
+    );
+
+    // A newcomer and a plain GET get the history, oldest first.
+    let mut carol = ws(&server, "/objects/room/lobby?user=carol").await;
+    let history = json_frame(&mut carol).await;
+    let texts = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(texts(&history), ["hello", "hi ada"]);
+    let got: Value = reqwest::get(server.url("/objects/room/lobby"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(texts(&got), ["hello", "hi ada"]);
+    // Another room is another object, with its own history.
+    let other: Value = reqwest::get(server.url("/objects/room/attic"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other, json!({"messages": []}));
+
+    // Hostile input: an oversized message gets an error frame (to its sender only) and is not
+    // kept; a binary frame closes that socket with 1003; a bad user name is refused before the
+    // upgrade. The room keeps serving the others.
+    send_text(&mut ada, &"x".repeat(5000)).await;
+    let error = json_frame(&mut ada).await;
+    assert_eq!(error["type"], "error");
+    assert!(error["error"].as_str().unwrap().contains("4096"), "{error}");
+    let mut mallory = ws(&server, "/objects/room/lobby?user=mallory").await;
+    json_frame(&mut mallory).await;
+    mallory
+        .send(Message::Binary(vec![0u8; 8].into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut mallory).await, Some(1003));
+    for bad in ["", "?user=", "?user=a%20b", "?user=../x"] {
+        let err =
+            tokio_tungstenite::connect_async(server.ws_url(&format!("/objects/room/lobby{bad}")))
+                .await
+                .unwrap_err();
+        assert!(err.to_string().contains("400"), "{bad}: {err}");
+    }
+    send_text(&mut carol, "still here").await;
+    for client in [&mut ada, &mut bob, &mut carol] {
+        assert_eq!(json_frame(client).await["text"], "still here");
+    }
+
+    // Stopped, then started again on the same data: the history was kept.
+    for client in [&mut ada, &mut bob, &mut carol] {
+        client.close(None).await.unwrap();
+        close_code(client).await;
+    }
+    assert!(server.stop().success());
+    let server = serve("chat-room", dir.path(), &[]);
+    let mut dave = ws(&server, "/objects/room/lobby?user=dave").await;
+    assert_eq!(
+        texts(&json_frame(&mut dave).await),
+        ["hello", "hi ada", "still here"]
+    );
+}
+
+/// A client with the admin token, sending JSON (the workflow routes are admin routes).
+fn admin_client(data_dir: &Path) -> reqwest::Client {
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", token.trim());
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let resp = client
+        .post(url)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// Polls the instance until its status is `want`.
+async fn wait_for_status(
+    server: &ChildServer,
+    client: &reqwest::Client,
+    id: &str,
+    want: &str,
+) -> Value {
+    let url = server.url(&format!("/workflows/expense/{id}"));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = get(client, url.clone()).await;
+        if status["status"] == want {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{id} never got {want}: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_waits_for_a_decision_then_pays_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = serve("approval", &data_dir, &[]);
+    let client = admin_client(&data_dir);
+    let create = |id: &str, claim: Value| {
+        let url = server.url(&format!("/workflows/expense?id={id}"));
+        let client = client.clone();
+        async move { post(&client, url, claim).await }
+    };
+    let decide = |id: &str, decision: Value| {
+        let url = server.url(&format!("/workflows/expense/{id}/events/decision"));
+        let client = client.clone();
+        async move { post(&client, url, decision).await }
+    };
+
+    // Approved: prepared, waiting, then paid into the ledger.
+    let claim = json!({"employee": "ada", "amount_cents": 12000, "what": "train to Lyon"});
+    let (code, v) = create("trip-1", claim.clone()).await;
+    assert_eq!((code, v["id"].as_str()), (201, Some("trip-1")), "{v}");
+    let waiting = wait_for_status(&server, &client, "trip-1", "waiting").await;
+    assert_eq!(waiting["steps"][0]["name"], "prepare");
+    assert_eq!(waiting["steps"][1]["name"], "review");
+    let (code, _) = decide("trip-1", json!({"approved": true, "by": "grace"})).await;
+    assert_eq!(code, 202);
+    let done = wait_for_status(&server, &client, "trip-1", "complete").await;
+    assert_eq!(
+        done["output"],
+        json!({"outcome": "paid", "approved_by": "grace", "amount_cents": 12000,
+               "paid_before_cents": 0, "total_cents": 12000})
+    );
+    let ledger = get(&client, server.url("/objects/ledger/ada")).await;
+    assert_eq!(ledger["total_cents"], 12000);
+    assert_eq!(ledger["payments"][0]["claim"], "trip-1");
+
+    // Rejected, and a decision that is not `{"approved": true}` rejects too: nothing is paid.
+    create("trip-2", claim.clone()).await;
+    create("trip-3", claim.clone()).await;
+    wait_for_status(&server, &client, "trip-2", "waiting").await;
+    wait_for_status(&server, &client, "trip-3", "waiting").await;
+    decide(
+        "trip-2",
+        json!({"approved": false, "by": "grace", "note": "no receipt"}),
+    )
+    .await;
+    decide("trip-3", json!("yes")).await;
+    let rejected = wait_for_status(&server, &client, "trip-2", "complete").await;
+    assert_eq!(
+        rejected["output"],
+        json!({"outcome": "rejected", "by": "grace", "note": "no receipt"})
+    );
+    let odd = wait_for_status(&server, &client, "trip-3", "complete").await;
+    assert_eq!(odd["output"]["outcome"], "rejected");
+    // Nobody decided in time.
+    let late = json!({"employee": "ada", "amount_cents": 1, "what": "gum", "review_secs": 0});
+    assert_eq!(create("trip-4", late).await.0, 201);
+    let expired = wait_for_status(&server, &client, "trip-4", "complete").await;
+    assert_eq!(expired["output"]["outcome"], "expired");
+    let ledger = get(&client, server.url("/objects/ledger/ada")).await;
+    assert_eq!(ledger["total_cents"], 12000);
+
+    // Hostile input: claims that do not fit are answered 400 and create nothing; the ledger
+    // takes no payments over HTTP; the workflow routes want the admin token.
+    for bad in [
+        json!({"employee": "ada", "amount_cents": 0, "what": "nothing"}),
+        json!({"employee": "ada", "amount_cents": 10_000_001, "what": "a car"}),
+        json!({"employee": "../ada", "amount_cents": 5, "what": "x"}),
+        json!({"employee": "ada", "amount_cents": "5", "what": "x"}),
+        json!({"employee": "ada", "amount_cents": 5, "what": "x", "approved": true}),
+        json!({"employee": "ada"}),
+        json!([1, 2]),
+    ] {
+        let (code, v) = create("bad", bad.clone()).await;
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("params"), "{v}");
+    }
+    let list = get(&client, server.url("/workflows/expense")).await;
+    assert_eq!(list["total"], 4, "{list}");
+    let (code, _) = post(
+        &client,
+        server.url("/objects/ledger/ada"),
+        json!({"claim": "x"}),
+    )
+    .await;
+    assert_eq!(code, 405);
+    let stranger = reqwest::get(server.url("/workflows/expense"))
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 401);
+
+    // The example's own `workflows` command lists the instances from the data directory.
+    assert!(server.stop().success());
+    let out = Command::new(example_binary("approval"))
+        .args(["workflows", "expense", "--data-dir"])
+        .arg(&data_dir)
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    for id in ["trip-1", "trip-2", "trip-3", "trip-4"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{id} ")) && l.contains("complete")),
+            "{id}: {table}"
+        );
+    }
+}
+
+/// An agent protocol client that remembers the last MCP server list and state it was sent.
+struct AgentClient {
+    ws: Ws,
+    mcp: Value,
+    state: Value,
+    next_id: u64,
+}
+
+impl AgentClient {
+    async fn connect(server: &ChildServer, path: &str) -> AgentClient {
+        let mut client = AgentClient {
+            ws: ws(server, path).await,
+            mcp: Value::Null,
+            state: Value::Null,
+            next_id: 0,
+        };
+        for expected in [
+            "cf_agent_identity",
+            "cf_agent_state",
+            "cf_agent_mcp_servers",
+        ] {
+            assert_eq!(client.frame().await["type"], expected);
+        }
+        client
+    }
+
+    async fn frame(&mut self) -> Value {
+        let frame = json_frame(&mut self.ws).await;
+        match frame["type"].as_str() {
+            Some("cf_agent_mcp_servers") => self.mcp = frame["mcp"].clone(),
+            Some("cf_agent_state") => self.state = frame["state"].clone(),
+            _ => {}
+        }
+        frame
+    }
+
+    async fn until(&mut self, what: &str, cond: impl Fn(&AgentClient) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; servers: {}",
+                self.mcp
+            );
+            self.frame().await;
+        }
+    }
+
+    /// Calls `method`: `Ok(result)` or `Err(error message)`.
+    async fn call(&mut self, method: &str, args: Value) -> Result<Value, String> {
+        self.next_id += 1;
+        let id = self.next_id.to_string();
+        let frame = json!({"type": "rpc", "id": id, "method": method, "args": args});
+        send_text(&mut self.ws, &frame.to_string()).await;
+        loop {
+            let reply = self.frame().await;
+            if reply["type"] == "rpc" && reply["id"] == id {
+                return match reply["success"].as_bool() {
+                    Some(true) => Ok(reply["result"].clone()),
+                    _ => Err(reply["error"].as_str().unwrap_or_default().to_string()),
+                };
+            }
+        }
+    }
+}
+
+fn text_of(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|p| p["text"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_agent_connects_a_server_and_calls_its_tools() {
+    let peer = mcp_peers::Peer::everything("streamableHttp", mcp_peers::free_port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve("mcp-tools", dir.path(), &[]);
+
+    let mut ada = AgentClient::connect(&server, "/agents/mcp-tools/ada").await;
+    assert_eq!(ada.state, json!({"calls": 0}));
+    assert_eq!(ada.mcp["servers"], json!({}));
+    // The reply may come before the server is ready: its state arrives in the server frames.
+    ada.call("addServer", json!(["every", peer.url]))
+        .await
+        .unwrap();
+    ada.until("the server ready with its tools", |c| {
+        c.mcp["servers"]["every"]["state"] == "ready"
+            && c.mcp["tools"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["serverId"] == "every" && t["name"] == "echo")
+            })
+    })
+    .await;
+
+    let tools = ada.call("listTools", json!([])).await.unwrap();
+    assert!(
+        tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "every__echo"),
+        "{tools}"
+    );
+    let echo = ada
+        .call("callTool", json!(["every__echo", {"message": "hi"}]))
+        .await
+        .unwrap();
+    assert!(text_of(&echo).contains("hi"), "{echo}");
+    ada.until("the call counted in the state", |c| c.state["calls"] == 1)
+        .await;
+
+    // Another client of the same agent sees its servers and state on connect.
+    let bob = AgentClient::connect(&server, "/agents/mcp-tools/ada").await;
+    assert!(bob.mcp["servers"]["every"].is_object(), "{}", bob.mcp);
+    assert_eq!(bob.state["calls"], 1);
+    drop(bob);
+    // Another agent has none.
+    let other = AgentClient::connect(&server, "/agents/mcp-tools/zed").await;
+    assert_eq!(other.mcp["servers"], json!({}));
+    drop(other);
+
+    // Hostile input gets clear errors and leaves the agent working.
+    // A tool the server lacks is the server's error, as MCP reports it.
+    let nope = ada
+        .call("callTool", json!(["every__nope", {}]))
+        .await
+        .unwrap();
+    assert_eq!(nope["isError"], true, "{nope}");
+    let err = ada
+        .call("callTool", json!(["nobody__echo", {}]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("nobody"), "{err}");
+    let err = ada
+        .call("addServer", json!(["bad id", peer.url]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_empty());
+    let err = ada
+        .call("addServer", json!(["x", "not a url"]))
+        .await
+        .unwrap_err();
+    assert!(!err.is_empty());
+    let err = ada
+        .call("callTool", json!(["every__echo"]))
+        .await
+        .unwrap_err();
+    assert!(err.contains("invalid arguments"), "{err}");
+    let echo = ada
+        .call("callTool", json!(["every__echo", {"message": "again"}]))
+        .await
+        .unwrap();
+    assert!(text_of(&echo).contains("again"), "{echo}");
+
+    // Removed: its tools are gone.
+    ada.call("removeServer", json!(["every"])).await.unwrap();
+    ada.until("the server gone", |c| c.mcp["servers"]["every"].is_null())
+        .await;
+    assert_eq!(ada.call("listTools", json!([])).await.unwrap(), json!([]));
+
+    ada.ws.close(None).await.unwrap();
+    close_code(&mut ada.ws).await;
+    assert!(server.stop().success());
+    peer.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_answer_their_help() {
+    for name in ["chat-room", "approval", "mcp-tools"] {
+        let out = Command::new(example_binary(name))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {help}");
+        assert!(help.contains("serve"), "{name}: {help}");
+    }
+}
