@@ -18,8 +18,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// not, and would run a stale or missing one: so it is built here every time, with the same
 /// profile and target directory (a no-op when it is up to date).
 fn example_binary(name: &str) -> PathBuf {
-    let denizen = Path::new(env!("CARGO_BIN_EXE_denizen"));
-    let profile_dir = denizen.parent().expect("the binary's directory");
+    let profile_dir = crate::support::profile_dir();
     let target_dir = profile_dir.parent().expect("the target directory");
     let mut build = Command::new(env!("CARGO"));
     build

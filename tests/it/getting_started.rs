@@ -98,13 +98,21 @@ struct App {
 
 impl App {
     fn cargo(&self, args: &[&str]) {
-        // A target directory of its own inside this checkout's: kept between runs (the first
-        // build compiles the whole tree once), apart from the suite's so no lock is shared.
-        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/getting-started");
+        // This checkout's target directory and debug settings (its [profile.dev]), so the
+        // build reuses what the suite's build compiled instead of compiling the tree again.
+        let profile = crate::support::profile_dir();
+        let release = profile.ends_with("release").then_some("--release");
         let status = Command::new(env!("CARGO"))
             .args(args)
+            .args(release)
+            .args([
+                "--config",
+                "profile.dev.debug=\"line-tables-only\"",
+                "--config",
+                "profile.dev.package.\"*\".debug=false",
+            ])
             .current_dir(&self.dir)
-            .env("CARGO_TARGET_DIR", target)
+            .env("CARGO_TARGET_DIR", profile.parent().unwrap())
             .status()
             .unwrap();
         assert!(status.success(), "cargo {args:?} failed in the new crate");
@@ -129,7 +137,12 @@ impl App {
     /// One command of a transcript against `server`, checked against its printed output.
     async fn check(&self, server: &ChildServer, cmd: &[String], expected: &str) {
         let expected = expected.replace(README_ADDR, &server.addr);
-        let actual = match cmd.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        let actual = match cmd
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["curl", rest @ ..] => {
                 let (method, url) = match rest {
                     ["-X", method, url] => (*method, *url),
@@ -187,7 +200,18 @@ async fn the_getting_started_section_builds_and_runs_as_printed() {
         ],
         "the Getting started section changed shape: update this test with it"
     );
-    let [new, deps, main, serve, session, tally, register, client, node] = &blocks[..] else {
+    let [
+        new,
+        deps,
+        main,
+        serve,
+        session,
+        tally,
+        register,
+        client,
+        node,
+    ] = &blocks[..]
+    else {
         unreachable!()
     };
 
@@ -211,9 +235,10 @@ async fn the_getting_started_section_builds_and_runs_as_printed() {
     // The dependency lines, on this checkout by path (the README's other way).
     let git = "{ git = \"https://github.com/denizen-rs/denizen\" }";
     assert!(deps.text.contains(git), "{}", deps.text);
-    let deps = deps
-        .text
-        .replace(git, &format!("{{ path = {:?} }}", repo.display().to_string()));
+    let deps = deps.text.replace(
+        git,
+        &format!("{{ path = {:?} }}", repo.display().to_string()),
+    );
     let manifest = dir.join("Cargo.toml");
     let mut toml = std::fs::read_to_string(&manifest).unwrap();
     assert!(toml.trim_end().ends_with("[dependencies]"), "{toml}");
@@ -223,10 +248,9 @@ async fn the_getting_started_section_builds_and_runs_as_printed() {
     std::fs::copy(repo.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
     std::fs::write(dir.join("src/main.rs"), &main.text).unwrap();
 
-    let target = repo.join("target/getting-started/debug");
     let app = App {
         dir: dir.clone(),
-        bin: target.join("hello"),
+        bin: crate::support::profile_dir().join("hello"),
     };
     app.cargo(&["build"]);
 
@@ -265,6 +289,8 @@ async fn the_getting_started_section_builds_and_runs_as_printed() {
         app.check(&server, &cmd, &expected).await;
     }
     // The counter is still there, with its count.
-    let resp = reqwest::get(server.url("/objects/counter/ada")).await.unwrap();
+    let resp = reqwest::get(server.url("/objects/counter/ada"))
+        .await
+        .unwrap();
     assert_eq!(resp.text().await.unwrap(), "{\"count\":2}");
 }

@@ -14,6 +14,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Where the suite's build put the `denizen` binary (`<target>/debug`, or `release`): builds
+/// the tests start themselves (examples, the README's app) go to the same target directory.
+pub(crate) fn profile_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_denizen"))
+        .parent()
+        .expect("the binary's directory")
+}
+
 /// `denizen serve` in a child process; derefs to its [`ChildServer`] (`addr`, `url`, `kill`,
 /// `stop`, ...).
 pub(crate) struct Server {
