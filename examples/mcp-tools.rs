@@ -41,7 +41,7 @@
 
 use denizen::agent::{Agent, AgentContext, Context, McpClient, Methods};
 use denizen::app::App;
-use denizen::mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen::mcp::{AddServerOptions, AgentMcp, ManagerOptions};
 use denizen::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -68,20 +68,6 @@ struct State {
     calls: u64,
 }
 
-/// Connects the server and saves it in the agent's SQLite; the agents layer reconnects it on
-/// every activation from then on.
-async fn add_server(
-    agent: &mut McpTools,
-    cx: &mut Context<McpTools>,
-    id: &str,
-    url: &str,
-) -> Result<AddedServer> {
-    Ok(agent
-        .mcp
-        .add_server(cx, id, url, AddServerOptions::default())
-        .await?)
-}
-
 impl McpTools {
     fn list_tools(&self) -> Vec<Value> {
         self.mcp
@@ -91,17 +77,22 @@ impl McpTools {
             .collect()
     }
 
-    async fn call_tool(
+    /// Counts the call (every client sees it) and starts it: the agent keeps serving its
+    /// clients while the server works, and the caller gets the result when it answers.
+    fn call_tool(
         &mut self,
         cx: &mut Context<Self>,
         name: &str,
         args: Value,
-    ) -> Result<Value> {
-        let result = self.mcp.call_tool(name, args).await?;
+    ) -> Result<impl Future<Output = Result<Value>> + use<>> {
+        let call = self.mcp.call_tool_off_turn(name, args)?;
         let mut state = cx.state()?;
         state.calls += 1;
         cx.set_state(&state)?;
-        serde_json::to_value(result).map_err(|e| Error::msg(format!("the tool's result: {e}")))
+        Ok(async move {
+            let result = call.await?;
+            serde_json::to_value(result).map_err(|e| Error::msg(format!("the tool's result: {e}")))
+        })
     }
 }
 
@@ -118,8 +109,14 @@ impl Agent for McpTools {
     }
 
     fn methods(m: &mut Methods<Self>) {
-        m.callable("addServer", |a, cx, (id, url): (String, String)| {
-            Box::pin(async move { add_server(a, cx, &id, &url).await })
+        // Off the turn: the server is saved in the agent's SQLite at once (the agents layer
+        // reconnects it on every activation from then on), and the reply waits for it to be
+        // ready (or to ask for OAuth) while the agent goes on serving.
+        m.callable_off_turn("addServer", |a, cx, (id, url): (String, String)| {
+            let added = a
+                .mcp
+                .add_server_off_turn(cx, &id, &url, AddServerOptions::default())?;
+            Ok(async move { Ok(added.await?) })
         })
         .callable("removeServer", |a, cx, (id,): (String,)| {
             Box::pin(async move { Ok(a.mcp.remove_server(cx, &id).await?) })
@@ -128,8 +125,8 @@ impl Agent for McpTools {
             let tools = a.list_tools();
             Box::pin(async move { Ok(tools) })
         })
-        .callable("callTool", |a, cx, (name, args): (String, Value)| {
-            Box::pin(async move { a.call_tool(cx, &name, args).await })
+        .callable_off_turn("callTool", |a, cx, (name, args): (String, Value)| {
+            a.call_tool(cx, &name, args)
         });
     }
 }

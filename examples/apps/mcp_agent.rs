@@ -19,7 +19,8 @@
 use std::time::Duration;
 
 use denizen::agent::{Agent, AgentContext, Context, McpClient, Methods};
-use denizen::mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen::mcp::model::CallToolResult;
+use denizen::mcp::{AddServerOptions, AgentMcp, ManagerOptions};
 use denizen::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -59,18 +60,6 @@ pub(crate) struct McpAgentState {
 }
 
 impl McpAgent {
-    async fn add_server(
-        &mut self,
-        cx: &mut Context<Self>,
-        id: String,
-        url: String,
-    ) -> Result<AddedServer> {
-        Ok(self
-            .mcp
-            .add_server(cx, &id, &url, AddServerOptions::default())
-            .await?)
-    }
-
     async fn remove_server(&mut self, cx: &mut Context<Self>, id: String) -> Result<()> {
         Ok(self.mcp.remove_server(cx, &id).await?)
     }
@@ -81,11 +70,6 @@ impl McpAgent {
             .into_iter()
             .map(|t| json!({ "name": t.name, "description": t.tool.description }))
             .collect()
-    }
-
-    async fn call_tool(&mut self, name: &str, args: Value) -> Result<Value> {
-        let result = self.mcp.call_tool(name, args).await?;
-        serde_json::to_value(result).map_err(|e| Error::msg(format!("tool result: {e}")))
     }
 
     fn call_tool_in(
@@ -104,14 +88,29 @@ impl McpAgent {
         Ok(cx.schedule(when, "scheduled_call", &(name, args))?.id)
     }
 
-    /// The schedule's task: a failing call is recorded in the state rather than retried, since
-    /// the model (or the user) decides what to do about a tool that failed.
-    async fn scheduled_call(
-        &mut self,
-        cx: &mut Context<Self>,
-        (name, args): (String, Value),
-    ) -> Result<()> {
-        let last = match self.call_tool(&name, args).await {
+    /// The schedule's task: starts the call off the turn (the agent serves its clients while
+    /// the server works); the result lands in the state. A failing call is recorded rather than
+    /// retried, since the model (or the user) decides what to do about a tool that failed.
+    fn scheduled_call(&mut self, cx: &mut Context<Self>, (name, args): (String, Value)) {
+        let call = match self.mcp.call_tool_off_turn(&name, args) {
+            Ok(call) => call,
+            Err(e) => {
+                let failed: Result<Value> = Err(e.into());
+                let record = Self::record(cx, &name, failed);
+                if let Err(e) = record {
+                    tracing::warn!(error = %e, "could not record a failed tool call");
+                }
+                return;
+            }
+        };
+        cx.spawn_then(
+            async move { encode(call.await?) },
+            move |_agent, cx, result| Box::pin(async move { Self::record(cx, &name, result) }),
+        );
+    }
+
+    fn record(cx: &mut Context<Self>, name: &str, result: Result<Value>) -> Result<()> {
+        let last = match result {
             Ok(result) => json!({ "name": name, "result": result }),
             Err(e) => json!({ "name": name, "error": e.to_string() }),
         };
@@ -120,6 +119,11 @@ impl McpAgent {
         })?;
         Ok(())
     }
+}
+
+/// A tool's result as JSON, for the client.
+fn encode(result: CallToolResult) -> Result<Value> {
+    serde_json::to_value(result).map_err(|e| Error::msg(format!("tool result: {e}")))
 }
 
 impl Agent for McpAgent {
@@ -134,8 +138,12 @@ impl Agent for McpAgent {
     }
 
     fn methods(m: &mut Methods<Self>) {
-        m.callable("addServer", |a, cx, (id, url): (String, String)| {
-            Box::pin(a.add_server(cx, id, url))
+        // Off the turn: the agent serves its clients while the server connects.
+        m.callable_off_turn("addServer", |a, cx, (id, url): (String, String)| {
+            let added = a
+                .mcp
+                .add_server_off_turn(cx, &id, &url, AddServerOptions::default())?;
+            Ok(async move { Ok(added.await?) })
         })
         .callable("removeServer", |a, cx, (id,): (String,)| {
             Box::pin(a.remove_server(cx, id))
@@ -144,8 +152,9 @@ impl Agent for McpAgent {
             let tools = a.tools();
             Box::pin(async move { Ok(tools) })
         })
-        .callable("callTool", |a, _cx, (name, args): (String, Value)| {
-            Box::pin(async move { a.call_tool(&name, args).await })
+        .callable_off_turn("callTool", |a, _cx, (name, args): (String, Value)| {
+            let call = a.mcp.call_tool_off_turn(&name, args)?;
+            Ok(async move { encode(call.await?) })
         })
         .callable(
             "callToolIn",
@@ -155,7 +164,8 @@ impl Agent for McpAgent {
             },
         )
         .task("scheduled_call", |a, cx, call: (String, Value)| {
-            Box::pin(a.scheduled_call(cx, call))
+            a.scheduled_call(cx, call);
+            Box::pin(async { Ok(()) })
         });
     }
 }

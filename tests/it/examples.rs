@@ -507,7 +507,7 @@ async fn mcp_tools_agent_connects_a_server_and_calls_its_tools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_answer_their_help() {
-    for name in ["chat-room", "approval", "mcp-tools"] {
+    for name in ["chat-room", "user-agent", "approval", "mcp-tools"] {
         let out = Command::new(example_binary(name))
             .arg("--help")
             .output()
@@ -516,4 +516,158 @@ async fn examples_answer_their_help() {
         assert!(out.status.success(), "{name}: {help}");
         assert!(help.contains("serve"), "{name}: {help}");
     }
+}
+
+/// A web server that holds its one answer until the test releases it: a slow site, under the
+/// test's control. Says when the request has arrived.
+async fn slow_site() -> (
+    String,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/page", listener.local_addr().unwrap());
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut read = 0;
+        while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+            read += conn.read(&mut buf[read..]).await.unwrap();
+        }
+        let _ = arrived_tx.send(());
+        let _ = released.await;
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .await
+            .unwrap();
+    });
+    (url, arrived, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_agent_serves_its_clients_while_a_lookup_waits_on_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve("user-agent", dir.path(), &[]);
+    let mut ada = AgentClient::connect(&server, "/agents/user-agent/ada").await;
+    assert_eq!(
+        ada.state,
+        json!({"notes": [], "lookups": 0, "lastLookup": null})
+    );
+
+    // The lookup starts and answers at once; the site has the request and holds its answer.
+    let (url, arrived, release) = slow_site().await;
+    assert_eq!(ada.call("lookup", json!([url])).await.unwrap(), "started");
+    arrived.await.unwrap();
+    // Meanwhile another client of the same user is served: its call, and its state change
+    // reaching the first client, all before the site answers.
+    let mut phone = AgentClient::connect(&server, "/agents/user-agent/ada").await;
+    let added = tokio::time::timeout(WAIT, phone.call("addNote", json!(["buy milk"])))
+        .await
+        .expect("the agent answers while its lookup waits");
+    assert_eq!(added.unwrap(), 1);
+    ada.until("the phone's note", |c| {
+        c.state["notes"] == json!(["buy milk"])
+    })
+    .await;
+    assert_eq!(ada.state["lookups"], 0, "the lookup is still waiting");
+    // The site answers: the result comes back to the agent as an event, into the state.
+    release.send(()).unwrap();
+    ada.until("the lookup's result", |c| c.state["lookups"] == 1)
+        .await;
+    assert_eq!(
+        ada.state["lastLookup"],
+        json!({"url": url, "status": 200, "bytes": 5})
+    );
+    assert_eq!(ada.state["notes"], json!(["buy milk"]), "nothing lost");
+
+    // `status` answers the caller when the site does; the agent serves the phone meanwhile.
+    let (url, arrived, release) = slow_site().await;
+    let frame = json!({"type": "rpc", "id": "s", "method": "status", "args": [url]});
+    send_text(&mut ada.ws, &frame.to_string()).await;
+    arrived.await.unwrap();
+    assert_eq!(phone.call("addNote", json!(["call bob"])).await.unwrap(), 2);
+    release.send(()).unwrap();
+    loop {
+        let reply = ada.frame().await;
+        if reply["type"] == "rpc" && reply["id"] == "s" {
+            assert_eq!(
+                reply["result"],
+                json!({"url": url, "status": 200, "bytes": 5})
+            );
+            break;
+        }
+    }
+
+    // A site that is not there: the failure lands in the state, the agent goes on.
+    ada.call("lookup", json!(["http://127.0.0.1:9/"]))
+        .await
+        .unwrap();
+    ada.until("the failed lookup", |c| c.state["lookups"] == 2)
+        .await;
+    assert!(
+        ada.state["lastLookup"]["error"].is_string(),
+        "{}",
+        ada.state
+    );
+
+    // Hostile input: clear errors, nothing changed.
+    for (method, args) in [
+        ("lookup", json!(["file:///etc/passwd"])),
+        ("status", json!(["ftp://example.com/"])),
+        ("addNote", json!([""])),
+        ("addNote", json!(["x".repeat(5000)])),
+        ("remindIn", json!([-1, "never"])),
+        ("remindIn", json!([1e12, "much later"])),
+        ("addNote", json!([42])),
+    ] {
+        let err = ada.call(method, args.clone()).await.unwrap_err();
+        assert!(!err.is_empty(), "{method} {args}");
+    }
+    assert_eq!(ada.call("addNote", json!(["still here"])).await.unwrap(), 3);
+
+    // The JS client of the example: a note, a reminder on the schedule, seen as state.
+    let js = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        repo.join("examples/user-agent.mjs"),
+        js.path().join("client.mjs"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        repo.join("tests/js/node_modules"),
+        js.path().join("node_modules"),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(js.path().join("client.mjs"))
+        .args([server.addr.as_str(), "grace"])
+        .output()
+        .await
+        .expect("node must be installed (Node 20 or newer) to run the JS client tests");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(
+        lines[0], r#"state {"lastLookup":null,"lookups":0,"notes":[]}"#,
+        "{printed}"
+    );
+    assert!(lines.contains(&"addNote -> 1"), "{printed}");
+    assert!(lines.contains(&"remindIn -> scheduled"), "{printed}");
+    assert!(
+        lines.contains(
+            &r#"state {"lastLookup":null,"lookups":0,"notes":["buy milk","reminder: stand up"]}"#
+        ),
+        "{printed}"
+    );
+
+    drop(phone);
+    ada.ws.close(None).await.unwrap();
+    close_code(&mut ada.ws).await;
+    assert!(server.stop().success());
 }
