@@ -91,9 +91,24 @@ impl Options {
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
         }
+        if let Some(token) = &self.admin_token {
+            // An empty token (an unset variable in a deployment template) would open the admin
+            // routes to `Authorization: Bearer ` alone; a short one to guessing.
+            if token.chars().count() < MIN_ADMIN_TOKEN_CHARS
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return bad(
+                    "admin_token",
+                    "must be at least 16 characters without spaces; generate one with `openssl rand -hex 32`, or leave it unset to have the server generate one",
+                );
+            }
+        }
         Ok(())
     }
 }
+
+/// The shortest admin token accepted.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -108,5 +123,29 @@ mod tests {
         };
         let err = zero_beat.validate().unwrap_err().to_string();
         assert!(err.contains("heartbeat_interval"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_short_or_spaced_admin_token_is_refused() {
+        for token in [
+            "",
+            "   ",
+            "s3cret",
+            "0123456789abcde",
+            "0123456789 abcdef",
+            "0123456789abcdef\n",
+        ] {
+            let options = Options {
+                admin_token: Some(token.into()),
+                ..Options::default()
+            };
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.contains("admin_token"), "{token:?}: {err}");
+        }
+        let options = Options {
+            admin_token: Some("0123456789abcdef".into()),
+            ..Options::default()
+        };
+        assert!(options.validate().is_ok());
     }
 }

@@ -484,7 +484,7 @@ async fn auth_hook_sees_requests_and_upgrades_first() {
 async fn metrics_and_admin_routes_need_the_admin_token() {
     let server = start(Setup {
         config: Options {
-            admin_token: Some("s3cret".into()),
+            admin_token: Some("s3cret-s3cret-s3cret".into()),
             ..Options::default()
         },
         ..Setup::default()
@@ -501,9 +501,16 @@ async fn metrics_and_admin_routes_need_the_admin_token() {
     assert_eq!(status, 401);
     let (status, _) = http(server.addr, "GET /admin/ping HTTP/1.1", "").await;
     assert_eq!(status, 401);
-    let (status, body) = http(
+    let (status, _) = http(
         server.addr,
         "GET /admin/ping HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        "",
+    )
+    .await;
+    assert_eq!(status, 401, "a prefix of the token is not the token");
+    let (status, body) = http(
+        server.addr,
+        "GET /admin/ping HTTP/1.1\r\nAuthorization: Bearer s3cret-s3cret-s3cret",
         "",
     )
     .await;
@@ -513,7 +520,7 @@ async fn metrics_and_admin_routes_need_the_admin_token() {
     assert_eq!(status, 200);
     let (status, body) = http(
         server.addr,
-        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-s3cret-s3cret",
         "",
     )
     .await;

@@ -160,10 +160,9 @@ impl Config {
                 });
             }
         };
-        // Straight from TOML: its errors quote the line and the key.
         let config: Config = toml::from_str(&text).map_err(|e| Error::ConfigSyntax {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: one_line(&text, &e),
         })?;
         config.validate().map_err(|e| Error::ConfigSyntax {
             path: path.to_path_buf(),
@@ -249,6 +248,22 @@ impl Config {
     }
 }
 
+/// A TOML error on one line, with where it is: `line 3, column 10: invalid socket address`.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            let source = text[start..].lines().next().unwrap_or("").trim();
+            format!("line {line}, column {column} (`{source}`): {message}")
+        }
+        None => message,
+    }
+}
+
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -315,6 +330,17 @@ mod tests {
         assert!(e.to_string().contains("public_url"), "{e}");
         let e = Config::from_toml("colour = \"red\"").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn a_file_error_is_one_line_saying_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("denizen.toml");
+        std::fs::write(&path, "data_dir = \"d\"\nlisten = \"x\"\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("line 2, column 10 (`listen = \"x\"`)"), "{e}");
+        assert!(e.contains("socket address"), "{e}");
     }
 
     #[test]

@@ -141,3 +141,48 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
     assert!(stderr.contains("serving"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// Settings that would start a server in a bad place are refused before anything opens: a port
+/// someone else holds, an empty admin token (which would open the admin routes to anyone
+/// sending `Authorization: Bearer `), a config file with a typo.
+#[test]
+fn a_taken_port_an_empty_admin_token_or_a_misspelled_setting_stop_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = denizen(&["serve", "--listen", &addr], &data);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("--listen"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_denizen"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml")
+        .env("DENIZEN_ADMIN_TOKEN", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("admin_token"), "{stderr}");
+    assert!(!data.exists(), "refused before the data directory was made");
+
+    let config = dir.path().join("denizen.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nidle_timout = \"1s\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_denizen"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .env("DENIZEN_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("unknown field `idle_timout`"),
+        "{stderr}"
+    );
+}

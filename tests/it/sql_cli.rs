@@ -44,7 +44,7 @@ async fn count(client: &reqwest::Client, server: &Server, name: &str) -> String 
 async fn sql_goes_through_a_running_server_and_opens_the_file_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(dir.path(), &["--admin-token", "s3cret"]);
+    let mut server = Server::start(dir.path(), &["--admin-token", "s3cret-s3cret-s3cret"]);
     let client = reqwest::Client::new();
     for _ in 0..3 {
         client
@@ -53,7 +53,7 @@ async fn sql_goes_through_a_running_server_and_opens_the_file_otherwise() {
             .await
             .unwrap();
     }
-    let token = ["--admin-token", "s3cret"];
+    let token = ["--admin-token", "s3cret-s3cret-s3cret"];
 
     // The live object holds its file; the query runs inside it.
     let read = sql(
