@@ -6,73 +6,12 @@
 #[allow(unreachable_pub)] // the MCP tests' own support module, shared here
 pub(crate) mod mcp_peers;
 
-use std::time::{Duration, Instant};
-
-use crate::support::{Server, Ws, next_text, send_text};
+use crate::support::{AgentClient, Server};
 use mcp_peers::{Peer, free_port};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A protocol client that remembers the last MCP server list and state it was sent.
-struct Client {
-    ws: Ws,
-    mcp: Value,
-    state: Value,
-}
-
-impl Client {
-    async fn connect(server: &Server, name: &str) -> Client {
-        let ws = server.ws(&format!("/agents/mcp-agent/{name}")).await;
-        let mut client = Client {
-            ws,
-            mcp: Value::Null,
-            state: Value::Null,
-        };
-        for expected in [
-            "cf_agent_identity",
-            "cf_agent_state",
-            "cf_agent_mcp_servers",
-        ] {
-            assert_eq!(client.frame().await["type"], expected);
-        }
-        client
-    }
-
-    async fn frame(&mut self) -> Value {
-        let frame: Value = serde_json::from_str(&next_text(&mut self.ws).await).expect("JSON");
-        match frame["type"].as_str() {
-            Some("cf_agent_mcp_servers") => self.mcp = frame["mcp"].clone(),
-            Some("cf_agent_state") => self.state = frame["state"].clone(),
-            _ => {}
-        }
-        frame
-    }
-
-    async fn until(&mut self, what: &str, cond: impl Fn(&Client) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; servers: {}, state: {}",
-                self.mcp,
-                self.state
-            );
-            self.frame().await;
-        }
-    }
-
-    async fn rpc(&mut self, id: &str, method: &str, args: Value) -> Value {
-        let frame = json!({"type": "rpc", "id": id, "method": method, "args": args});
-        send_text(&mut self.ws, &frame.to_string()).await;
-        loop {
-            let reply = self.frame().await;
-            if reply["type"] == "rpc" && reply["id"] == id {
-                assert_eq!(reply["success"], true, "{method} failed: {reply}");
-                return reply["result"].clone();
-            }
-        }
-    }
+async fn connect(server: &Server, name: &str) -> AgentClient {
+    AgentClient::connect(&server.ws_url(&format!("/agents/mcp-agent/{name}"))).await
 }
 
 fn ready_with(mcp: &Value, server: &str, tool: &str) -> bool {
@@ -97,9 +36,12 @@ async fn mcp_agent_uses_tools_and_reconnects_after_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(dir.path(), &[]);
 
-    let mut ada = Client::connect(&server, "ada").await;
+    let mut ada = connect(&server, "ada").await;
     assert_eq!(ada.mcp["servers"], json!({}));
-    let added = ada.rpc("1", "addServer", json!(["every", peer.url])).await;
+    let added = ada
+        .call("addServer", json!(["every", peer.url]))
+        .await
+        .unwrap();
     assert_eq!(added, json!({"id": "every", "state": "ready"}));
     ada.until("the server's tools", |c| {
         ready_with(&c.mcp, "every", "echo")
@@ -107,10 +49,11 @@ async fn mcp_agent_uses_tools_and_reconnects_after_sigkill() {
     .await;
 
     let echo = ada
-        .rpc("2", "callTool", json!(["every__echo", {"message": "hi"}]))
-        .await;
+        .call("callTool", json!(["every__echo", {"message": "hi"}]))
+        .await
+        .unwrap();
     assert!(text(&echo).contains("hi"), "{echo}");
-    let tools = ada.rpc("3", "tools", json!([])).await;
+    let tools = ada.call("tools", json!([])).await.unwrap();
     assert!(
         tools
             .as_array()
@@ -119,12 +62,12 @@ async fn mcp_agent_uses_tools_and_reconnects_after_sigkill() {
     );
 
     // From a schedule: the result reaches the client as state.
-    ada.rpc(
-        "4",
+    ada.call(
         "callToolIn",
         json!([0.05, "every__echo", {"message": "later"}]),
     )
-    .await;
+    .await
+    .unwrap();
     ada.until("the scheduled call's result", |c| {
         text(&c.state["lastResult"]["result"]).contains("later")
     })
@@ -134,7 +77,7 @@ async fn mcp_agent_uses_tools_and_reconnects_after_sigkill() {
     // SIGKILL: after the restart the agent reconnects its saved server by itself.
     server.kill();
     server.restart();
-    let mut ada = Client::connect(&server, "ada").await;
+    let mut ada = connect(&server, "ada").await;
     assert!(
         ada.mcp["servers"]["every"].is_object(),
         "listed on connect: {}",
@@ -145,12 +88,9 @@ async fn mcp_agent_uses_tools_and_reconnects_after_sigkill() {
     })
     .await;
     let echo = ada
-        .rpc(
-            "5",
-            "callTool",
-            json!(["every__echo", {"message": "again"}]),
-        )
-        .await;
+        .call("callTool", json!(["every__echo", {"message": "again"}]))
+        .await
+        .unwrap();
     assert!(text(&echo).contains("again"), "{echo}");
     drop(ada);
     server.stop();
@@ -163,8 +103,11 @@ async fn mcp_agent_completes_oauth_on_its_callback_route() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(dir.path(), &[]);
 
-    let mut grace = Client::connect(&server, "grace").await;
-    let added = grace.rpc("1", "addServer", json!(["ts", peer.url])).await;
+    let mut grace = connect(&server, "grace").await;
+    let added = grace
+        .call("addServer", json!(["ts", peer.url]))
+        .await
+        .unwrap();
     assert_eq!(added["state"], "authenticating", "{added}");
     let auth_url = added["authUrl"].as_str().expect("authUrl").to_string();
 
@@ -192,15 +135,16 @@ async fn mcp_agent_completes_oauth_on_its_callback_route() {
         })
         .await;
     let greeting = grace
-        .rpc("2", "callTool", json!(["ts__greet", {"name": "Ada"}]))
-        .await;
+        .call("callTool", json!(["ts__greet", {"name": "Ada"}]))
+        .await
+        .unwrap();
     assert!(text(&greeting).contains("Ada"), "{greeting}");
     drop(grace);
 
     // A restart reuses the stored token: nobody is sent to authorize again.
     server.kill();
     server.restart();
-    let mut grace = Client::connect(&server, "grace").await;
+    let mut grace = connect(&server, "grace").await;
     grace
         .until("the server ready with the stored token", |c| {
             assert_ne!(

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::agents_mcp::mcp_peers;
-use crate::support::{Ws, close_code, next_text, send_text};
+use crate::support::{AgentClient, Ws, admin_client, close_code, next_text, send_text};
 use denizen_test_util::child::ChildServer;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -175,22 +175,6 @@ async fn chat_room_broadcasts_keeps_history_and_hibernates_with_members_connecte
     );
 }
 
-/// A client with the admin token, sending JSON (the workflow routes are admin routes).
-fn admin_client(data_dir: &Path) -> reqwest::Client {
-    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    let mut headers = reqwest::header::HeaderMap::new();
-    let bearer = format!("Bearer {}", token.trim());
-    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
-    headers.insert(
-        reqwest::header::CONTENT_TYPE,
-        "application/json".parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let resp = client
         .post(url)
@@ -338,72 +322,6 @@ async fn approval_waits_for_a_decision_then_pays_or_not() {
     }
 }
 
-/// An agent protocol client that remembers the last MCP server list and state it was sent.
-struct AgentClient {
-    ws: Ws,
-    mcp: Value,
-    state: Value,
-    next_id: u64,
-}
-
-impl AgentClient {
-    async fn connect(server: &ChildServer, path: &str) -> AgentClient {
-        let mut client = AgentClient {
-            ws: ws(server, path).await,
-            mcp: Value::Null,
-            state: Value::Null,
-            next_id: 0,
-        };
-        for expected in [
-            "cf_agent_identity",
-            "cf_agent_state",
-            "cf_agent_mcp_servers",
-        ] {
-            assert_eq!(client.frame().await["type"], expected);
-        }
-        client
-    }
-
-    async fn frame(&mut self) -> Value {
-        let frame = json_frame(&mut self.ws).await;
-        match frame["type"].as_str() {
-            Some("cf_agent_mcp_servers") => self.mcp = frame["mcp"].clone(),
-            Some("cf_agent_state") => self.state = frame["state"].clone(),
-            _ => {}
-        }
-        frame
-    }
-
-    async fn until(&mut self, what: &str, cond: impl Fn(&AgentClient) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; servers: {}",
-                self.mcp
-            );
-            self.frame().await;
-        }
-    }
-
-    /// Calls `method`: `Ok(result)` or `Err(error message)`.
-    async fn call(&mut self, method: &str, args: Value) -> Result<Value, String> {
-        self.next_id += 1;
-        let id = self.next_id.to_string();
-        let frame = json!({"type": "rpc", "id": id, "method": method, "args": args});
-        send_text(&mut self.ws, &frame.to_string()).await;
-        loop {
-            let reply = self.frame().await;
-            if reply["type"] == "rpc" && reply["id"] == id {
-                return match reply["success"].as_bool() {
-                    Some(true) => Ok(reply["result"].clone()),
-                    _ => Err(reply["error"].as_str().unwrap_or_default().to_string()),
-                };
-            }
-        }
-    }
-}
-
 fn text_of(result: &Value) -> String {
     result["content"]
         .as_array()
@@ -417,7 +335,7 @@ async fn mcp_tools_agent_connects_a_server_and_calls_its_tools() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = serve("mcp-tools", dir.path(), &[]);
 
-    let mut ada = AgentClient::connect(&server, "/agents/mcp-tools/ada").await;
+    let mut ada = AgentClient::connect(&server.ws_url("/agents/mcp-tools/ada")).await;
     assert_eq!(ada.state, json!({"calls": 0}));
     assert_eq!(ada.mcp["servers"], json!({}));
     // The reply may come before the server is ready: its state arrives in the server frames.
@@ -451,12 +369,12 @@ async fn mcp_tools_agent_connects_a_server_and_calls_its_tools() {
         .await;
 
     // Another client of the same agent sees its servers and state on connect.
-    let bob = AgentClient::connect(&server, "/agents/mcp-tools/ada").await;
+    let bob = AgentClient::connect(&server.ws_url("/agents/mcp-tools/ada")).await;
     assert!(bob.mcp["servers"]["every"].is_object(), "{}", bob.mcp);
     assert_eq!(bob.state["calls"], 1);
     drop(bob);
     // Another agent has none.
-    let other = AgentClient::connect(&server, "/agents/mcp-tools/zed").await;
+    let other = AgentClient::connect(&server.ws_url("/agents/mcp-tools/zed")).await;
     assert_eq!(other.mcp["servers"], json!({}));
     drop(other);
 
@@ -550,7 +468,7 @@ async fn slow_site() -> (
 async fn user_agent_serves_its_clients_while_a_lookup_waits_on_the_network() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = serve("user-agent", dir.path(), &[]);
-    let mut ada = AgentClient::connect(&server, "/agents/user-agent/ada").await;
+    let mut ada = AgentClient::connect(&server.ws_url("/agents/user-agent/ada")).await;
     assert_eq!(
         ada.state,
         json!({"notes": [], "lookups": 0, "lastLookup": null})
@@ -562,7 +480,7 @@ async fn user_agent_serves_its_clients_while_a_lookup_waits_on_the_network() {
     arrived.await.unwrap();
     // Meanwhile another client of the same user is served: its call, and its state change
     // reaching the first client, all before the site answers.
-    let mut phone = AgentClient::connect(&server, "/agents/user-agent/ada").await;
+    let mut phone = AgentClient::connect(&server.ws_url("/agents/user-agent/ada")).await;
     let added = tokio::time::timeout(WAIT, phone.call("addNote", json!(["buy milk"])))
         .await
         .expect("the agent answers while its lookup waits");

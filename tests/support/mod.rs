@@ -53,17 +53,7 @@ impl Server {
     /// A client that sends the admin token and JSON, as admin routes (`/admin`, `/workflows`)
     /// require.
     pub(crate) fn admin_client(&self) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = format!("Bearer {}", self.admin_token());
-        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            "application/json".parse().unwrap(),
-        );
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap()
+        admin_client(&self.data_dir)
     }
 
     /// Starts again on the same data directory (new port), after a SIGTERM if it still runs.
@@ -158,4 +148,101 @@ pub(crate) async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 pub(crate) async fn send_text(ws: &mut Ws, text: &str) {
     ws.send(Message::Text(text.into())).await.expect("send");
+}
+
+/// A client that sends the admin token the server generated into `data_dir`, and JSON, as
+/// admin routes (`/admin`, `/workflows`) require.
+pub(crate) fn admin_client(data_dir: &Path) -> reqwest::Client {
+    let token = std::fs::read_to_string(data_dir.join("admin.token"))
+        .expect("the server keeps its admin token in <data-dir>/admin.token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", token.trim());
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// A client of the agents protocol, as the JS client speaks it, that remembers the last state
+/// and MCP server list it was sent.
+pub(crate) struct AgentClient {
+    pub(crate) ws: Ws,
+    pub(crate) mcp: serde_json::Value,
+    pub(crate) state: serde_json::Value,
+    next_id: u64,
+}
+
+impl AgentClient {
+    /// Connects at `url` (`ws://.../agents/<class>/<name>`) and reads the connect handshake.
+    pub(crate) async fn connect(url: &str) -> AgentClient {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        let mut client = AgentClient {
+            ws,
+            mcp: serde_json::Value::Null,
+            state: serde_json::Value::Null,
+            next_id: 0,
+        };
+        for expected in [
+            "cf_agent_identity",
+            "cf_agent_state",
+            "cf_agent_mcp_servers",
+        ] {
+            assert_eq!(client.frame().await["type"], expected);
+        }
+        client
+    }
+
+    /// The next frame, noting state and server lists.
+    pub(crate) async fn frame(&mut self) -> serde_json::Value {
+        let frame: serde_json::Value =
+            serde_json::from_str(&next_text(&mut self.ws).await).expect("a JSON frame");
+        match frame["type"].as_str() {
+            Some("cf_agent_mcp_servers") => self.mcp = frame["mcp"].clone(),
+            Some("cf_agent_state") => self.state = frame["state"].clone(),
+            _ => {}
+        }
+        frame
+    }
+
+    /// Reads frames until `cond` holds (30 s at most).
+    pub(crate) async fn until(&mut self, what: &str, cond: impl Fn(&AgentClient) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; servers: {}, state: {}",
+                self.mcp,
+                self.state
+            );
+            self.frame().await;
+        }
+    }
+
+    /// Calls `method`: `Ok(result)` or `Err(error message)`.
+    pub(crate) async fn call(
+        &mut self,
+        method: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        self.next_id += 1;
+        let id = self.next_id.to_string();
+        let frame = serde_json::json!({"type": "rpc", "id": id, "method": method, "args": args});
+        send_text(&mut self.ws, &frame.to_string()).await;
+        loop {
+            let reply = self.frame().await;
+            if reply["type"] == "rpc" && reply["id"] == id {
+                return match reply["success"].as_bool() {
+                    Some(true) => Ok(reply["result"].clone()),
+                    _ => Err(reply["error"].as_str().unwrap_or_default().to_string()),
+                };
+            }
+        }
+    }
 }
