@@ -78,8 +78,8 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_HEARTBEAT_INTERVAL", value_parser = parse_duration))]
     #[serde(with = "human_duration")]
     pub heartbeat_interval: Duration,
-    /// Bearer token required by /admin and /workflows routes (and then /metrics) [default: a
-    /// generated one, kept in <data-dir>/admin.token].
+    /// Bearer token required by /admin and /workflows routes (and then /metrics); by default
+    /// the server generates one and keeps it in `<data-dir>/admin.token`.
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "DENIZEN_ADMIN_TOKEN", hide_env_values = true)
@@ -102,8 +102,8 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_IDLE_POLL", value_parser = parse_duration))]
     #[serde(with = "human_duration")]
     pub idle_poll: Duration,
-    /// Where browsers reach this server, e.g. https://agents.example; MCP OAuth callbacks come
-    /// back to <public-url>/agents/<class>/<name>/callback [default: http://<listen address>].
+    /// Where browsers reach this server, e.g. `https://agents.example`; MCP OAuth callbacks come
+    /// back to `<public-url>/agents/<class>/<name>/callback`; by default `http://<listen address>`.
     #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_PUBLIC_URL"))]
     pub public_url: Option<String>,
 }
