@@ -22,11 +22,18 @@
 //! {"messages":[{"at":1764690000000,"text":"hello","user":"ada"}]}
 //! ```
 //!
+//! `curl http://127.0.0.1:8787/rooms` lists the rooms (a route of the app's own, beside the
+//! gateway's). An authentication hook refuses sockets opened by pages of other sites (403).
+//!
 //! A message longer than 4096 bytes gets `{"error":..,"type":"error"}` back and is not kept; a
 //! binary frame closes the socket (1003); a missing or odd user name is answered 400.
 
 use denizen::app::App;
-use denizen::http::StatusCode;
+use denizen::axum::Router;
+use denizen::axum::body::Body;
+use denizen::axum::routing::get;
+use denizen::gateway::{Gateway, Rejection};
+use denizen::http::{self, StatusCode};
 use denizen::time::now_ms;
 use denizen::{
     Ctx, DurableObject, Frame, Request, Response, Result, Upgrade, WebSocket, http_util,
@@ -144,7 +151,58 @@ fn user_of(req: &Request) -> Option<String> {
     valid.then(|| user.to_string())
 }
 
+/// The app's own route: `GET /rooms` lists the rooms with their size and whether they are in
+/// memory now, from the runtime's catalog (no room is woken for it).
+fn rooms(gateway: &Gateway) -> Router {
+    let runtime = gateway.runtime().clone();
+    Router::new().route(
+        "/rooms",
+        get(move || async move {
+            let rooms = match runtime.namespace::<Room>("room") {
+                Ok(rooms) => rooms.list().await,
+                Err(e) => Err(e),
+            };
+            match rooms {
+                Ok(rooms) => {
+                    let rooms: Vec<_> = rooms
+                        .into_iter()
+                        .map(|r| json!({ "name": r.name, "bytes": r.size_bytes, "awake": r.live }))
+                        .collect();
+                    http_util::json(StatusCode::OK, &json!({ "rooms": rooms }))
+                }
+                Err(e) => http_util::text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+            }
+            .map(Body::from)
+        }),
+    )
+}
+
+/// The authentication hook, which sees every request to a room before the room does: a
+/// browser page of another site may not open a socket into a room (browsers send its
+/// `Origin`; a page on this server, or a program, is let in).
+fn same_site(parts: &http::request::Parts) -> std::result::Result<(), Rejection> {
+    let Some(origin) = parts.headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = parts.headers.get(http::header::HOST);
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, host)| host);
+    match (origin_host, host.and_then(|h| h.to_str().ok())) {
+        (Some(origin), Some(host)) if origin == host => Ok(()),
+        _ => Err(Rejection::forbidden(
+            "rooms are open to pages of this site only",
+        )),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     // Rooms at /objects/room/<name>; `chat-room --help` lists the commands and settings.
-    App::new("chat-room").object::<Room>("room").run()
+    App::new("chat-room")
+        .object::<Room>("room")
+        .routes(rooms)
+        .auth(same_site)
+        .run()
 }

@@ -10,6 +10,7 @@ use denizen_test_util::child::ChildServer;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -156,10 +157,49 @@ async fn chat_room_broadcasts_keeps_history_and_hibernates_with_members_connecte
                 .unwrap_err();
         assert!(err.to_string().contains("400"), "{bad}: {err}");
     }
+    // The app's authentication hook: a page of another site may not open a socket; one of
+    // this site may.
+    let mut request = server
+        .ws_url("/objects/room/lobby?user=eve")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut request = server
+        .ws_url("/objects/room/lobby?user=fay")
+        .into_client_request()
+        .unwrap();
+    let origin = format!("http://{}", server.addr);
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let (mut fay, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(json_frame(&mut fay).await["type"], "history");
+    fay.close(None).await.unwrap();
+    close_code(&mut fay).await;
+
     send_text(&mut carol, "still here").await;
     for client in [&mut ada, &mut bob, &mut carol] {
         assert_eq!(json_frame(client).await["text"], "still here");
     }
+
+    // The app's own route lists the rooms that were written to, without waking them.
+    server.wait_metric("denizen_live_objects", 0.0, WAIT).await;
+    let rooms: Value = reqwest::get(server.url("/rooms"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rooms = rooms["rooms"].as_array().unwrap();
+    assert_eq!(rooms.len(), 1, "{rooms:?}");
+    assert_eq!(rooms[0]["name"], "lobby");
+    assert_eq!(rooms[0]["awake"], false);
+    assert!(rooms[0]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(metric(&server, "denizen_live_objects").await, 0.0);
 
     // Stopped, then started again on the same data: the history was kept.
     for client in [&mut ada, &mut bob, &mut carol] {
