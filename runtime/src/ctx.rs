@@ -156,7 +156,8 @@ impl<O: DurableObject> Ctx<O> {
     /// Runs `fut` outside the mailbox (network calls, LLM requests, timers); its output comes
     /// back to this object as an event handled by `Handler<M>`. It starts only after this
     /// event's writes are committed, and is dropped if the event fails. The object does not
-    /// hibernate while it runs.
+    /// hibernate while it runs. It is not an event: `Options::event_timeout` does not bound it.
+    /// For a `fetch` whose caller waits for the work's result, see [`Ctx::respond_later`].
     pub fn spawn<M, F>(&mut self, fut: F)
     where
         M: Message,

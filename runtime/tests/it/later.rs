@@ -28,6 +28,9 @@ impl Message for Released {
 
 impl DurableObject for Waiter {
     async fn fetch(&mut self, ctx: &mut Ctx<Self>, req: Request) -> Result<Response> {
+        if req.uri().path() == "/panic" {
+            panic!("the instance breaks");
+        }
         if req.uri().path() != "/slow" {
             let last: Option<String> = ctx.storage().get("last")?;
             return Ok(http_util::text(http::StatusCode::OK, &format!("{last:?}")));
@@ -158,6 +161,25 @@ async fn a_later_answer_still_pending_at_shutdown_is_a_retryable_error() {
     let err = slow.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::ShuttingDown), "{err:?}");
     assert!(err.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_answer_survives_a_reset_of_the_instance_that_deferred_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = runtime(dir.path());
+    let slow = tokio::spawn(h.rt.fetch("waiter", "w", at(http::Method::POST, "/slow")));
+    h.started.notified().await;
+    let err =
+        h.rt.fetch("waiter", "w", at(http::Method::POST, "/panic"))
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::Panicked { .. }), "{err:?}");
+    // The work reports to the rebuilt instance, which answers the caller.
+    h.release.send_replace(Some("v2".into()));
+    let resp = slow.await.unwrap().unwrap();
+    assert_eq!(resp.body().as_ref(), b"answered v2, same instance: false");
+    assert_eq!(read(&h.rt, "w").await, "Some(\"v2\")");
+    h.rt.shutdown().await;
 }
 
 /// Answers an RPC with the placeholder of `respond_later`: not a place it can work.
