@@ -102,8 +102,12 @@ pub trait McpClient: Send + 'static {
     fn persist(&mut self, storage: &mut Storage) -> Result<()>;
 
     /// An HTTP request to the agent: the OAuth callback of an authorization in progress is
-    /// answered here (`Some`); anything else goes on to `on_request` (`None`).
-    fn callback<'a>(&'a mut self, req: &'a Request) -> Option<BoxFuture<'a, Result<Response>>>;
+    /// answered here (`Some`); anything else goes on to `on_request` (`None`). The future is the
+    /// slow part (the token exchange with the authorization server) and its answer to the
+    /// browser: the agents layer runs it off the turn, so the agent serves its clients
+    /// meanwhile, then persists the servers (with their new tokens) in an event of the agent
+    /// before that answer leaves.
+    fn callback(&mut self, req: &Request) -> Option<BoxFuture<'static, Result<Response>>>;
 }
 
 /// The `mcp` object of an agent without MCP servers.

@@ -6,7 +6,9 @@
 //! servers on every activation (they reconnect in the background with their saved routes and
 //! tokens), sends them to clients in `cf_agent_mcp_servers` on connect and on every change,
 //! persists tokens as they are issued and refreshed, and answers the OAuth callback at
-//! `/agents/<class>/<name>/callback` before the agent's `on_request`.
+//! `/agents/<class>/<name>/callback` before the agent's `on_request` (the token exchange runs
+//! off the turn: the agent serves its clients meanwhile, and the browser's answer leaves once
+//! the tokens are saved).
 
 use std::future::Future;
 use std::time::Duration;
@@ -390,17 +392,19 @@ impl McpClient for AgentMcp {
         Ok(self.persist_now(storage)?)
     }
 
-    fn callback<'a>(
-        &'a mut self,
-        req: &'a Request,
-    ) -> Option<BoxFuture<'a, denizen_runtime::Result<Response>>> {
+    fn callback(
+        &mut self,
+        req: &Request,
+    ) -> Option<BoxFuture<'static, denizen_runtime::Result<Response>>> {
         let (id, url) = self.callback_for(req)?;
+        // `callback_for` found the manager.
+        let manager = self.manager.clone()?;
+        let authorized_redirect = self.authorized_redirect.clone();
         Some(Box::pin(async move {
-            let manager = self.manager()?.clone();
             match manager.complete_authorization(&id, &url).await {
                 Ok(()) => {
                     info!(server = %id, "MCP server authorized");
-                    Ok(match &self.authorized_redirect {
+                    Ok(match &authorized_redirect {
                         Some(to) => http_util::redirect(StatusCode::FOUND, to),
                         None => http_util::html(
                             StatusCode::OK,

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::later::{Answer, answer_or_defer};
 use crate::namespace::{Gate, NsInner};
 use crate::object::{AlarmInfo, DurableObject, Handler, Message, Request, Response};
 use crate::socket::{InFlight, SocketEventKind, SocketId, WebSocket};
@@ -36,8 +37,9 @@ pub(crate) trait Job<O: DurableObject>: Send {
 
 pub(crate) struct FetchJob {
     req: Option<Request>,
+    /// `None` once the answer is left to a later event (`ctx.respond_later`).
     resp: Option<Response>,
-    tx: oneshot::Sender<Result<Response>>,
+    answer: Answer,
 }
 
 impl FetchJob {
@@ -45,7 +47,7 @@ impl FetchJob {
         FetchJob {
             req: Some(req),
             resp: None,
-            tx,
+            answer: Answer::new(tx),
         }
     }
 }
@@ -54,15 +56,18 @@ impl<O: DurableObject> Job<O> for FetchJob {
     fn run<'a>(&'a mut self, obj: &'a mut O, ctx: &'a mut Ctx<O>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let req = self.req.take().ok_or(Error::Unavailable)?;
-            self.resp = Some(obj.fetch(ctx, req).await?);
+            let resp = obj.fetch(ctx, req).await?;
+            self.resp = answer_or_defer(ctx, resp, &self.answer);
             Ok(())
         })
     }
     fn succeed(self: Box<Self>) {
-        let _ = self.tx.send(self.resp.ok_or(Error::Unavailable));
+        if let Some(resp) = self.resp {
+            self.answer.send(Ok(resp));
+        }
     }
     fn fail(self: Box<Self>, error: Error) {
-        let _ = self.tx.send(Err(error));
+        self.answer.send(Err(error));
     }
 }
 
@@ -218,7 +223,7 @@ pub(crate) struct State<O: DurableObject> {
 
 type Caught = std::result::Result<Result<()>, Box<dyn std::any::Any + Send>>;
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -156,7 +156,8 @@ impl<O: DurableObject> Ctx<O> {
     /// Runs `fut` outside the mailbox (network calls, LLM requests, timers); its output comes
     /// back to this object as an event handled by `Handler<M>`. It starts only after this
     /// event's writes are committed, and is dropped if the event fails. The object does not
-    /// hibernate while it runs.
+    /// hibernate while it runs. It is not an event: `Options::event_timeout` does not bound it.
+    /// For a `fetch` whose caller waits for the work's result, see [`Ctx::respond_later`].
     pub fn spawn<M, F>(&mut self, fut: F)
     where
         M: Message,
@@ -172,6 +173,65 @@ impl<O: DurableObject> Ctx<O> {
                 }
             }
         }));
+    }
+
+    /// Answers the HTTP request of this `fetch` later, after slow work off the turn, while the
+    /// object goes on handling other events: the Rust form of awaiting a network call inside a
+    /// Durable Object's `fetch`. Return what it gives from `fetch` (`Ok(ctx.respond_later(fut))`):
+    /// the caller keeps waiting while `fut` runs outside the mailbox, and its output `M` comes
+    /// back as an event handled by `Handler<M>`, whose `Response` is the answer. That event is an
+    /// event like any other: its writes commit before the answer leaves, and if it fails its
+    /// writes are rolled back and the caller gets its error. It may itself answer later again.
+    ///
+    /// Like [`Ctx::spawn`], `fut` starts only after this event's writes are committed (and is
+    /// dropped, the caller getting the event's error, if the event fails), and the object does
+    /// not hibernate while it runs. It is not an event, so `Options::event_timeout` does not
+    /// bound it: bound it yourself (`tokio::time::timeout`) if the work can hang. When the
+    /// runtime shuts down before `fut` finishes, the caller gets [`Error::ShuttingDown`]
+    /// (retryable; HTTP 503); a panic in `fut` reaches the caller as [`Error::Panicked`].
+    ///
+    /// The response returned here is a placeholder the runtime recognizes; from anywhere but
+    /// `fetch` (or the handler of `M`) it is sent as is: a 500 saying so.
+    ///
+    /// ```
+    /// use denizen_runtime::{Ctx, DurableObject, Handler, Message, Request, Response, Result};
+    /// use denizen_runtime::{http, http_util};
+    ///
+    /// struct Quote;
+    /// struct Fetched(String);
+    /// impl Message for Fetched {
+    ///     type Reply = Response;
+    /// }
+    ///
+    /// impl DurableObject for Quote {
+    ///     async fn fetch(&mut self, ctx: &mut Ctx<Self>, _req: Request) -> Result<Response> {
+    ///         // Other requests to this object are answered while this one waits.
+    ///         Ok(ctx.respond_later(async {
+    ///             // e.g. an HTTP API call
+    ///             Fetched("a quote".into())
+    ///         }))
+    ///     }
+    /// }
+    ///
+    /// impl Handler<Fetched> for Quote {
+    ///     async fn handle(&mut self, ctx: &mut Ctx<Self>, Fetched(quote): Fetched) -> Result<Response> {
+    ///         ctx.storage().put("last", &quote)?; // committed before the answer leaves
+    ///         Ok(http_util::text(http::StatusCode::OK, &quote))
+    ///     }
+    /// }
+    /// ```
+    pub fn respond_later<M, F>(&mut self, fut: F) -> Response
+    where
+        M: Message<Reply = Response>,
+        O: Handler<M>,
+        F: Future<Output = M> + Send + 'static,
+    {
+        crate::later::placeholder::<O, M, F>(self.ns.shared.clone(), fut)
+    }
+
+    /// Queues background work to start when the event's writes are committed.
+    pub(crate) fn start_after_commit(&mut self, fut: BoxFuture<'static, Event<O>>) {
+        self.pending.push(fut);
     }
 
     /// Keeps the object in memory until `fut` finishes (its output is ignored). Starts after the

@@ -11,6 +11,13 @@
 //! - **Implicit transactions and the output gate.** All writes of an event commit together when
 //!   the handler returns; its reply, socket sends and spawned tasks leave only after that commit.
 //!   A failing or panicking handler is rolled back and the instance reset.
+//! - **Slow work off the turn.** [`Ctx::spawn`] runs a future (an HTTP call, an LLM request)
+//!   outside the mailbox and hands its output back as an event; [`Ctx::respond_later`] does the
+//!   same for a `fetch` whose caller waits for the answer, which a later event makes (the Rust
+//!   form of awaiting a network call inside a Durable Object's `fetch`). Neither holds the
+//!   mailbox, both start after the commit, keep the object from hibernating while they run and
+//!   are not bounded by the event deadline; an answer still pending at shutdown is
+//!   [`Error::ShuttingDown`].
 //! - **Hibernation.** After `idle_timeout` without events or background work the instance is
 //!   dropped and its database closed; its WebSockets stay registered (with tags and attachment)
 //!   and the next event rebuilds it.
@@ -75,6 +82,7 @@ mod error;
 pub mod http_util;
 mod id;
 mod idle_poll;
+mod later;
 mod metrics;
 mod namespace;
 mod object;

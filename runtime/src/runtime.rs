@@ -169,6 +169,8 @@ pub(crate) struct Shared {
     alarms_tx: mpsc::UnboundedSender<alarm::Op>,
     namespaces: RwLock<HashMap<String, NsEntry>>,
     shutting_down: AtomicBool,
+    /// Turns true when shutdown starts, for work off the turn that a caller waits on.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Shutdown ran out of time: objects refuse the events they still have queued.
     abandoning: AtomicBool,
     started: Instant,
@@ -179,6 +181,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Relaxed)
+    }
+
+    /// Completes once shutdown has started (at once if it has).
+    pub(crate) fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            // An error means the runtime is gone: stopping too.
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
     }
 
     pub(crate) fn is_abandoning(&self) -> bool {
@@ -573,6 +584,7 @@ impl Builder {
             alarms_tx,
             namespaces: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             abandoning: AtomicBool::new(false),
             started: Instant::now(),
             last_trim_ms: AtomicU64::new(0),
@@ -757,6 +769,7 @@ impl Runtime {
     /// Sockets stay registered until the transport closes them.
     pub async fn shutdown(&self) {
         self.shared.shutting_down.store(true, Relaxed);
+        self.shared.stopping.send_replace(true);
         let namespaces: Vec<Arc<dyn AnyNamespace>> = {
             let map = self
                 .shared

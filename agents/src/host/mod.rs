@@ -3,7 +3,7 @@
 //! Its events are split by what they do: `connect` (the WebSocket handshake and clients' state
 //! changes), `rpc` (callable methods, from clients and from [`Call`]), `due` (schedules and
 //! the queue on the alarm), `mcp` (the agent's MCP servers) and `off_turn` (results of work
-//! started off the turn).
+//! started off the turn, and HTTP answers given after it).
 
 mod connect;
 mod due;
@@ -283,14 +283,10 @@ impl<A: Agent> AgentHost<A> {
         if req.extensions().get::<Upgrade>().is_some() {
             return self.connect(cx, req).await;
         }
-        // Awaited here, so the borrow of the agent ends before its servers are sent.
-        let callback = match self.agent.mcp().and_then(|mcp| mcp.callback(&req)) {
-            Some(answer) => Some(answer.await?),
-            None => None,
-        };
-        if let Some(answer) = callback {
-            self.mcp_changed(cx)?;
-            return Ok(answer);
+        // The token exchange of an OAuth callback runs off the turn; the browser's answer
+        // leaves once the servers it changed are saved.
+        if let Some(exchange) = self.agent.mcp().and_then(|mcp| mcp.callback(&req)) {
+            return Ok(off_turn::respond_later(cx, exchange));
         }
         self.agent.on_request(cx, req).await
     }

@@ -1,11 +1,13 @@
 //! Work off the turn: futures started by a handler that run outside the agent's mailbox, whose
 //! results come back as events of the agent ([`AgentContext::spawn_then`], and the late replies
-//! of [`Methods::callable_off_turn`](crate::Methods::callable_off_turn)).
+//! of [`Methods::callable_off_turn`](crate::Methods::callable_off_turn)), and HTTP answers
+//! given after such work (the MCP OAuth callback, through the runtime's `respond_later`).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
-use denizen_runtime::{Ctx, Error, Handler, Message, Result, WebSocket};
+use denizen_runtime::http::StatusCode;
+use denizen_runtime::{Ctx, Error, Handler, Message, Response, Result, WebSocket, http_util};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -140,6 +142,64 @@ impl<A: Agent> Handler<Landed<A>> for AgentHost<A> {
                 take_server_change();
             }
             Ok(())
+        })
+        .await
+    }
+}
+
+/// The event that turns the result of off-turn work into the answer to a waiting HTTP request.
+pub(crate) struct Answered<A: Agent> {
+    out: Result<Response>,
+    _agent: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Agent> Message for Answered<A> {
+    type Reply = Response;
+}
+
+/// Answers the HTTP request of the current `fetch` with what `fut` gives, once it finished off
+/// the turn and the MCP servers it changed are saved. Return the placeholder it gives from
+/// `fetch`.
+pub(crate) fn respond_later<A: Agent>(
+    cx: &mut Context<A>,
+    fut: BoxFuture<'static, Result<Response>>,
+) -> Response {
+    let span = tracing::Span::current();
+    cx.respond_later(
+        async move {
+            Answered {
+                out: settled(fut).await,
+                _agent: std::marker::PhantomData,
+            }
+        }
+        .instrument(span),
+    )
+}
+
+impl<A: Agent> Handler<Answered<A>> for AgentHost<A> {
+    /// A failure (of the work, or of saving what it changed) is rolled back and answered with a
+    /// 500; the agent goes on, not reset, like a failing [`Landed`].
+    async fn handle(&mut self, cx: &mut Ctx<Self>, answered: Answered<A>) -> Result<Response> {
+        tracking_state(async {
+            let outcome = match answered.out {
+                Ok(resp) => match self.mcp_changed(cx) {
+                    Ok(()) => self.settle_state(cx).await.map(|()| resp),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(resp) => Ok(resp),
+                Err(e) => {
+                    tracing::warn!(error = %e, "answering a request after off-turn work failed; its writes are rolled back");
+                    cx.rollback()?;
+                    take_server_change();
+                    Ok(http_util::text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("{e}\n"),
+                    ))
+                }
+            }
         })
         .await
     }

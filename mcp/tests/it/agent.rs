@@ -577,3 +577,76 @@ async fn adding_a_slow_server_does_not_hold_the_agent() {
     silent.abort();
     rt.shutdown().await;
 }
+
+/// Pauses or resumes a peer process (`STOP` / `CONT`): a paused server accepts connections
+/// and answers nothing, like a slow one.
+async fn signal(peer: &Peer, sig: &str) {
+    let pid = peer.child.id().expect("peer pid");
+    let status = tokio::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+#[tokio::test]
+async fn a_slow_token_exchange_does_not_hold_the_agent() {
+    init_tracing();
+    let peer = Peer::ts_oauth(free_port(), free_port()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, ns) = runtime(dir.path());
+    let mut a = Client::connect(&ns, "grace").await;
+    let added = a.rpc("1", "addServer", json!(["ts", peer.url])).await;
+    assert_eq!(added["result"]["state"], "authenticating", "{added}");
+    let auth_url = added["result"]["authUrl"].as_str().expect("authUrl");
+    let expected = format!("{CALLBACK_HOST}/agents/assistant/grace/callback?");
+    let callback: http::Uri = authorize(auth_url, &expected)
+        .await
+        .parse()
+        .expect("callback URI");
+    let mut req = http::Request::new(Bytes::new());
+    *req.uri_mut() = callback
+        .path_and_query()
+        .expect("path")
+        .as_str()
+        .parse()
+        .expect("uri");
+
+    // The authorization server stops answering: the token exchange waits on it.
+    signal(&peer, "STOP").await;
+    // Queued in this order: the callback, then an RPC from a client.
+    let browser = tokio::spawn(ns.get_by_name("grace").fetch(req));
+    let tools = a.rpc("2", "tools", json!([])).await;
+    assert_eq!(tools["success"], true, "{tools}");
+    assert!(
+        !browser.is_finished(),
+        "the callback was answered without its token"
+    );
+
+    signal(&peer, "CONT").await;
+    let resp = browser.await.expect("join").expect("callback");
+    let body = String::from_utf8_lossy(resp.body()).into_owned();
+    assert_eq!(resp.status(), 200, "{body}");
+    assert!(body.contains("Authorization complete"), "{body}");
+    a.until_mcp("the authorized server ready", |m| {
+        server_state(m, "ts") == "ready"
+    })
+    .await;
+
+    // The token was saved: after a restart nobody is asked again.
+    drop(a);
+    rt.shutdown().await;
+    drop(rt);
+    let (rt, ns) = runtime(dir.path());
+    let mut b = Client::connect(&ns, "grace").await;
+    b.until_mcp("the server ready with the stored token", |m| {
+        assert_ne!(server_state(m, "ts"), "authenticating", "asked again: {m}");
+        server_state(m, "ts") == "ready"
+    })
+    .await;
+    drop(b);
+    rt.shutdown().await;
+    peer.kill().await;
+}

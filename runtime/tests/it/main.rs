@@ -7,5 +7,6 @@ mod concurrency;
 mod failure;
 mod hardening;
 mod hibernation;
+mod later;
 mod overload;
 mod schema;
