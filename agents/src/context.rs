@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use denizen_runtime::storage::Params;
-use denizen_runtime::{Cursor, Value as SqlValue, WebSocket};
+use denizen_runtime::{Cursor, Response, Value as SqlValue, WebSocket};
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -293,6 +293,78 @@ pub trait AgentContext<A: Agent> {
             ) -> BoxFuture<'a, denizen_runtime::Result<()>>
             + Send
             + 'static;
+
+    /// Answers the HTTP request of [`on_request`](Agent::on_request) later, after slow work off
+    /// the turn — an HTTP API, an LLM request, an MCP tool call — while the agent goes on
+    /// serving its clients' calls and state changes, schedules and the queue. Return what it
+    /// gives from `on_request` (`Ok(cx.answer_later(fut, then))`): the HTTP caller keeps waiting
+    /// while `fut` runs outside the mailbox, then `then` gets its output in an event of the
+    /// agent and the `Response` it makes is the answer.
+    ///
+    /// It is [`spawn_then`](AgentContext::spawn_then) for an HTTP handler: `fut` starts once this
+    /// event's writes are committed (and not at all if the event fails; the caller then gets
+    /// its error), and `then` gets its output (an error saying so if it panicked) and runs like
+    /// any handler of the agent: its state changes are validated and broadcast, the MCP servers
+    /// it changed are saved, and its SQL commits before the answer leaves. If `then` fails (or
+    /// panics), its writes are rolled back and the caller gets a 500 with the error's message;
+    /// the agent goes on. `then` may itself return `cx.answer_later(..)` to do more slow work
+    /// before answering.
+    ///
+    /// The agent does not hibernate while work is in flight and no event deadline bounds it, so
+    /// give network work a timeout; if the server shuts down first, the caller gets a 503 to
+    /// retry. The response returned here is a placeholder: returned from anything but
+    /// `on_request` (or the `then` of another `answer_later`), it is sent as is, a 500 saying so.
+    ///
+    /// ```
+    /// use denizen_agents::{Agent, AgentContext, Context};
+    /// use denizen_runtime::{Request, Response, Result, http, http_util};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct State {
+    ///     asked: u64,
+    /// }
+    ///
+    /// struct Oracle;
+    ///
+    /// async fn ask_llm(question: String) -> Result<String> {
+    ///     Ok(format!("42, whatever {question:?} means")) // an LLM request, in a real agent
+    /// }
+    ///
+    /// impl Agent for Oracle {
+    ///     type State = State;
+    ///     fn initial_state(&self) -> State {
+    ///         State::default()
+    ///     }
+    ///
+    ///     async fn on_request(&mut self, cx: &mut Context<Self>, req: Request) -> Result<Response> {
+    ///         let question = String::from_utf8_lossy(req.body()).into_owned();
+    ///         // The agent's clients are served while the model thinks.
+    ///         Ok(cx.answer_later(ask_llm(question), |_agent, cx, answer| {
+    ///             Box::pin(async move {
+    ///                 let Ok(answer) = answer else {
+    ///                     return Ok(http_util::text(http::StatusCode::BAD_GATEWAY, "ask again later\n"));
+    ///                 };
+    ///                 let state = cx.state()?;
+    ///                 // Broadcast to the clients, and committed, before the answer leaves.
+    ///                 cx.set_state(&State { asked: state.asked + 1 })?;
+    ///                 Ok(http_util::text(http::StatusCode::OK, &answer))
+    ///             })
+    ///         }))
+    ///     }
+    /// }
+    /// ```
+    fn answer_later<T, F, H>(&mut self, fut: F, then: H) -> Response
+    where
+        T: Send + 'static,
+        F: Future<Output = denizen_runtime::Result<T>> + Send + 'static,
+        H: for<'a> FnOnce(
+                &'a mut A,
+                &'a mut Context<A>,
+                denizen_runtime::Result<T>,
+            ) -> BoxFuture<'a, denizen_runtime::Result<Response>>
+            + Send
+            + 'static;
 }
 
 impl<A: Agent> AgentContext<A> for Context<A> {
@@ -534,6 +606,21 @@ impl<A: Agent> AgentContext<A> for Context<A> {
             + 'static,
     {
         crate::host::spawn_then(self, fut, then);
+    }
+
+    fn answer_later<T, F, H>(&mut self, fut: F, then: H) -> Response
+    where
+        T: Send + 'static,
+        F: Future<Output = denizen_runtime::Result<T>> + Send + 'static,
+        H: for<'a> FnOnce(
+                &'a mut A,
+                &'a mut Context<A>,
+                denizen_runtime::Result<T>,
+            ) -> BoxFuture<'a, denizen_runtime::Result<Response>>
+            + Send
+            + 'static,
+    {
+        crate::host::answer_later(self, fut, then)
     }
 
     fn failures(&mut self) -> Result<Vec<Failure>> {

@@ -16,8 +16,10 @@
 //!   API, an LLM request, an MCP tool call — goes off the turn:
 //!   [`cx.spawn_then(fut, then)`](AgentContext::spawn_then) runs `fut` outside the mailbox and
 //!   hands its result to `then` as an event of the agent (state changes broadcast, SQL
-//!   committed), and [`Methods::callable_off_turn`] answers a client's call when its work
-//!   finishes. Meanwhile the agent serves its other clients' calls and state changes.
+//!   committed), [`Methods::callable_off_turn`] answers a client's call when its work
+//!   finishes, and [`cx.answer_later(fut, then)`](AgentContext::answer_later) answers an HTTP
+//!   request to [`Agent::on_request`] with the response `then` makes from the work's result.
+//!   Meanwhile the agent serves its other clients' calls and state changes.
 //! - **Workflows** ([`workflow`]): durable step functions (`step.run` journaled with retries,
 //!   durable `step.sleep` and `step.wait_for_event`), each instance a durable object with its own
 //!   SQLite journal, driven from Rust, from other objects, or over HTTP by the application.

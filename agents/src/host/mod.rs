@@ -29,7 +29,7 @@ use crate::methods::Methods;
 use crate::protocol::{self, Incoming};
 
 pub use connect::MAX_CONNECTION_ID;
-pub(crate) use off_turn::spawn_then;
+pub(crate) use off_turn::{answer_later, spawn_then};
 pub use rpc::Call;
 
 /// The durable object hosting an agent of type `A`. Registered with

@@ -1,7 +1,8 @@
 //! Work off the turn: futures started by a handler that run outside the agent's mailbox, whose
 //! results come back as events of the agent ([`AgentContext::spawn_then`], and the late replies
 //! of [`Methods::callable_off_turn`](crate::Methods::callable_off_turn)), and HTTP answers
-//! given after such work (the MCP OAuth callback, through the runtime's `respond_later`).
+//! given after such work ([`AgentContext::answer_later`](crate::AgentContext::answer_later) and
+//! the MCP OAuth callback, through the runtime's `respond_later`).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -147,14 +148,29 @@ impl<A: Agent> Handler<Landed<A>> for AgentHost<A> {
     }
 }
 
+/// What makes the answer to a waiting HTTP request once off-turn work finished: the work's
+/// output is captured in it.
+type MakeAnswer<A> = Box<
+    dyn for<'a> FnOnce(&'a mut AgentHost<A>, &'a mut Context<A>) -> BoxFuture<'a, Result<Response>>
+        + Send,
+>;
+
 /// The event that turns the result of off-turn work into the answer to a waiting HTTP request.
 pub(crate) struct Answered<A: Agent> {
-    out: Result<Response>,
-    _agent: std::marker::PhantomData<fn() -> A>,
+    make: MakeAnswer<A>,
 }
 
 impl<A: Agent> Message for Answered<A> {
     type Reply = Response;
+}
+
+fn make_box<A: Agent, F>(f: F) -> MakeAnswer<A>
+where
+    F: for<'a> FnOnce(&'a mut AgentHost<A>, &'a mut Context<A>) -> BoxFuture<'a, Result<Response>>
+        + Send
+        + 'static,
+{
+    Box::new(f)
 }
 
 /// Answers the HTTP request of the current `fetch` with what `fut` gives, once it finished off
@@ -167,9 +183,42 @@ pub(crate) fn respond_later<A: Agent>(
     let span = tracing::Span::current();
     cx.respond_later(
         async move {
+            let out = settled(fut).await;
             Answered {
-                out: settled(fut).await,
-                _agent: std::marker::PhantomData,
+                make: make_box(move |_: &mut AgentHost<A>, _: &mut Context<A>| {
+                    Box::pin(std::future::ready(out))
+                }),
+            }
+        }
+        .instrument(span),
+    )
+}
+
+/// Starts `fut` off the turn (after the current event commits); `then` gets its output (a panic
+/// as an error) in an event of the agent, and the response it makes answers the HTTP request of
+/// the current `fetch`. Return the placeholder it gives from `on_request`.
+pub(crate) fn answer_later<A, T, F, H>(cx: &mut Context<A>, fut: F, then: H) -> Response
+where
+    A: Agent,
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+    H: for<'a> FnOnce(&'a mut A, &'a mut Context<A>, Result<T>) -> BoxFuture<'a, Result<Response>>
+        + Send
+        + 'static,
+{
+    let span = tracing::Span::current();
+    cx.respond_later(
+        async move {
+            let out = settled(fut).await;
+            Answered {
+                make: make_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
+                    // As for spawn_then: the MCP servers the work changed are saved (and listed
+                    // to the clients) before the agent acts on its result.
+                    if let Err(e) = host.mcp_changed(cx) {
+                        return Box::pin(std::future::ready(Err(e)));
+                    }
+                    then(&mut host.agent, cx, out)
+                }),
             }
         }
         .instrument(span),
@@ -177,11 +226,13 @@ pub(crate) fn respond_later<A: Agent>(
 }
 
 impl<A: Agent> Handler<Answered<A>> for AgentHost<A> {
-    /// A failure (of the work, or of saving what it changed) is rolled back and answered with a
-    /// 500; the agent goes on, not reset, like a failing [`Landed`].
+    /// The answer is made like any event of the agent: state changes validated and broadcast,
+    /// MCP servers saved, writes committed before it leaves. A failure (of the work, of making
+    /// the answer, or of saving what they changed) is rolled back and answered with a 500; the
+    /// agent goes on, not reset, like a failing [`Landed`].
     async fn handle(&mut self, cx: &mut Ctx<Self>, answered: Answered<A>) -> Result<Response> {
         tracking_state(async {
-            let outcome = match answered.out {
+            let outcome = match super::guarded((answered.make)(self, cx)).await {
                 Ok(resp) => match self.mcp_changed(cx) {
                     Ok(()) => self.settle_state(cx).await.map(|()| resp),
                     Err(e) => Err(e),
