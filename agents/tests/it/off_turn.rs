@@ -1,6 +1,7 @@
 //! Work off the turn: an agent whose handler starts a network call keeps answering other
 //! clients' calls and state changes while the call is pending, then gets its result as an
-//! event (`spawn_then`) or as the late reply of the call that started it (`callable_off_turn`).
+//! event (`spawn_then`), as the late reply of the call that started it (`callable_off_turn`), or
+//! as the response to the HTTP request that started it (`answer_later`).
 //!
 //! The network peer is a loopback TCP server held by the test: it answers only when the test
 //! releases it, so "while pending" is a fact of the test, not a matter of timing.
@@ -9,7 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Call, Context, Methods};
-use denizen_runtime::{Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, Upgrade, http};
+use denizen_runtime::{
+    Bytes, Error, Frame, Namespace, Outgoing, Request, Response, Result, Runtime, Upgrade, http,
+    http_util,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -135,6 +139,41 @@ impl Agent for Forecaster {
             (),
         )?;
         Ok(())
+    }
+
+    /// `POST .../weather` with a city: answered with the weather once the service gave it.
+    /// `POST .../broken`: the service is asked, but making the answer fails.
+    async fn on_request(&mut self, cx: &mut Context<Self>, req: Request) -> Result<Response> {
+        let city = String::from_utf8_lossy(req.body()).into_owned();
+        if req.uri().path().ends_with("/broken") {
+            return Ok(cx.answer_later(ask(self.peer, city), |_, cx, weather| {
+                Box::pin(async move {
+                    let state = cx.state()?;
+                    cx.set_state(&State {
+                        weather: Some(weather?),
+                        ..state
+                    })?;
+                    cx.sql("INSERT INTO log(note) VALUES ('rolled back')", ())?;
+                    Err(Error::msg("the forecast could not be written up"))
+                })
+            }));
+        }
+        let state = cx.state()?;
+        cx.set_state(&State {
+            loading: true,
+            ..state
+        })?;
+        Ok(
+            cx.answer_later(ask(self.peer, city.clone()), |a, cx, weather| {
+                Box::pin(async move {
+                    a.on_weather(cx, weather).await?;
+                    let state = cx.state()?;
+                    let weather = state.weather.unwrap_or_default();
+                    let text = format!("{weather} in {city}; value {}\n", state.value);
+                    Ok(http_util::text(http::StatusCode::OK, &text))
+                })
+            }),
+        )
     }
 }
 
@@ -278,6 +317,18 @@ fn rpc(id: &str, method: &str, args: Value) -> Value {
     json!({"type": "rpc", "id": id, "method": method, "args": args})
 }
 
+/// Sends `POST /agents/forecaster/f/<path>` with `body` to the agent, in a task of its own.
+fn post(h: &Harness, path: &str, body: &str) -> tokio::task::JoinHandle<Result<Response>> {
+    let mut req = http::Request::new(Bytes::from(body.to_string()));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = format!("/agents/forecaster/f/{path}").parse().unwrap();
+    tokio::spawn(h.ns.get_by_name("f").fetch(req))
+}
+
+fn body(resp: &Response) -> String {
+    String::from_utf8_lossy(resp.body()).into_owned()
+}
+
 #[tokio::test]
 async fn an_agent_serves_other_clients_while_its_network_call_is_pending() {
     let h = harness().await;
@@ -385,5 +436,84 @@ async fn off_turn_failures_reach_the_caller_and_leave_the_agent_serving() {
         h.service.question().await.answer("fog").await;
     });
     assert_eq!(reply.unwrap(), "fog");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http_request_is_answered_by_a_later_event_while_the_agent_serves() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+    let mut b = Client::connect(&h, "b").await;
+
+    // A request starts a network call: its turn's state change reaches the clients at once.
+    let asked = post(&h, "weather", "Paris");
+    assert!(a.state().await.loading);
+    assert!(b.state().await.loading);
+    let question = h.service.question().await;
+    assert_eq!(question.city, "Paris");
+
+    // The service has not answered: the agent still serves A's call and B's state change.
+    a.send(rpc("1", "set", json!([5])));
+    assert_eq!(a.state().await.value, 5);
+    assert_eq!(a.reply("1").await["result"], 5);
+    assert_eq!(b.state().await.value, 5);
+    b.send(
+        json!({"type": "cf_agent_state", "state": {"value": 6, "loading": true, "weather": null}}),
+    );
+    assert_eq!(a.state().await.value, 6);
+    assert!(
+        !asked.is_finished(),
+        "the request was answered before its work ended"
+    );
+
+    // Answered: the response is made by a later event, on top of B's change, and that event's
+    // state change reaches the clients and its writes are committed.
+    question.answer("sunny").await;
+    let resp = asked.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "{}", body(&resp));
+    assert_eq!(body(&resp), "sunny in Paris; value 6\n");
+    let expected = State {
+        value: 6,
+        loading: false,
+        weather: Some("sunny".into()),
+    };
+    assert_eq!(a.state().await, expected);
+    assert_eq!(b.state().await, expected);
+    let log =
+        h.ns.get_by_name("f")
+            .call(Call::new("log", json!([])))
+            .await;
+    assert_eq!(log.unwrap(), json!(["sunny"]));
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_answer_gives_the_http_caller_an_error_and_leaves_the_agent_serving() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+
+    let asked = post(&h, "broken", "Rome");
+    h.service.question().await.answer("hail").await;
+    let resp = asked.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(
+        body(&resp).contains("the forecast could not be written up"),
+        "{}",
+        body(&resp)
+    );
+
+    // The failed event's state change never reached the client and its writes were rolled
+    // back; the agent still answers calls and requests.
+    a.send(rpc("1", "set", json!([1])));
+    let state = a.state().await;
+    assert_eq!((state.value, state.weather), (1, None));
+    assert_eq!(a.reply("1").await["result"], 1);
+    a.send(rpc("2", "log", json!([])));
+    assert_eq!(a.reply("2").await["result"], json!([]));
+    let asked = post(&h, "weather", "Lima");
+    assert!(a.state().await.loading);
+    h.service.question().await.answer("fog").await;
+    let resp = asked.await.unwrap().unwrap();
+    assert_eq!(body(&resp), "fog in Lima; value 1\n");
     h.runtime.shutdown().await;
 }
