@@ -57,7 +57,7 @@ impl<O: DurableObject> Job<O> for FetchJob {
         Box::pin(async move {
             let req = self.req.take().ok_or(Error::Unavailable)?;
             let resp = obj.fetch(ctx, req).await?;
-            self.resp = answer_or_defer(ctx, resp, &self.answer);
+            self.resp = answer_or_defer(ctx, resp, &mut self.answer);
             Ok(())
         })
     }

@@ -14,20 +14,41 @@ use crate::error::{Error, Result};
 use crate::object::{DurableObject, Handler, Message, Response};
 use crate::runtime::Shared;
 
-/// Where the answer to a waiting HTTP caller goes. Shared by the `fetch` event and the work that
-/// answers later, so whichever fails first can still tell the caller; dropped by everyone, it
-/// leaves the caller with [`Error::Unavailable`] rather than waiting for ever.
-#[derive(Clone)]
-pub(crate) struct Answer(Arc<Mutex<Option<oneshot::Sender<Result<Response>>>>>);
+/// Where the answer to a waiting HTTP caller goes. A plain sender for an answer given in the
+/// event (every request but the deferred ones: no allocation or lock on that path); once a
+/// handler defers, it is shared by that event and the work that answers later, so whichever
+/// fails first can still tell the caller. Dropped by everyone, it leaves the caller with
+/// [`Error::Unavailable`] rather than waiting for ever.
+pub(crate) struct Answer(Route);
+
+type Sender = oneshot::Sender<Result<Response>>;
+
+enum Route {
+    Direct(Option<Sender>),
+    Shared(Arc<Mutex<Option<Sender>>>),
+}
 
 impl Answer {
-    pub(crate) fn new(tx: oneshot::Sender<Result<Response>>) -> Self {
-        Answer(Arc::new(Mutex::new(Some(tx))))
+    pub(crate) fn new(tx: Sender) -> Self {
+        Answer(Route::Direct(Some(tx)))
+    }
+
+    /// A handle for the work that answers later; from now on both share the one sender.
+    fn share(&mut self) -> Answer {
+        let shared = match &mut self.0 {
+            Route::Direct(tx) => Arc::new(Mutex::new(tx.take())),
+            Route::Shared(shared) => shared.clone(),
+        };
+        self.0 = Route::Shared(shared.clone());
+        Answer(Route::Shared(shared))
     }
 
     /// Answers the caller; only the first answer counts.
-    pub(crate) fn send(&self, answer: Result<Response>) {
-        let tx = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    pub(crate) fn send(self, answer: Result<Response>) {
+        let tx = match self.0 {
+            Route::Direct(tx) => tx,
+            Route::Shared(shared) => shared.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        };
         if let Some(tx) = tx {
             let _ = tx.send(answer);
         }
@@ -94,7 +115,7 @@ where
 pub(crate) fn answer_or_defer<O: DurableObject>(
     ctx: &mut Ctx<O>,
     mut resp: Response,
-    answer: &Answer,
+    answer: &mut Answer,
 ) -> Option<Response> {
     let start = resp
         .extensions_mut()
@@ -102,7 +123,7 @@ pub(crate) fn answer_or_defer<O: DurableObject>(
         .and_then(|later| later.0.lock().unwrap_or_else(|e| e.into_inner()).take());
     match start {
         Some(start) => {
-            ctx.start_after_commit(start(answer.clone()));
+            ctx.start_after_commit(start(answer.share()));
             None
         }
         None => Some(resp),
@@ -136,7 +157,7 @@ where
             let msg = self.msg.take().ok_or(Error::Unavailable)?;
             let resp = obj.handle(ctx, msg).await?;
             // The handler may itself answer later again (more slow work first).
-            self.resp = answer_or_defer(ctx, resp, &self.answer);
+            self.resp = answer_or_defer(ctx, resp, &mut self.answer);
             Ok(())
         })
     }
