@@ -75,6 +75,7 @@
 //! ```
 
 mod agent;
+pub mod chat;
 mod context;
 mod error;
 mod host;
