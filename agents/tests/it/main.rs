@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod agents;
+mod chat_model;
 mod off_turn;
 mod workflow;
