@@ -13,23 +13,35 @@
 //! until the first token; after it, an error ends the stream with an `error` chunk. Dropping the
 //! [`Step`] aborts the HTTP request.
 //!
-//! ```no_run
+//! ```
 //! use futures_util::StreamExt;
-//! use denizen_agents::chat::model::{ModelClient, ModelConfig, StepRequest};
+//! use denizen_agents::chat::chunk::Chunk;
+//! use denizen_agents::chat::model::{FinishReason, ModelClient, ModelConfig, StepRequest};
 //! use denizen_agents::chat::wire::{ChatMessage, UserContent};
 //!
-//! # async fn run() -> Result<(), denizen_agents::chat::model::Error> {
-//! let config = ModelConfig::new("http://127.0.0.1:8080/v1", "smollm2")
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), denizen_agents::chat::model::Error> {
+//! # // A scripted stand-in for the model server (Denizen's test utilities).
+//! # let server = denizen_test_util::openai::ScriptedModel::start().await;
+//! # server.push(denizen_test_util::openai::Reply::text(&["Hello", "!"]));
+//! # let base_url = server.base_url();
+//! // base_url: an OpenAI-compatible base such as "http://127.0.0.1:8080/v1".
+//! let config = ModelConfig::new(base_url, "smollm2")
 //!     .with_api_key(std::env::var("DENIZEN_LLM_API_KEY").ok());
 //! let client = ModelClient::new(config)?;
 //! let messages = vec![ChatMessage::User { content: UserContent::Text("Hi!".into()) }];
 //! let mut step = client.step(StepRequest::new(messages, Vec::new()));
+//! let mut text = String::new();
 //! while let Some(chunk) = step.next().await {
-//!     // Relay each chunk to the UI (a `cf_agent_use_chat_response` frame's body).
-//!     let _ = serde_json::to_string(&chunk);
+//!     // Relay each chunk to the UI: it is a `cf_agent_use_chat_response` frame's body.
+//!     if let Chunk::TextDelta { delta, .. } = &chunk {
+//!         text.push_str(delta);
+//!     }
 //! }
 //! let outcome = step.into_outcome().expect("the step ran to its end");
-//! println!("{:?}: {:?}, {:?}", outcome.finish_reason, outcome.text, outcome.usage);
+//! assert_eq!(outcome.finish_reason, FinishReason::Stop);
+//! assert_eq!((text.as_str(), outcome.text.as_str()), ("Hello!", "Hello!"));
+//! assert!(outcome.usage.is_some() && outcome.error.is_none());
 //! # Ok(()) }
 //! ```
 
@@ -753,47 +765,49 @@ impl Driver {
         Ok(())
     }
 
-    /// The stream ended well: the step's last chunks and its outcome.
+    /// The stream ended: the step's last chunks and its outcome (an error without a
+    /// `finish_reason`).
     fn finish(&mut self) -> Vec<Event> {
         self.phase = Phase::Done;
         let Some(mapper) = self.mapper.take() else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        match mapper.finish(&mut out) {
-            Ok(done) => {
-                debug!(url = %self.inner.url, finish_reason = done.finish_reason.as_str(), usage = ?done.usage, "model step done");
-                let outcome = self.outcome(done, None);
-                out.into_iter()
-                    .map(Event::Chunk)
-                    .chain([Event::Done(Box::new(outcome))])
-                    .collect()
-            }
-            Err((error, partial)) => self.failed(error, partial),
+        let done = mapper.finish(&mut out);
+        if done.error.is_some() {
+            return self.failed(done);
+        }
+        debug!(url = %self.inner.url, finish_reason = done.finish_reason.as_str(), usage = ?done.usage, "model step done");
+        let outcome = self.outcome(done);
+        out.into_iter()
+            .map(Event::Chunk)
+            .chain([Event::Done(Box::new(outcome))])
+            .collect()
+    }
+
+    /// The step failed with `error`.
+    fn fail(&mut self, error: Error) -> Vec<Event> {
+        self.phase = Phase::Done;
+        match self.mapper.take() {
+            Some(mapper) => self.failed(mapper.partial(error)),
+            None => Vec::new(),
         }
     }
 
-    /// The step failed: an `error` chunk, nothing after it.
-    fn fail(&mut self, error: Error) -> Vec<Event> {
-        self.phase = Phase::Done;
-        let Some(mapper) = self.mapper.take() else {
-            return Vec::new();
-        };
-        self.failed(error, mapper.partial())
-    }
-
-    fn failed(&mut self, error: Error, partial: mapping::Finished) -> Vec<Event> {
-        warn!(url = %self.inner.url, attempts = self.attempts, %error, "model call failed");
-        let outcome = self.outcome(partial, Some(error));
+    /// A failed step's end: an `error` chunk, nothing after it.
+    fn failed(&mut self, partial: mapping::Finished) -> Vec<Event> {
+        if let Some(error) = &partial.error {
+            warn!(url = %self.inner.url, attempts = self.attempts, %error, "model call failed");
+        }
         vec![
             Event::Chunk(Chunk::Error {
                 error_text: DEFAULT_ERROR_TEXT.into(),
             }),
-            Event::Done(Box::new(outcome)),
+            Event::Done(Box::new(self.outcome(partial))),
         ]
     }
 
-    fn outcome(&self, done: mapping::Finished, error: Option<Error>) -> StepOutcome {
+    fn outcome(&self, done: mapping::Finished) -> StepOutcome {
         StepOutcome {
             finish_reason: done.finish_reason,
             tool_calls: done.tool_calls,
@@ -802,7 +816,7 @@ impl Driver {
             usage: done.usage,
             time_to_first_token: self.first_token,
             attempts: self.attempts,
-            error,
+            error: done.error,
         }
     }
 }

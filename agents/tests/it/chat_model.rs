@@ -552,7 +552,7 @@ async fn a_call_longer_than_the_request_timeout_ends_with_an_error() {
     let client = ModelClient::new(config(&model).with_timeouts(
         Duration::from_secs(5),
         Duration::from_secs(5),
-        Duration::from_millis(300),
+        Duration::from_millis(1500),
     ))
     .unwrap();
     model.push(Reply::Sse(vec![SseEvent::text("slow"), SseEvent::Hang]));

@@ -127,6 +127,8 @@ pub(super) struct Finished {
     pub(super) text: String,
     pub(super) reasoning: String,
     pub(super) usage: Option<Usage>,
+    /// Why the step failed, when it did.
+    pub(super) error: Option<Error>,
 }
 
 impl Mapper {
@@ -296,10 +298,11 @@ impl Mapper {
     }
 
     /// The stream ended well: closes the open parts, completes the tool calls and ends the step
-    /// (`finish-step`). A stream without any `finish_reason` is an error.
-    pub(super) fn finish(mut self, out: &mut Vec<Chunk>) -> Result<Finished, (Error, Finished)> {
+    /// (`finish-step`). A stream without any `finish_reason` is an error: nothing is added to
+    /// `out` and the result carries [`Error::NoFinishReason`].
+    pub(super) fn finish(mut self, out: &mut Vec<Chunk>) -> Finished {
         let Some(reason) = self.finish_reason.take() else {
-            return Err((Error::NoFinishReason, self.partial()));
+            return self.partial(Error::NoFinishReason);
         };
         if let Some(id) = self.reasoning_id.take() {
             out.push(Chunk::ReasoningEnd { id });
@@ -327,23 +330,26 @@ impl Mapper {
         }
         out.push(Chunk::FinishStep);
         let finish_reason = FinishReason::from_openai(&reason, self.refused);
-        Ok(Finished {
+        Finished {
             finish_reason,
             tool_calls,
             text: self.text,
             reasoning: self.reasoning,
             usage: self.usage,
-        })
+            error: None,
+        }
     }
 
-    /// What the step streamed before an error: its text and reasoning, no tool call.
-    pub(super) fn partial(self) -> Finished {
+    /// The step failed with `error`: what it streamed before, its text and reasoning, no tool
+    /// call.
+    pub(super) fn partial(self, error: Error) -> Finished {
         Finished {
             finish_reason: FinishReason::Error,
             tool_calls: Vec::new(),
             text: self.text,
             reasoning: self.reasoning,
             usage: self.usage,
+            error: Some(error),
         }
     }
 
@@ -435,7 +441,8 @@ mod tests {
                 finish("stop"),
             ],
         );
-        let done = m.finish(&mut out).unwrap();
+        let done = m.finish(&mut out);
+        assert!(done.error.is_none());
         assert_eq!(
             serde_json::to_value(&out).unwrap(),
             json!([
@@ -477,8 +484,9 @@ mod tests {
     fn no_finish_reason_is_an_error() {
         let mut m = mapper();
         let mut out = feed(&mut m, &[delta(json!({"content":"Hi"}))]);
-        let (error, partial) = m.finish(&mut out).unwrap_err();
-        assert!(matches!(error, Error::NoFinishReason));
+        let partial = m.finish(&mut out);
+        assert!(matches!(partial.error, Some(Error::NoFinishReason)));
+        assert_eq!(out.len(), 2, "nothing after the text's start and delta");
         assert_eq!(partial.text, "Hi");
         assert_eq!(partial.finish_reason, FinishReason::Error);
     }
