@@ -94,8 +94,10 @@ impl StreamChunk {
 /// A tool call being streamed.
 #[derive(Debug)]
 struct PendingCall {
-    id: String,
-    name: String,
+    /// Set by the first fragment that has one (or made up when the name comes without it).
+    id: Option<String>,
+    /// `None` until a fragment names the function; no chunk is sent before.
+    name: Option<String>,
     arguments: String,
 }
 
@@ -229,7 +231,13 @@ impl Mapper {
             self.refused = true;
             self.text_delta(refusal, out);
         }
-        for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+        let calls = delta.tool_calls.unwrap_or_default();
+        if !calls.is_empty()
+            && let Some(id) = self.reasoning_id.take()
+        {
+            out.push(Chunk::ReasoningEnd { id });
+        }
+        for (position, call) in calls.into_iter().enumerate() {
             self.saw_token = true;
             let index = call
                 .index
@@ -238,40 +246,47 @@ impl Mapper {
                 Some(f) => (f.name, f.arguments),
                 None => (None, None),
             };
-            if !self.calls.contains_key(&index) {
-                if let Some(id) = self.reasoning_id.take() {
-                    out.push(Chunk::ReasoningEnd { id });
-                }
+            let id = call.id.filter(|id| !id.is_empty());
+            let pending = self.calls.entry(index).or_insert_with(|| PendingCall {
+                id: id.clone(),
+                name: None,
+                arguments: String::new(),
+            });
+            if pending.id.is_none() {
+                pending.id = id;
+            }
+            let arguments = arguments.unwrap_or_default();
+            pending.arguments.push_str(&arguments);
+            if pending.name.is_none() {
+                // Some servers send a call's id before its name: its fragments wait for the name.
                 let Some(name) = name.filter(|n| !n.is_empty()) else {
-                    return Err(Error::BadChunk {
-                        data: format!("tool call {index}"),
-                        reason: "its first fragment has no function name".into(),
-                    });
+                    continue;
                 };
+                pending.name = Some(name.clone());
                 // llama.cpp sends random ids, some servers none: make one when missing.
-                let id = match call.id.filter(|id| !id.is_empty()) {
-                    Some(id) => id,
-                    None => format!("call_{}", self.new_id()),
+                let tool_call_id = match &pending.id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = format!("call_{}-{}", self.prefix, self.next_id);
+                        self.next_id += 1;
+                        pending.id = Some(id.clone());
+                        id
+                    }
                 };
                 out.push(Chunk::ToolInputStart {
-                    tool_call_id: id.clone(),
-                    tool_name: name.clone(),
+                    tool_call_id: tool_call_id.clone(),
+                    tool_name: name,
                 });
-                self.calls.insert(
-                    index,
-                    PendingCall {
-                        id,
-                        name,
-                        arguments: String::new(),
-                    },
-                );
-            }
-            if let Some(arguments) = arguments.filter(|a| !a.is_empty())
-                && let Some(pending) = self.calls.get_mut(&index)
-            {
-                pending.arguments.push_str(&arguments);
+                // All arguments so far (buffered ones included) as the first delta.
+                if !pending.arguments.is_empty() {
+                    out.push(Chunk::ToolInputDelta {
+                        tool_call_id,
+                        input_text_delta: pending.arguments.clone(),
+                    });
+                }
+            } else if !arguments.is_empty() {
                 out.push(Chunk::ToolInputDelta {
-                    tool_call_id: pending.id.clone(),
+                    tool_call_id: pending.id.clone().unwrap_or_default(),
                     input_text_delta: arguments,
                 });
             }
@@ -309,6 +324,13 @@ impl Mapper {
         }
         if let Some(id) = self.text_id.take() {
             out.push(Chunk::TextEnd { id });
+        }
+        if let Some((index, _)) = self.calls.iter().find(|(_, c)| c.name.is_none()) {
+            let error = Error::BadChunk {
+                data: format!("tool call {index}"),
+                reason: "no fragment of it names the function".into(),
+            };
+            return self.partial(error);
         }
         let mut tool_calls = Vec::with_capacity(self.calls.len());
         for call in std::mem::take(&mut self.calls).into_values() {
@@ -354,6 +376,7 @@ impl Mapper {
     }
 
     fn complete(&self, call: PendingCall) -> StepToolCall {
+        let name = call.name.unwrap_or_default();
         let parsed = if call.arguments.trim().is_empty() {
             Ok(Value::Object(Map::new()))
         } else {
@@ -364,15 +387,15 @@ impl Mapper {
                 Value::String(call.arguments.clone()),
                 Some(format!(
                     "Invalid input for tool {}: JSON parsing failed: Text: {}. Error message: {e}",
-                    call.name, call.arguments
+                    name, call.arguments
                 )),
             ),
-            Ok(input) if !self.known_tools.contains(&call.name) => {
+            Ok(input) if !self.known_tools.contains(&name) => {
                 let mut available: Vec<_> = self.known_tools.iter().map(String::as_str).collect();
                 available.sort_unstable();
                 let error = format!(
                     "Model tried to call unavailable tool '{}'. Available tools: {}.",
-                    call.name,
+                    name,
                     available.join(", ")
                 );
                 (input, Some(error))
@@ -380,8 +403,8 @@ impl Mapper {
             Ok(input) => (input, None),
         };
         StepToolCall {
-            id: call.id,
-            name: call.name,
+            id: call.id.unwrap_or_default(),
+            name,
             arguments: call.arguments,
             input,
             error,
@@ -489,6 +512,54 @@ mod tests {
         assert_eq!(out.len(), 2, "nothing after the text's start and delta");
         assert_eq!(partial.text, "Hi");
         assert_eq!(partial.finish_reason, FinishReason::Error);
+    }
+
+    #[test]
+    fn fragments_before_the_name_wait_for_it_and_a_call_never_named_is_an_error() {
+        let mut m = mapper();
+        let call = |v: Value| delta(json!({ "tool_calls": [v] }));
+        let mut out = feed(
+            &mut m,
+            &[
+                delta(json!({"reasoning_content":"hm"})),
+                call(json!({"index":0,"id":"c1","function":{"arguments":"{\"city\""}})),
+                call(json!({"index":0,"function":{"name":"getWeather","arguments":":"}})),
+                call(json!({"index":0,"function":{"arguments":"\"Oslo\"}"}})),
+                finish("tool_calls"),
+            ],
+        );
+        let done = m.finish(&mut out);
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!([
+                {"type":"reasoning-start","id":"p-0"},
+                {"type":"reasoning-delta","id":"p-0","delta":"hm"},
+                {"type":"reasoning-end","id":"p-0"},
+                {"type":"tool-input-start","toolCallId":"c1","toolName":"getWeather"},
+                {"type":"tool-input-delta","toolCallId":"c1","inputTextDelta":"{\"city\":"},
+                {"type":"tool-input-delta","toolCallId":"c1","inputTextDelta":"\"Oslo\"}"},
+                {"type":"tool-input-available","toolCallId":"c1","toolName":"getWeather","input":{"city":"Oslo"}},
+                {"type":"finish-step"}
+            ])
+        );
+        assert_eq!(done.finish_reason, FinishReason::ToolCalls);
+
+        let mut m = mapper();
+        let mut out = feed(
+            &mut m,
+            &[
+                call(json!({"index":0,"id":"c1","function":{"arguments":"{}"}})),
+                finish("tool_calls"),
+            ],
+        );
+        assert!(out.is_empty());
+        let done = m.finish(&mut out);
+        assert!(
+            matches!(done.error, Some(Error::BadChunk { .. })),
+            "{:?}",
+            done.error
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
