@@ -104,12 +104,7 @@ fn assistant_step(parts: &[Part], out: &mut Vec<ChatMessage>) {
     let tool_calls = tools
         .iter()
         .map(|tool| {
-            let input = tool
-                .input
-                .as_ref()
-                .or(tool.raw_input.as_ref())
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Default::default()));
+            let input = normalize_input(tool.input.as_ref().or(tool.raw_input.as_ref()));
             ToolCall::function(&tool.tool_call_id, &tool.tool_name, input.to_string())
         })
         .collect();
@@ -123,6 +118,21 @@ fn assistant_step(parts: &[Part], out: &mut Vec<ChatMessage>) {
             tool_call_id: tool.tool_call_id.clone(),
             content: tool_result(tool),
         });
+    }
+}
+
+/// A call's input as the model servers take `arguments`: a JSON object. A string holding an
+/// object is parsed; anything else (`null`, an array, the unparseable text of a
+/// `tool-input-error`) becomes `{}`, since chat templates (llama.cpp's) and providers refuse
+/// arguments that are not an object.
+fn normalize_input(input: Option<&Value>) -> Value {
+    match input {
+        Some(Value::Object(_)) => input.cloned().unwrap_or_default(),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(parsed @ Value::Object(_)) => parsed,
+            _ => Value::Object(Default::default()),
+        },
+        _ => Value::Object(Default::default()),
     }
 }
 
@@ -300,6 +310,8 @@ mod tests {
                 {"type":"tool-getWeather","toolCallId":"c1","state":"output-available","input":{"city":"Paris"},"output":"sunny"},
                 {"type":"tool-deploy","toolCallId":"c2","state":"output-denied","input":{},"approval":{"id":"p","approved":false}},
                 {"type":"tool-bad","toolCallId":"c3","state":"output-error","rawInput":"{oops","errorText":"Invalid input"},
+                {"type":"tool-list","toolCallId":"c4","state":"output-available","input":[1],"output":[]},
+                {"type":"tool-str","toolCallId":"c5","state":"output-available","rawInput":"{\"a\":1}","output":{}},
                 {"type":"data-progress","data":1},
                 {"type":"source-url","sourceId":"s","url":"https://x"},
                 {"type":"step-start"},
@@ -312,10 +324,14 @@ mod tests {
                 {"role":"assistant","content":null,"reasoning_content":"need weather","tool_calls":[
                     {"id":"c1","type":"function","function":{"name":"getWeather","arguments":"{\"city\":\"Paris\"}"}},
                     {"id":"c2","type":"function","function":{"name":"deploy","arguments":"{}"}},
-                    {"id":"c3","type":"function","function":{"name":"bad","arguments":"\"{oops\""}}]},
+                    {"id":"c3","type":"function","function":{"name":"bad","arguments":"{}"}},
+                    {"id":"c4","type":"function","function":{"name":"list","arguments":"{}"}},
+                    {"id":"c5","type":"function","function":{"name":"str","arguments":"{\"a\":1}"}}]},
                 {"role":"tool","tool_call_id":"c1","content":"sunny"},
                 {"role":"tool","tool_call_id":"c2","content":"Tool call execution denied."},
                 {"role":"tool","tool_call_id":"c3","content":"Invalid input"},
+                {"role":"tool","tool_call_id":"c4","content":"[]"},
+                {"role":"tool","tool_call_id":"c5","content":"{}"},
                 {"role":"assistant","content":"It is sunny."}
             ])
         );

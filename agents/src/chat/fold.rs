@@ -33,6 +33,10 @@ pub enum Applied {
     /// None: the chunk carries no content (`finish-step`, `error`, `abort`, a transient `data-*`,
     /// a kind the client ignores too).
     Nothing,
+    /// None: the chunk repeats a tool call the message has already taken further (a provider
+    /// replaying earlier calls in a continuation). Do not forward it: the client would move
+    /// its part back (the AI SDK's `updateToolPart` overwrites in place).
+    Replayed,
 }
 
 /// An assistant message being built from a stream of chunks.
@@ -238,9 +242,11 @@ impl MessageBuilder {
                 tool_call_id,
                 tool_name,
             } => {
-                let tool = self.upsert_tool(tool_call_id, tool_name)?;
-                tool.state = ToolState::InputStreaming;
-                tool.input = None;
+                // A model starting a new call always gives a new id: a known one is a replay.
+                if self.message.tool_part_mut(tool_call_id).is_some() {
+                    return Ok(Applied::Replayed);
+                }
+                self.upsert_tool(tool_call_id, tool_name)?;
                 self.partial_inputs
                     .insert(tool_call_id.clone(), String::new());
             }
@@ -248,19 +254,20 @@ impl MessageBuilder {
                 tool_call_id,
                 input_text_delta,
             } => {
-                let text = self
-                    .partial_inputs
-                    .get_mut(tool_call_id)
-                    .ok_or_else(|| unknown_call("tool-input-delta", tool_call_id))?;
-                text.push_str(input_text_delta);
-                // The client shows the input parsed as far as it goes (a partial-JSON repair);
-                // the server keeps the last complete parse. Only `tool-input-available` counts.
-                let parsed = serde_json::from_str::<Value>(text).ok();
                 let tool = self
                     .message
                     .tool_part_mut(tool_call_id)
                     .ok_or_else(|| unknown_call("tool-input-delta", tool_call_id))?;
-                if let Some(parsed) = parsed {
+                if tool.state != ToolState::InputStreaming {
+                    return Ok(Applied::Replayed);
+                }
+                let text = self.partial_inputs.entry(tool_call_id.clone()).or_default();
+                text.push_str(input_text_delta);
+                // The client shows the input parsed as far as it goes (a partial-JSON repair);
+                // the server keeps the last complete parse. Only `tool-input-available` counts.
+                if let Ok(parsed) = serde_json::from_str::<Value>(text)
+                    && let Some(tool) = self.message.tool_part_mut(tool_call_id)
+                {
                     tool.input = Some(parsed);
                 }
             }
@@ -271,6 +278,10 @@ impl MessageBuilder {
             } => {
                 self.partial_inputs.remove(tool_call_id);
                 let tool = self.upsert_tool(tool_call_id, tool_name)?;
+                // Only from input-streaming: a later state already has the input (a replay).
+                if tool.state != ToolState::InputStreaming {
+                    return Ok(Applied::Replayed);
+                }
                 tool.state = ToolState::InputAvailable;
                 tool.input = Some(input.clone());
             }
@@ -282,6 +293,9 @@ impl MessageBuilder {
             } => {
                 self.partial_inputs.remove(tool_call_id);
                 let tool = self.upsert_tool(tool_call_id, tool_name)?;
+                if tool.state.is_settled() {
+                    return Ok(Applied::Replayed);
+                }
                 tool.state = ToolState::OutputError;
                 // As the client: the invalid input is `rawInput`, `input` stays unset.
                 tool.input = None;
@@ -294,6 +308,10 @@ impl MessageBuilder {
             } => {
                 let (applied, tool) =
                     self.find_tool("tool-approval-request", tool_call_id, earlier)?;
+                // Never undo an answer or a result.
+                if tool.state == ToolState::ApprovalResponded || tool.state.is_settled() {
+                    return Ok(Applied::Replayed);
+                }
                 tool.state = ToolState::ApprovalRequested;
                 tool.approval = Some(Approval::requested(approval_id.clone()));
                 return Ok(applied);
@@ -323,6 +341,10 @@ impl MessageBuilder {
             Chunk::ToolOutputDenied { tool_call_id } => {
                 let (applied, tool) =
                     self.find_tool("tool-output-denied", tool_call_id, earlier)?;
+                // A granted approval or a result is not turned into a denial by a replay.
+                if tool.state == ToolState::ApprovalResponded || tool.state.is_settled() {
+                    return Ok(Applied::Replayed);
+                }
                 tool.state = ToolState::OutputDenied;
                 return Ok(applied);
             }
@@ -737,6 +759,50 @@ mod tests {
             let err = builder.apply(&chunk(c), &mut earlier).unwrap_err();
             assert!(matches!(err, Error::UnknownToolCall { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn replayed_tool_chunks_never_move_a_call_back() {
+        let mut builder = MessageBuilder::new("m");
+        for c in [
+            json!({"type":"tool-input-start","toolCallId":"c","toolName":"f"}),
+            json!({"type":"tool-input-available","toolCallId":"c","toolName":"f","input":{"a":1}}),
+            json!({"type":"tool-output-available","toolCallId":"c","output":"r"}),
+            json!({"type":"tool-input-start","toolCallId":"d","toolName":"g"}),
+            json!({"type":"tool-input-available","toolCallId":"d","toolName":"g","input":{}}),
+            json!({"type":"tool-approval-request","approvalId":"p","toolCallId":"d"}),
+        ] {
+            builder.apply(&chunk(c), &mut []).unwrap();
+        }
+        let before = builder.message().clone();
+        for c in [
+            json!({"type":"tool-input-start","toolCallId":"c","toolName":"f"}),
+            json!({"type":"tool-input-delta","toolCallId":"c","inputTextDelta":"{"}),
+            json!({"type":"tool-input-available","toolCallId":"c","toolName":"f","input":{"a":2}}),
+            json!({"type":"tool-input-error","toolCallId":"c","toolName":"f","input":"x","errorText":"e"}),
+            json!({"type":"tool-approval-request","approvalId":"q","toolCallId":"c"}),
+            json!({"type":"tool-output-denied","toolCallId":"c"}),
+            json!({"type":"tool-input-available","toolCallId":"d","toolName":"g","input":{"b":1}}),
+        ] {
+            let applied = builder.apply(&chunk(c.clone()), &mut []).unwrap();
+            assert_eq!(applied, Applied::Replayed, "{c}");
+        }
+        assert_eq!(builder.message(), &before);
+        // An approved call is not denied by a replay, nor asked again.
+        builder.message.tool_part_mut("d").unwrap().state = ToolState::ApprovalResponded;
+        for c in [
+            json!({"type":"tool-output-denied","toolCallId":"d"}),
+            json!({"type":"tool-approval-request","approvalId":"p","toolCallId":"d"}),
+        ] {
+            assert_eq!(
+                builder.apply(&chunk(c), &mut []).unwrap(),
+                Applied::Replayed
+            );
+        }
+        assert_eq!(
+            builder.message.tool_part_mut("d").unwrap().state,
+            ToolState::ApprovalResponded
+        );
     }
 
     #[test]
