@@ -124,29 +124,45 @@ pub fn apply_tool_approval(
     Ok(updated)
 }
 
-/// Settles every tool call left without a result, before a new user turn is sent to the model
-/// (which refuses a call without a result, `MissingToolResultsError`): an approved call that did
-/// not run gets `output-error` [`APPROVED_NOT_RUN`], a call still streaming, waiting for its
-/// result or for an approval gets `output-error` [`INTERRUPTED`], and a call answered "no"
-/// but not marked denied (a client's local state) becomes `output-denied`. Returns the indexes
-/// of the messages it changed.
-pub fn repair_interrupted_tool_parts(messages: &mut [UiMessage]) -> Vec<usize> {
+/// Settles the tool calls left without a result, before a new user turn is sent to the model
+/// (which refuses a call without a result, `MissingToolResultsError`):
+/// - an approved call that did not run gets `output-error` [`APPROVED_NOT_RUN`], and a call
+///   answered "no" but not marked denied (a client's local state) becomes `output-denied`;
+///   except in the LAST message, whose turn (a continuation) may still run it;
+/// - a call still streaming, waiting for its result or for an approval gets `output-error`
+///   [`INTERRUPTED`], unless `awaits_client` says a person or the client can still answer it
+///   (pass [`awaits_client_interaction`] to keep those, as AIChatAgent does, or `|_| false` to
+///   settle everything).
+///
+/// Settled calls are left as they are. Returns the indexes of the messages it changed (to
+/// persist and broadcast).
+pub fn repair_interrupted_tool_parts(
+    messages: &mut [UiMessage],
+    awaits_client: impl Fn(&ToolPart) -> bool,
+) -> Vec<usize> {
     let mut changed = Vec::new();
+    let last = messages.len().saturating_sub(1);
     for (index, message) in messages.iter_mut().enumerate() {
         let mut touched = false;
         for part in &mut message.parts {
             let Part::Tool(tool) = part else { continue };
             match tool.state {
+                ToolState::ApprovalResponded if index == last => continue,
                 ToolState::ApprovalResponded
-                    if tool.approval.as_ref().and_then(|a| a.approved) == Some(true) =>
+                    if tool.approval.as_ref().and_then(|a| a.approved) == Some(false) =>
                 {
+                    tool.state = ToolState::OutputDenied;
+                }
+                ToolState::ApprovalResponded => {
                     tool.state = ToolState::OutputError;
                     tool.error_text = Some(APPROVED_NOT_RUN.into());
                 }
-                ToolState::ApprovalResponded => tool.state = ToolState::OutputDenied,
                 ToolState::InputStreaming
                 | ToolState::InputAvailable
                 | ToolState::ApprovalRequested => {
+                    if awaits_client(tool) {
+                        continue;
+                    }
                     tool.state = ToolState::OutputError;
                     tool.error_text = Some(INTERRUPTED.into());
                 }
@@ -161,6 +177,17 @@ pub fn repair_interrupted_tool_parts(messages: &mut [UiMessage]) -> Vec<usize> {
         }
     }
     changed
+}
+
+/// Whether a call waits for the client: an approval request (a person answers it), or a call
+/// of one of `client_tools` (the tools the client declared, which it runs) with its input
+/// complete.
+pub fn awaits_client_interaction(tool: &ToolPart, client_tools: &[&str]) -> bool {
+    match tool.state {
+        ToolState::ApprovalRequested => true,
+        ToolState::InputAvailable => client_tools.contains(&tool.tool_name.as_str()),
+        _ => false,
+    }
 }
 
 /// The `messageIds` of a user turn's terminal frames: the ids of the trailing run of user
@@ -235,8 +262,8 @@ fn keep_recorded_tool_results(stored: &UiMessage, mut incoming: UiMessage) -> Ui
 /// Reconciles `stored` with `incoming` (a request's messages, or a client's `setMessages`):
 /// each incoming message replaces the stored one with its id (keeping recorded tool results
 /// the client's copy lacks) or is added after the incoming message before it. Stored messages
-/// missing from `incoming` stay, except with [`Trigger::RegenerateMessage`], where the result is
-/// exactly `incoming` and they are deleted.
+/// missing from `incoming` stay, except with [`Trigger::RegenerateMessage`] when every incoming
+/// message is a stored one: the result is then exactly `incoming` and the others are deleted.
 pub fn reconcile(stored: &[UiMessage], incoming: Vec<UiMessage>, trigger: Trigger) -> Reconciled {
     let by_id: HashMap<&str, &UiMessage> = stored.iter().map(|m| (m.id.as_str(), m)).collect();
     let mut upserted = Vec::new();
@@ -276,7 +303,10 @@ pub fn reconcile(stored: &[UiMessage], incoming: Vec<UiMessage>, trigger: Trigge
         })
         .collect();
 
-    if trigger == Trigger::RegenerateMessage {
+    // A regenerate sends a part of the stored transcript; one with a message the server does
+    // not have is not that (a client out of step), so nothing is deleted for it.
+    let subset = seen.iter().all(|id| by_id.contains_key(id.as_str()));
+    if trigger == Trigger::RegenerateMessage && subset {
         let deleted = stored
             .iter()
             .filter(|m| !seen.contains(&m.id))
@@ -487,10 +517,14 @@ mod tests {
                 {"type":"tool-f","toolCallId":"6","state":"output-available","input":{},"output":1},
                 {"type":"tool-g","toolCallId":"7","state":"output-error","input":{},"errorText":"x"},
                 {"type":"tool-h","toolCallId":"8","state":"output-denied","input":{}}
-            ]}
+            ]},
+            {"id":"u2","role":"user","parts":[{"type":"text","text":"never mind"}]}
         ]));
         let settled = stored[1].parts[5..].to_vec();
-        assert_eq!(repair_interrupted_tool_parts(&mut stored), vec![1]);
+        assert_eq!(
+            repair_interrupted_tool_parts(&mut stored, |_| false),
+            vec![1]
+        );
         let tools: Vec<&ToolPart> = stored[1].tool_parts().collect();
         assert_eq!(tools[0].state, ToolState::OutputError);
         assert_eq!(tools[0].error_text.as_deref(), Some(APPROVED_NOT_RUN));
@@ -509,7 +543,38 @@ mod tests {
         assert_eq!(tools[4].state, ToolState::OutputDenied);
         assert_eq!(stored[1].parts[5..], settled[..]);
         // Nothing left to repair.
-        assert!(repair_interrupted_tool_parts(&mut stored).is_empty());
+        assert!(repair_interrupted_tool_parts(&mut stored, |_| false).is_empty());
+    }
+
+    #[test]
+    fn an_approved_call_in_the_last_message_may_still_run() {
+        let mut stored = messages(json!([
+            {"id":"u","role":"user","parts":[{"type":"text","text":"deploy"}]},
+            {"id":"a","role":"assistant","parts":[
+                {"type":"tool-a","toolCallId":"1","state":"approval-responded","input":{},"approval":{"id":"p1","approved":true}}]}
+        ]));
+        let before = stored.clone();
+        assert!(repair_interrupted_tool_parts(&mut stored, |_| false).is_empty());
+        assert_eq!(stored, before);
+    }
+
+    #[test]
+    fn calls_the_client_can_still_answer_are_kept_if_asked() {
+        let mut stored = messages(json!([
+            {"id":"a","role":"assistant","parts":[
+                {"type":"tool-getLocation","toolCallId":"1","state":"input-available","input":{}},
+                {"type":"tool-deploy","toolCallId":"2","state":"approval-requested","input":{},"approval":{"id":"p"}},
+                {"type":"tool-search","toolCallId":"3","state":"input-available","input":{}}]},
+            {"id":"u","role":"user","parts":[{"type":"text","text":"next"}]}
+        ]));
+        let changed = repair_interrupted_tool_parts(&mut stored, |t| {
+            awaits_client_interaction(t, &["getLocation"])
+        });
+        assert_eq!(changed, vec![0]);
+        assert_eq!(state_of(&stored, "1"), ToolState::InputAvailable);
+        assert_eq!(state_of(&stored, "2"), ToolState::ApprovalRequested);
+        // A server tool that never answered is settled.
+        assert_eq!(state_of(&stored, "3"), ToolState::OutputError);
     }
 
     #[test]
@@ -585,6 +650,12 @@ mod tests {
         assert_eq!(ids(&r.messages), ["u1", "a1", "u2"]);
         assert_eq!(r.deleted, ["a2"]);
         assert!(r.upserted.is_empty());
+        // A request with a message the server lacks deletes nothing.
+        let mut incoming = stored[..1].to_vec();
+        incoming.push(UiMessage::user_text("new", "x"));
+        let r = reconcile(&stored, incoming, Trigger::RegenerateMessage);
+        assert!(r.deleted.is_empty());
+        assert_eq!(ids(&r.messages), ["u1", "new", "a1", "u2", "a2"]);
     }
 
     #[test]
