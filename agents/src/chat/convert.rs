@@ -155,11 +155,37 @@ fn tool_result(tool: &ToolPart) -> String {
     }
 }
 
+/// What an image counts for in [`estimate_tokens`]: models bill images by their pixels, not by
+/// the length of their `data:` URL (a 1024×1024 image is about 765 OpenAI tokens).
+pub const IMAGE_TOKENS: usize = 1_000;
+
 /// A message's size in tokens, estimated as its JSON's length in bytes divided by 4 (about 4
 /// characters a token for English text; less for other scripts and for code, so keep the
-/// budget a margin below the model's context).
+/// budget a margin below the model's context), each image counting [`IMAGE_TOKENS`] instead of
+/// its URL.
 pub fn estimate_tokens(message: &ChatMessage) -> usize {
-    serde_json::to_string(message).map_or(0, |json| json.len().div_ceil(4))
+    let json_tokens = |m: &ChatMessage| serde_json::to_string(m).map_or(0, |j| j.len().div_ceil(4));
+    match message {
+        ChatMessage::User {
+            content: UserContent::Parts(parts),
+        } => {
+            let images = parts
+                .iter()
+                .filter(|p| matches!(p, ContentPart::ImageUrl { .. }))
+                .count();
+            let text_only = ChatMessage::User {
+                content: UserContent::Parts(
+                    parts
+                        .iter()
+                        .filter(|p| matches!(p, ContentPart::Text { .. }))
+                        .cloned()
+                        .collect(),
+                ),
+            };
+            json_tokens(&text_only) + images * IMAGE_TOKENS
+        }
+        _ => json_tokens(message),
+    }
 }
 
 /// `messages` within `budget` tokens by `estimate` (e.g. [`estimate_tokens`]): the oldest
@@ -441,5 +467,24 @@ mod tests {
         assert_eq!(estimate_tokens(&m), json_len.div_ceil(4));
         let long = user(&"x".repeat(4000));
         assert!(estimate_tokens(&long) >= 1000);
+        // An image counts IMAGE_TOKENS, however long its data URL.
+        let image = |len: usize| ChatMessage::User {
+            content: UserContent::Parts(vec![
+                ContentPart::Text {
+                    text: "abcd".into(),
+                },
+                ContentPart::ImageUrl {
+                    image_url: ImageUrl {
+                        url: "x".repeat(len),
+                    },
+                },
+            ]),
+        };
+        assert_eq!(
+            estimate_tokens(&image(10)),
+            estimate_tokens(&image(4_000_000))
+        );
+        assert!(estimate_tokens(&image(10)) > IMAGE_TOKENS);
+        assert!(estimate_tokens(&image(10)) < IMAGE_TOKENS + 20);
     }
 }

@@ -692,6 +692,10 @@ mod tests {
         let huge = format!("[\"{}\"]", "x".repeat(MAX_MESSAGES_JSON_BYTES));
         assert!(matches!(parse_messages(&huge), Err(Error::TooLarge { .. })));
 
+        // Deep nesting is refused by the JSON parser's depth limit, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(parse_messages(&deep), Err(Error::Invalid(_))));
+
         let long_call = "c".repeat(MAX_ID_BYTES + 1);
         let err = messages_from_value(json!([{"id": "a", "role": "assistant", "parts": [
             {"type":"tool-x","toolCallId": long_call,"state":"input-available"}]}]));

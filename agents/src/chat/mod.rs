@@ -4,11 +4,12 @@
 //! messages (`../shared/reference/chat-protocol.md` §6 and §12); [`message`], the transcript's
 //! messages as the client holds them, [`fold`], chunks folded into them, [`history`], tool
 //! results, approvals and reconciliation applied to a transcript, and [`convert`], a transcript
-//! turned into a model request.
+//! turned into a model request; [`request`], a chat request's body.
 
 pub mod chunk;
 pub mod convert;
 pub mod fold;
 pub mod history;
 pub mod message;
+pub mod request;
 pub mod wire;
