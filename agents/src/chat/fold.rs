@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::chunk::{Chunk, UiChunk};
 use super::message::{
     Approval, DataPart, Error, MAX_PARTS, Part, Result, Role, TextPart, TextState, ToolPart,
-    ToolState, UiMessage,
+    ToolState, UiMessage, check_id,
 };
 
 /// Which message a chunk changed.
@@ -143,9 +143,16 @@ impl MessageBuilder {
         }
     }
 
-    /// The tool part of `tool_call_id` in this message, created in `state` if absent (as the
-    /// client's `updateToolPart` does for `tool-input-start` / `-available` / `-error`).
+    /// The tool part of `tool_call_id` in this message, created (`input-streaming`) if absent,
+    /// as the client's `updateToolPart` does for `tool-input-start` / `-available` / `-error`.
     fn upsert_tool(&mut self, tool_call_id: &str, tool_name: &str) -> Result<&mut ToolPart> {
+        // Ids the model chose end up in the stored transcript, which must load again.
+        check_id("a tool call id", tool_call_id)?;
+        if tool_name.is_empty() {
+            return Err(Error::Invalid(format!(
+                "tool call `{tool_call_id}` has an empty tool name"
+            )));
+        }
         let index =
             self.message.parts.iter().position(
                 |part| matches!(part, Part::Tool(tool) if tool.tool_call_id == tool_call_id),
@@ -194,6 +201,7 @@ impl MessageBuilder {
                 message_metadata,
             } => {
                 if let Some(id) = message_id {
+                    check_id("a message id", id)?;
                     self.message.id = id.clone();
                 }
                 if let Some(metadata) = message_metadata {
@@ -885,6 +893,23 @@ mod tests {
             json!(42),
         ] {
             assert_eq!(builder.apply(&chunk(c), &mut []).unwrap(), Applied::Nothing);
+        }
+    }
+
+    #[test]
+    fn ids_the_model_chose_are_bounded() {
+        let long = "x".repeat(crate::chat::message::MAX_ID_BYTES + 1);
+        for c in [
+            json!({"type":"start","messageId":long}),
+            json!({"type":"start","messageId":""}),
+            json!({"type":"tool-input-start","toolCallId":long,"toolName":"f"}),
+            json!({"type":"tool-input-available","toolCallId":"","toolName":"f","input":{}}),
+            json!({"type":"tool-input-error","toolCallId":long,"toolName":"f","input":{},"errorText":"e"}),
+            json!({"type":"tool-input-start","toolCallId":"c","toolName":""}),
+        ] {
+            let mut builder = MessageBuilder::new("m");
+            assert!(builder.apply(&chunk(c.clone()), &mut []).is_err(), "{c}");
+            assert_eq!(builder.message(), &UiMessage::new("m", Role::Assistant));
         }
     }
 

@@ -177,7 +177,8 @@ impl UiMessage {
     }
 }
 
-fn check_id(what: &'static str, id: &str) -> Result<()> {
+/// Refuses an empty id or one over [`MAX_ID_BYTES`].
+pub(crate) fn check_id(what: &'static str, id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::Invalid(format!("{what} is empty")));
     }
