@@ -11,6 +11,32 @@
 //! an approved tool whose part is in the previous turn's message), so [`MessageBuilder::apply`]
 //! takes the rest of the transcript and says which message it changed. After a crash,
 //! [`MessageBuilder::rebuild`] folds a stored chunk log into the partial message to persist.
+//!
+//! ```
+//! use denizen_agents::chat::chunk::{Chunk, UiChunk};
+//! use denizen_agents::chat::convert::to_chat_messages;
+//! use denizen_agents::chat::fold::{Applied, MessageBuilder};
+//! use denizen_agents::chat::message::UiMessage;
+//!
+//! let mut transcript = vec![UiMessage::user_text("u1", "Hi!")];
+//! let mut reply = MessageBuilder::new("assistant_1");
+//! for chunk in [
+//!     Chunk::Start { message_id: None, message_metadata: None },
+//!     Chunk::StartStep,
+//!     Chunk::TextStart { id: "t".into() },
+//!     Chunk::TextDelta { id: "t".into(), delta: "Hello.".into() },
+//!     Chunk::TextEnd { id: "t".into() },
+//!     Chunk::FinishStep,
+//! ] {
+//!     // Store and forward the chunk unless it was a replay.
+//!     let applied = reply.apply(&UiChunk::Known(chunk), &mut transcript)?;
+//!     assert_ne!(applied, Applied::Replayed);
+//! }
+//! transcript.push(reply.into_message());
+//! let request = to_chat_messages(Some("You are helpful."), &transcript);
+//! assert_eq!(request.len(), 3);
+//! # Ok::<(), denizen_agents::chat::message::Error>(())
+//! ```
 
 use std::collections::HashMap;
 
