@@ -1,9 +1,19 @@
-//! The AI chat agent's building blocks, shared by the model client and the chat protocol:
-//! [`wire`], the messages of an OpenAI-compatible `/v1/chat/completions` request,
-//! [`chunk`], the AI SDK's UI message stream chunks the `useAgentChat` client folds into
-//! messages, and [`model`], the client that streams a model call as those chunks
-//! (`../shared/reference/chat-protocol.md` §6 and §12).
+//! The AI chat agent's building blocks (`../shared/reference/chat-protocol.md` §6 and §12):
+//!
+//! - [`wire`], the messages of an OpenAI-compatible `/v1/chat/completions` request;
+//! - [`chunk`], the AI SDK's UI message stream chunks the `useAgentChat` client folds into
+//!   messages;
+//! - [`model`], the client that streams one model call as those chunks;
+//! - [`message`], the transcript's messages as the client holds them; [`fold`], chunks folded
+//!   into them; [`history`], tool results, approvals and reconciliation applied to a
+//!   transcript; [`convert`], a transcript turned into a model request;
+//! - [`request`], a chat request's body.
 
 pub mod chunk;
+pub mod convert;
+pub mod fold;
+pub mod history;
+pub mod message;
 pub mod model;
+pub mod request;
 pub mod wire;
