@@ -113,6 +113,14 @@ pub trait Agent: Send + Sized + 'static {
         None
     }
 
+    /// The agent's chat ([`Chat`](crate::chat::agent::Chat), kept in a field), if it speaks the
+    /// `useAgentChat` protocol. The agents layer then hands it the chat frames of its protocol
+    /// connections before `on_message`, and `GET …/get-messages` before `on_request`:
+    /// `fn chat(&mut self) -> Option<&mut Chat<Self>> { Some(&mut self.chat) }`.
+    fn chat(&mut self) -> Option<&mut crate::chat::agent::Chat<Self>> {
+        None
+    }
+
     /// Runs on every activation after the agent's tables are ready, before any other event.
     /// Idempotent schedules (`schedule_every`, cron) are safe to (re)declare here.
     fn on_start(&mut self, cx: &mut Context<Self>) -> impl Future<Output = Result<()>> + Send {

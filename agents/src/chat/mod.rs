@@ -7,8 +7,10 @@
 //! - [`message`], the transcript's messages as the client holds them; [`fold`], chunks folded
 //!   into them; [`history`], tool results, approvals and reconciliation applied to a
 //!   transcript; [`convert`], a transcript turned into a model request;
-//! - [`request`], a chat request's body.
+//! - [`request`], a chat request's body;
+//! - [`agent`], the chat agent that speaks the protocol with all of them.
 
+pub mod agent;
 pub mod chunk;
 pub mod convert;
 pub mod fold;

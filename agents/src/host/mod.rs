@@ -29,7 +29,7 @@ use crate::methods::Methods;
 use crate::protocol::{self, Incoming};
 
 pub use connect::MAX_CONNECTION_ID;
-pub(crate) use off_turn::{answer_later, spawn_then};
+pub(crate) use off_turn::{Landed, answer_later, spawn_then};
 pub use rpc::Call;
 
 /// The durable object hosting an agent of type `A`. Registered with
@@ -288,6 +288,9 @@ impl<A: Agent> AgentHost<A> {
         if let Some(exchange) = self.agent.mcp().and_then(|mcp| mcp.callback(&req)) {
             return Ok(off_turn::respond_later(cx, exchange));
         }
+        if let Some(response) = crate::chat::agent::get_messages(&mut self.agent, cx, &req) {
+            return Ok(response);
+        }
         self.agent.on_request(cx, req).await
     }
 
@@ -303,7 +306,14 @@ impl<A: Agent> AgentHost<A> {
         match protocol::parse(&frame) {
             Incoming::State(state) => self.client_state(cx, conn, state).await,
             Incoming::Rpc { id, method, args } => self.rpc(cx, conn, id, method, args).await,
-            Incoming::Other => self.agent.on_message(cx, &conn, frame).await,
+            Incoming::Other => {
+                if self.agent.chat().is_some()
+                    && crate::chat::agent::on_frame(&mut self.agent, cx, &conn, &frame).await?
+                {
+                    return Ok(());
+                }
+                self.agent.on_message(cx, &conn, frame).await
+            }
         }
     }
 }

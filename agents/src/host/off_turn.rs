@@ -34,6 +34,23 @@ impl<A: Agent> Message for Landed<A> {
     type Reply = ();
 }
 
+impl<A: Agent> Landed<A> {
+    /// An event that runs `f` on the agent, handled as the result of off-turn work is (its
+    /// failure rolled back and logged). The chat agent's model task sends one per chunk.
+    pub(crate) fn on_agent<F>(f: F) -> Self
+    where
+        F: for<'a> FnOnce(&'a mut A, &'a mut Context<A>) -> BoxFuture<'a, Result<()>>
+            + Send
+            + 'static,
+    {
+        Landed {
+            then: then_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
+                f(&mut host.agent, cx)
+            }),
+        }
+    }
+}
+
 fn then_box<A: Agent, F>(f: F) -> Then<A>
 where
     F: for<'a> FnOnce(&'a mut AgentHost<A>, &'a mut Context<A>) -> BoxFuture<'a, Result<()>>

@@ -1,0 +1,78 @@
+//! The server's chat frames (chat-protocol.md §4), built in one place so every path sends the
+//! same shapes.
+
+use serde_json::{Value, json};
+
+use crate::chat::message::UiMessage;
+
+/// The type of every turn frame.
+pub(crate) const RESPONSE: &str = "cf_agent_use_chat_response";
+/// A client's chat request.
+pub(crate) const REQUEST: &str = "cf_agent_use_chat_request";
+/// A client's cancel.
+pub(crate) const CANCEL: &str = "cf_agent_chat_request_cancel";
+/// The transcript, both ways.
+pub(crate) const MESSAGES: &str = "cf_agent_chat_messages";
+/// A clear, both ways.
+pub(crate) const CLEAR: &str = "cf_agent_chat_clear";
+/// A client's resume probe.
+pub(crate) const RESUME_REQUEST: &str = "cf_agent_stream_resume_request";
+
+/// How a turn ended, as its terminal frame says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Ran to its end (no `outcome` key).
+    Completed,
+    /// Cancelled.
+    Aborted,
+    /// The model reported an error (after an `error:true` frame).
+    Error,
+}
+
+/// A live chunk: `body` is the chunk's JSON.
+pub(crate) fn chunk(request_id: &str, body: String, seq: u64) -> Value {
+    json!({"body": body, "done": false, "id": request_id, "type": RESPONSE, "seq": seq})
+}
+
+/// The end of a turn.
+pub(crate) fn done(request_id: &str, message_ids: &[String], outcome: Outcome) -> Value {
+    let mut frame = json!({"body": "", "done": true, "id": request_id, "type": RESPONSE, "messageIds": message_ids});
+    let outcome = match outcome {
+        Outcome::Completed => None,
+        Outcome::Aborted => Some("aborted"),
+        Outcome::Error => Some("error"),
+    };
+    if let (Some(outcome), Some(map)) = (outcome, frame.as_object_mut()) {
+        map.insert("outcome".into(), outcome.into());
+    }
+    frame
+}
+
+/// The model's stream reported an error: the client fails the turn with `text`.
+pub(crate) fn stream_error(request_id: &str, text: &str, message_ids: &[String]) -> Value {
+    json!({"error": true, "body": text, "done": false, "id": request_id, "type": RESPONSE, "messageIds": message_ids})
+}
+
+/// The turn failed before or outside its stream: one frame that ends it with `text`.
+pub(crate) fn failed(request_id: &str, text: &str) -> Value {
+    json!({"body": text, "done": true, "error": true, "id": request_id, "type": RESPONSE})
+}
+
+/// The authoritative transcript.
+pub(crate) fn messages(messages: &[UiMessage]) -> Value {
+    json!({"messages": messages, "type": MESSAGES})
+}
+
+/// A clear, to the other connections.
+pub(crate) fn clear() -> Value {
+    json!({"type": CLEAR})
+}
+
+/// Nothing to resume.
+pub(crate) fn resume_none(probe_id: Option<&str>) -> Value {
+    let mut frame = json!({"type": "cf_agent_stream_resume_none", "reason": "idle"});
+    if let (Some(probe), Some(map)) = (probe_id, frame.as_object_mut()) {
+        map.insert("probeId".into(), probe.into());
+    }
+    frame
+}

@@ -1,0 +1,118 @@
+//! The chat agent's tables in the agent's SQLite: the transcript (one row per message, in
+//! order) and the log of the running turn's chunks (for resume; deleted when the reply is
+//! persisted).
+
+use std::collections::{HashMap, HashSet};
+
+use denizen_runtime::{Error, Result, Storage};
+use serde::Deserialize;
+
+use crate::chat::message::UiMessage;
+
+/// Creates the tables (idempotent; run once per activation, on the first chat event).
+pub(crate) fn ensure(storage: &mut Storage) -> Result<()> {
+    storage.exec(
+        "CREATE TABLE IF NOT EXISTS denizen_chat_messages(
+            id TEXT PRIMARY KEY NOT NULL, pos INTEGER NOT NULL, message TEXT NOT NULL)",
+        (),
+    )?;
+    storage.exec(
+        "CREATE INDEX IF NOT EXISTS denizen_chat_messages_pos ON denizen_chat_messages(pos)",
+        (),
+    )?;
+    storage.exec(
+        "CREATE TABLE IF NOT EXISTS denizen_chat_stream(
+            request_id TEXT NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+            PRIMARY KEY(request_id, seq))",
+        (),
+    )?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Row {
+    message: String,
+}
+
+/// The transcript, in order.
+pub(crate) fn load(storage: &mut Storage) -> Result<Vec<UiMessage>> {
+    let rows: Vec<Row> = storage
+        .exec("SELECT message FROM denizen_chat_messages ORDER BY pos", ())?
+        .all()?;
+    rows.into_iter()
+        .map(|row| {
+            serde_json::from_str(&row.message).map_err(|e| {
+                Error::msg(format!(
+                    "a stored chat message does not decode ({e}); the table denizen_chat_messages was changed by hand"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Makes the stored transcript `messages`, given what is stored now (`stored`, as [`load`]
+/// gave it) and the ids that changed: rows are written only where a message changed or moved,
+/// and rows of messages no longer in `messages` are deleted. Row `pos` is always the index.
+pub(crate) fn save(
+    storage: &mut Storage,
+    stored: &[UiMessage],
+    messages: &[UiMessage],
+    changed: &HashSet<&str>,
+) -> Result<()> {
+    let ranks: HashMap<&str, usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.as_str(), i))
+        .collect();
+    let kept: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    for old in stored {
+        if !kept.contains(old.id.as_str()) {
+            storage.exec(
+                "DELETE FROM denizen_chat_messages WHERE id = ?",
+                (old.id.as_str(),),
+            )?;
+        }
+    }
+    for (pos, message) in messages.iter().enumerate() {
+        let moved = ranks.get(message.id.as_str()) != Some(&pos);
+        if moved || changed.contains(message.id.as_str()) {
+            let json = serde_json::to_string(message)
+                .map_err(|e| Error::msg(format!("could not encode a chat message: {e}")))?;
+            storage.exec(
+                "INSERT OR REPLACE INTO denizen_chat_messages(id, pos, message) VALUES (?, ?, ?)",
+                (message.id.as_str(), pos as i64, json.as_str()),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends a chunk of a turn to the stream log.
+pub(crate) fn log_chunk(
+    storage: &mut Storage,
+    request_id: &str,
+    seq: u64,
+    body: &str,
+) -> Result<()> {
+    storage.exec(
+        "INSERT OR REPLACE INTO denizen_chat_stream(request_id, seq, body) VALUES (?, ?, ?)",
+        (request_id, seq as i64, body),
+    )?;
+    Ok(())
+}
+
+/// Drops a turn's stream log (its message is persisted).
+pub(crate) fn drop_log(storage: &mut Storage, request_id: &str) -> Result<()> {
+    storage.exec(
+        "DELETE FROM denizen_chat_stream WHERE request_id = ?",
+        (request_id,),
+    )?;
+    Ok(())
+}
+
+/// Deletes the transcript and every stream log.
+pub(crate) fn clear(storage: &mut Storage) -> Result<()> {
+    storage.exec("DELETE FROM denizen_chat_messages", ())?;
+    storage.exec("DELETE FROM denizen_chat_stream", ())?;
+    Ok(())
+}

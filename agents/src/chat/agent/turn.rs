@@ -1,0 +1,521 @@
+//! A chat turn: started in the agent's turn, its model calls and tools run off the turn, each
+//! chunk and the end brought back to the agent as events (chat-protocol.md §5, §10, §12.3).
+
+use std::collections::{HashSet, VecDeque};
+
+use denizen_runtime::{Result, Stub};
+use futures_util::StreamExt;
+use futures_util::future::{AbortHandle, Abortable, BoxFuture};
+use rand::Rng;
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::frames::{self, Outcome};
+use super::{ChatRun, ChatTurn, Tool, store};
+use crate::agent::{Agent, Connection, Context};
+use crate::chat::chunk::{Chunk, UiChunk};
+use crate::chat::convert::{estimate_tokens, fit_to_budget, to_chat_messages};
+use crate::chat::fold::{Applied, MessageBuilder, merge_metadata};
+use crate::chat::history::{
+    awaits_client_interaction, reconcile, repair_interrupted_tool_parts, trailing_user_ids,
+};
+use crate::chat::message::{Part, UiMessage};
+use crate::chat::model::{DEFAULT_ERROR_TEXT, FinishReason, ModelClient, StepRequest};
+use crate::chat::request::RequestBody;
+use crate::chat::wire::{ChatMessage, ToolSpec};
+use crate::context::AgentContext;
+use crate::host::{AgentHost, Landed};
+
+/// The turns of one agent: the running one and those waiting, in order.
+#[derive(Default)]
+pub(crate) struct Turns {
+    /// Numbers turns, so events of a turn that was cleared away are recognised and dropped.
+    serial: u64,
+    active: Option<Active>,
+    queue: VecDeque<Queued>,
+}
+
+/// A checked chat request, waiting for its turn.
+pub(crate) struct Queued {
+    pub(crate) request_id: String,
+    /// The connection id (`_pk`) of the client that sent it.
+    pub(crate) sender: String,
+    pub(crate) body: RequestBody,
+}
+
+/// The running turn.
+struct Active {
+    serial: u64,
+    request_id: String,
+    sender: String,
+    message_ids: Vec<String>,
+    /// The reply being streamed.
+    builder: MessageBuilder,
+    /// The transcript before the reply, as the turn began (tool results may land in it).
+    earlier: Vec<UiMessage>,
+    /// Ids of the earlier messages the stream changed.
+    touched: HashSet<String>,
+    seq: u64,
+    abort: AbortHandle,
+}
+
+/// How the off-turn part of a turn ended.
+enum End {
+    Completed,
+    Aborted,
+    Error(String),
+}
+
+fn turns<A: Agent>(agent: &mut A) -> Option<&mut Turns> {
+    agent.chat().map(|chat| &mut chat.turns)
+}
+
+/// Runs `queued` now, or after the turns before it.
+pub(crate) async fn submit<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    queued: Queued,
+) -> Result<()> {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    if turns.active.is_some() || !turns.queue.is_empty() {
+        turns.queue.push_back(queued);
+        return Ok(());
+    }
+    start(agent, cx, queued).await
+}
+
+/// Starts `queued`, or, if it ends before streaming, the next waiting turn, until one streams.
+/// Boxed: a turn's end starts the next one, which spawns the work whose end is handled there.
+fn start<'a, A: Agent>(
+    agent: &'a mut A,
+    cx: &'a mut Context<A>,
+    mut queued: Queued,
+) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        loop {
+            if begin(agent, cx, queued).await? {
+                return Ok(());
+            }
+            match turns(agent).and_then(|t| t.queue.pop_front()) {
+                Some(next) => queued = next,
+                None => return Ok(()),
+            }
+        }
+    })
+}
+
+fn assistant_id() -> String {
+    let millis = chrono::Utc::now().timestamp_millis();
+    let random: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(10)
+        .map(char::from)
+        .collect();
+    format!("assistant_{millis}_{random}")
+}
+
+/// The first half of a turn, in the agent's turn: persist the request's messages, ask the
+/// application what to run, start it off the turn. `false` when the turn ended already (its
+/// terminal frame is sent).
+async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> Result<bool> {
+    let Queued {
+        request_id,
+        sender,
+        body,
+    } = queued;
+    let others = [sender.as_str()];
+    cx.broadcast_json(&frames::messages(&body.messages), &others)?;
+    store::ensure(cx.storage())?;
+    let stored = store::load(cx.storage())?;
+    let message_ids = trailing_user_ids(&body.messages);
+    let client_tools = body.client_tools.unwrap_or_default();
+    let mut reconciled = reconcile(&stored, body.messages, body.trigger);
+    let client_names: Vec<&str> = client_tools.iter().map(|t| t.name.as_str()).collect();
+    let repaired = repair_interrupted_tool_parts(&mut reconciled.messages, |tool| {
+        awaits_client_interaction(tool, &client_names)
+    });
+    let mut changed: HashSet<&str> = reconciled.upserted.iter().map(String::as_str).collect();
+    changed.extend(repaired.iter().map(|&i| reconciled.messages[i].id.as_str()));
+    store::save(cx.storage(), &stored, &reconciled.messages, &changed)?;
+    cx.broadcast_json(&frames::messages(&reconciled.messages), &others)?;
+
+    let Some(respond) = agent.chat().map(|chat| chat.respond.clone()) else {
+        return Ok(false);
+    };
+    let turn = ChatTurn {
+        request_id: request_id.clone(),
+        messages: reconciled.messages.clone(),
+        body: body.custom,
+        client_tools: client_tools.clone(),
+    };
+    let run: ChatRun = match respond(agent, cx, turn).await {
+        Ok(run) => run,
+        Err(e) => {
+            tracing::warn!(request = %request_id, error = %e, "the chat agent could not start a turn");
+            cx.broadcast_json(&frames::failed(&request_id, &e.to_string()), &[])?;
+            return Ok(false);
+        }
+    };
+
+    let mut messages = to_chat_messages(run.system.as_deref(), &reconciled.messages);
+    if let Some(budget) = run.token_budget {
+        messages = fit_to_budget(messages, budget, estimate_tokens);
+    }
+    let mut specs: Vec<ToolSpec> = run.tools.iter().map(|t| t.spec().clone()).collect();
+    specs.extend(client_tools.iter().map(|t| {
+        ToolSpec {
+            name: t.name.clone(),
+            description: t.description.clone().unwrap_or_default(),
+            parameters: t
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        }
+    }));
+
+    let stub = cx
+        .runtime()
+        .namespace::<AgentHost<A>>(cx.namespace())?
+        .get(cx.id().clone());
+    let Some(turns) = turns(agent) else {
+        return Ok(false);
+    };
+    turns.serial += 1;
+    let serial = turns.serial;
+    let (abort, registration) = AbortHandle::new_pair();
+    turns.active = Some(Active {
+        serial,
+        request_id: request_id.clone(),
+        sender,
+        message_ids,
+        builder: MessageBuilder::new(assistant_id()),
+        earlier: reconciled.messages,
+        touched: HashSet::new(),
+        seq: 0,
+        abort,
+    });
+    let work = run_model::<A>(
+        stub,
+        serial,
+        run.model,
+        messages,
+        specs,
+        run.tools,
+        run.max_steps,
+    );
+    let span = tracing::info_span!("chat turn", request = %request_id);
+    cx.spawn(
+        async move {
+            let end = Abortable::new(work, registration)
+                .await
+                .unwrap_or(End::Aborted);
+            Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
+                Box::pin(finish(a, cx, serial, end))
+            })
+        }
+        .instrument(span),
+    );
+    Ok(true)
+}
+
+/// Delivers one chunk of turn `serial` to the agent; `false` if the agent is gone.
+async fn emit<A: Agent>(stub: &Stub<AgentHost<A>>, serial: u64, chunk: Chunk) -> bool {
+    let event = Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
+        Box::pin(on_chunk(a, cx, serial, chunk))
+    });
+    match stub.call(event).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "the chat agent is gone; the turn stops");
+            false
+        }
+    }
+}
+
+/// The off-turn part of a turn: the model calls and the tool loop (chat-protocol.md §12.3).
+async fn run_model<A: Agent>(
+    stub: Stub<AgentHost<A>>,
+    serial: u64,
+    model: ModelClient,
+    mut messages: Vec<ChatMessage>,
+    specs: Vec<ToolSpec>,
+    tools: Vec<Tool>,
+    max_steps: usize,
+) -> End {
+    if !emit(
+        &stub,
+        serial,
+        Chunk::Start {
+            message_id: None,
+            message_metadata: None,
+        },
+    )
+    .await
+    {
+        return End::Aborted;
+    }
+    let mut finish = FinishReason::Stop;
+    for _ in 0..max_steps.max(1) {
+        let mut step = model.step(StepRequest::new(messages.clone(), specs.clone()));
+        let mut error_text = None;
+        while let Some(chunk) = step.next().await {
+            if let Chunk::Error { error_text: text } = chunk {
+                error_text = Some(text);
+                continue;
+            }
+            if !emit(&stub, serial, chunk).await {
+                return End::Aborted;
+            }
+        }
+        let Some(outcome) = step.into_outcome() else {
+            return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
+        };
+        if let Some(e) = &outcome.error {
+            tracing::warn!(error = %e, "the model call failed");
+            return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
+        }
+        finish = outcome.finish_reason;
+        if outcome.tool_calls.is_empty()
+            || !matches!(finish, FinishReason::Stop | FinishReason::ToolCalls)
+        {
+            break;
+        }
+        let mut results = Vec::new();
+        let mut all_answered = true;
+        for call in &outcome.tool_calls {
+            let content = if let Some(error) = &call.error {
+                error.clone()
+            } else if let Some(tool) = tools.iter().find(|t| t.name() == call.name) {
+                let (chunk, content) = match tool.call(call.input.clone()).await {
+                    Ok(output) => {
+                        let content = match &output {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let chunk = Chunk::ToolOutputAvailable {
+                            tool_call_id: call.id.clone(),
+                            output,
+                            preliminary: None,
+                        };
+                        (chunk, content)
+                    }
+                    Err(text) => {
+                        let chunk = Chunk::ToolOutputError {
+                            tool_call_id: call.id.clone(),
+                            error_text: text.clone(),
+                        };
+                        (chunk, text)
+                    }
+                };
+                if !emit(&stub, serial, chunk).await {
+                    return End::Aborted;
+                }
+                content
+            } else {
+                // A client tool: the client runs it once the turn has ended.
+                all_answered = false;
+                continue;
+            };
+            results.push(ChatMessage::Tool {
+                tool_call_id: call.id.clone(),
+                content,
+            });
+        }
+        if !all_answered {
+            break;
+        }
+        messages.push(outcome.assistant_message());
+        messages.extend(results);
+    }
+    let finished = emit(
+        &stub,
+        serial,
+        Chunk::Finish {
+            finish_reason: Some(finish.as_str().to_string()),
+            message_metadata: None,
+        },
+    )
+    .await;
+    if finished {
+        End::Completed
+    } else {
+        End::Aborted
+    }
+}
+
+/// A chunk of turn `serial`, in the agent: rewritten (`start` gets the message id, `finish`
+/// carries its reason in the metadata), folded into the reply, logged and sent to every
+/// connection.
+async fn on_chunk<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    serial: u64,
+    chunk: Chunk,
+) -> Result<()> {
+    let Some(active) = turns(agent)
+        .and_then(|t| t.active.as_mut())
+        .filter(|a| a.serial == serial)
+    else {
+        return Ok(());
+    };
+    let chunk = match chunk {
+        Chunk::Start {
+            message_metadata, ..
+        } => Chunk::Start {
+            message_id: Some(active.builder.message().id.clone()),
+            message_metadata,
+        },
+        Chunk::Finish {
+            finish_reason,
+            mut message_metadata,
+        } => {
+            if let Some(reason) = finish_reason {
+                merge_metadata(&mut message_metadata, &json!({ "finishReason": reason }));
+            }
+            Chunk::Finish {
+                finish_reason: None,
+                message_metadata,
+            }
+        }
+        other => other,
+    };
+    let chunk = UiChunk::Known(chunk);
+    match active.builder.apply(&chunk, &mut active.earlier) {
+        Err(e) => {
+            tracing::warn!(error = %e, "a chunk the client could not fold is not sent");
+            return Ok(());
+        }
+        Ok(Applied::Replayed) => return Ok(()),
+        Ok(Applied::Earlier(i)) => {
+            active.touched.insert(active.earlier[i].id.clone());
+        }
+        Ok(Applied::Message | Applied::Nothing) => {}
+    }
+    let body = serde_json::to_string(&chunk)
+        .map_err(|e| denizen_runtime::Error::msg(format!("could not encode a chunk: {e}")))?;
+    let seq = active.seq;
+    active.seq += 1;
+    let request_id = active.request_id.clone();
+    store::log_chunk(cx.storage(), &request_id, seq, &body)?;
+    cx.broadcast_json(&frames::chunk(&request_id, body, seq), &[])?;
+    Ok(())
+}
+
+/// Persists what turn `active` built: its reply (if it has any content) and the earlier
+/// messages the stream changed. `true` if anything was written.
+fn persist(cx: &mut Context<impl Agent>, active: &Active, reply: &UiMessage) -> Result<bool> {
+    let has_content = reply.parts.iter().any(|p| !matches!(p, Part::StepStart));
+    let stored = store::load(cx.storage())?;
+    let mut messages = stored.clone();
+    let mut changed: HashSet<&str> = HashSet::new();
+    for earlier in active
+        .earlier
+        .iter()
+        .filter(|m| active.touched.contains(&m.id))
+    {
+        if let Some(slot) = messages.iter_mut().find(|m| m.id == earlier.id) {
+            *slot = earlier.clone();
+            changed.insert(earlier.id.as_str());
+        }
+    }
+    if has_content {
+        match messages.iter_mut().find(|m| m.id == reply.id) {
+            Some(slot) => *slot = reply.clone(),
+            None => messages.push(reply.clone()),
+        }
+        changed.insert(reply.id.as_str());
+    }
+    store::save(cx.storage(), &stored, &messages, &changed)?;
+    store::drop_log(cx.storage(), &active.request_id)?;
+    if !changed.is_empty() {
+        cx.broadcast_json(&frames::messages(&messages), &[active.sender.as_str()])?;
+    }
+    Ok(!changed.is_empty())
+}
+
+/// The end of turn `serial`, in the agent: the reply persisted and `chat_messages` sent before
+/// the held terminal frames; then the next waiting turn starts.
+async fn finish<A: Agent>(agent: &mut A, cx: &mut Context<A>, serial: u64, end: End) -> Result<()> {
+    let Some(state) = turns(agent) else {
+        return Ok(());
+    };
+    if state.active.as_ref().map(|a| a.serial) != Some(serial) {
+        // Cleared away: its frames were sent then.
+        return Ok(());
+    }
+    let Some(mut active) = state.active.take() else {
+        return Ok(());
+    };
+    let builder = std::mem::replace(&mut active.builder, MessageBuilder::new(""));
+    let reply = builder.into_message();
+    let id = active.request_id.clone();
+    let ids = active.message_ids.clone();
+    match persist(cx, &active, &reply) {
+        Ok(_) => match end {
+            End::Completed => {
+                cx.broadcast_json(&frames::done(&id, &ids, Outcome::Completed), &[])?
+            }
+            End::Aborted => cx.broadcast_json(&frames::done(&id, &ids, Outcome::Aborted), &[])?,
+            End::Error(text) => {
+                cx.broadcast_json(&frames::stream_error(&id, &text, &ids), &[])?;
+                cx.broadcast_json(&frames::done(&id, &ids, Outcome::Error), &[])?;
+            }
+        },
+        Err(e) => {
+            tracing::error!(request = %id, error = %e, "could not persist the chat reply");
+            cx.rollback()?;
+            cx.broadcast_json(&frames::failed(&id, "Failed to save the response."), &[])?;
+        }
+    }
+    if let Some(next) = turns(agent).and_then(|t| t.queue.pop_front()) {
+        start(agent, cx, next).await?;
+    }
+    Ok(())
+}
+
+/// `cf_agent_chat_request_cancel`: the running turn is aborted (it ends with `outcome:"aborted"`
+/// once its task has stopped); a waiting one is dropped and ended at once.
+pub(crate) fn cancel<A: Agent>(agent: &mut A, cx: &mut Context<A>, id: &str) -> Result<()> {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    if let Some(active) = turns.active.as_ref().filter(|a| a.request_id == id) {
+        active.abort.abort();
+        return Ok(());
+    }
+    if let Some(pos) = turns.queue.iter().position(|q| q.request_id == id) {
+        if let Some(queued) = turns.queue.remove(pos) {
+            let ids = trailing_user_ids(&queued.body.messages);
+            if let Some(conn) = cx.connection(&queued.sender) {
+                cx.send_json(&conn, &frames::done(id, &ids, Outcome::Aborted))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cf_agent_chat_clear`: every turn aborted and ended, the transcript and stream logs deleted,
+/// the other connections told.
+pub(crate) fn clear<A: Agent>(agent: &mut A, cx: &mut Context<A>, conn: &Connection) -> Result<()> {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    let mut ended = Vec::new();
+    if let Some(active) = turns.active.take() {
+        active.abort.abort();
+        ended.push((active.request_id, active.message_ids));
+    }
+    for queued in turns.queue.drain(..) {
+        let ids = trailing_user_ids(&queued.body.messages);
+        ended.push((queued.request_id, ids));
+    }
+    for (id, ids) in ended {
+        cx.broadcast_json(&frames::done(&id, &ids, Outcome::Aborted), &[])?;
+    }
+    store::ensure(cx.storage())?;
+    store::clear(cx.storage())?;
+    cx.broadcast_json(&frames::clear(), &[conn.id.as_str()])?;
+    Ok(())
+}
