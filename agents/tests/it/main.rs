@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
 mod agents;
+mod chat_agent;
 mod chat_model;
 mod off_turn;
 mod workflow;

@@ -485,12 +485,12 @@ pub(crate) fn cancel<A: Agent>(agent: &mut A, cx: &mut Context<A>, id: &str) -> 
         active.abort.abort();
         return Ok(());
     }
-    if let Some(pos) = turns.queue.iter().position(|q| q.request_id == id) {
-        if let Some(queued) = turns.queue.remove(pos) {
-            let ids = trailing_user_ids(&queued.body.messages);
-            if let Some(conn) = cx.connection(&queued.sender) {
-                cx.send_json(&conn, &frames::done(id, &ids, Outcome::Aborted))?;
-            }
+    if let Some(pos) = turns.queue.iter().position(|q| q.request_id == id)
+        && let Some(queued) = turns.queue.remove(pos)
+    {
+        let ids = trailing_user_ids(&queued.body.messages);
+        if let Some(conn) = cx.connection(&queued.sender) {
+            cx.send_json(&conn, &frames::done(id, &ids, Outcome::Aborted))?;
         }
     }
     Ok(())

@@ -1,0 +1,553 @@
+//! The chat agent (chat-protocol.md §2, §5, §10, §12.3) over in-process WebSockets, against the
+//! scripted OpenAI-compatible server: a turn's exact frames for the sender and another tab,
+//! persistence, RPC served while the model streams, queueing, errors, cancel, clear,
+//! `setMessages`, a server tool round trip and hostile frames.
+
+use std::time::Duration;
+
+use denizen_agents::chat::agent::{Chat, ChatRun, ChatTurn, Tool};
+use denizen_agents::chat::model::{ModelClient, ModelConfig};
+use denizen_agents::{Agent, AgentBuilder, AgentHost, Context, Methods};
+use denizen_runtime::retry::RetryPolicy;
+use denizen_runtime::{Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, Upgrade, http};
+use denizen_test_util::eventually;
+use denizen_test_util::openai::{Reply, ScriptedModel, SseEvent};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const RESPONSE: &str = "cf_agent_use_chat_response";
+
+struct Assistant {
+    chat: Chat<Self>,
+    model: ModelClient,
+}
+
+fn weather() -> Tool {
+    Tool::new(
+        "getWeather",
+        "The weather in a city",
+        json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}),
+        |input: Value| async move {
+            match input["city"].as_str() {
+                Some("Nowhere") => Err("backend down".to_string()),
+                Some(city) => Ok(json!({"city": city, "tempC": 21})),
+                None => Err("no city".to_string()),
+            }
+        },
+    )
+}
+
+impl Assistant {
+    async fn reply(&mut self, _cx: &mut Context<Self>, turn: ChatTurn) -> Result<ChatRun> {
+        if turn.body.as_ref().and_then(|b| b.get("fail")).is_some() {
+            return Err(Error::msg("no model is configured for this agent"));
+        }
+        Ok(ChatRun::new(self.model.clone())
+            .with_system("Be brief.")
+            .with_tool(weather()))
+    }
+}
+
+impl Agent for Assistant {
+    type State = ();
+
+    fn initial_state(&self) {}
+
+    fn methods(m: &mut Methods<Self>) {
+        m.callable("ping", |_, _, (): ()| Box::pin(async { Ok("pong") }));
+    }
+
+    fn chat(&mut self) -> Option<&mut Chat<Self>> {
+        Some(&mut self.chat)
+    }
+}
+
+struct Harness {
+    runtime: Runtime,
+    ns: Namespace<AgentHost<Assistant>>,
+    model: ScriptedModel,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::start().await;
+    let config = ModelConfig::new(model.base_url(), "m")
+        .with_retry(RetryPolicy::constant(Duration::from_millis(10)).with_max_attempts(1));
+    let client = ModelClient::new(config).unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .agent_with("assistant", move || Assistant {
+            chat: Chat::new(|a: &mut Assistant, cx, turn| Box::pin(a.reply(cx, turn))),
+            model: client.clone(),
+        })
+        .build()
+        .unwrap();
+    let ns = runtime
+        .namespace::<AgentHost<Assistant>>("assistant")
+        .unwrap();
+    Harness {
+        runtime,
+        ns,
+        model,
+        _dir: dir,
+    }
+}
+
+struct Client {
+    handle: denizen_runtime::SocketHandle,
+    rx: UnboundedReceiver<Outgoing>,
+}
+
+impl Client {
+    async fn connect(h: &Harness, pk: &str) -> Client {
+        let (upgrade, rx) = Upgrade::new();
+        let mut req = http::Request::new(Bytes::new());
+        *req.uri_mut() = format!("/agents/assistant/a?_pk={pk}").parse().unwrap();
+        req.extensions_mut().insert(upgrade.clone());
+        let resp = h.ns.get_by_name("a").fetch(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut client = Client {
+            handle: upgrade.accepted().unwrap(),
+            rx,
+        };
+        while client.json().await["type"] != "cf_agent_mcp_servers" {}
+        client
+    }
+
+    fn send(&self, value: Value) {
+        self.handle.message(Frame::Text(value.to_string())).unwrap();
+    }
+
+    async fn json(&mut self) -> Value {
+        let frame = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("socket ended");
+        match frame {
+            Outgoing::Frame(Frame::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The frames up to and including the turn's terminal one (`done:true`).
+    async fn turn(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.json().await;
+            let end = frame["type"] == RESPONSE && frame["done"] == true;
+            frames.push(frame);
+            if end {
+                return frames;
+            }
+        }
+    }
+
+    fn is_quiet(&mut self) -> bool {
+        self.rx.try_recv().is_err()
+    }
+}
+
+fn user(id: &str, text: &str) -> Value {
+    json!({"id": id, "role": "user", "parts": [{"type": "text", "text": text}]})
+}
+
+fn chat_request(id: &str, messages: Value, extra: Value) -> Value {
+    let mut body = json!({"messages": messages, "trigger": "submit-message"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    json!({"id": id, "init": {"method": "POST", "body": body.to_string()}, "type": "cf_agent_use_chat_request"})
+}
+
+/// The chunk of a live frame, checking the frame's envelope.
+fn chunk(frame: &Value, id: &str, seq: u64) -> Value {
+    assert_eq!(frame["type"], RESPONSE, "{frame}");
+    assert_eq!(frame["id"], id, "{frame}");
+    assert_eq!(frame["done"], false, "{frame}");
+    assert_eq!(frame["seq"], seq, "{frame}");
+    serde_json::from_str(frame["body"].as_str().unwrap()).unwrap()
+}
+
+fn chunk_types(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == RESPONSE && f["done"] == false && f.get("error").is_none())
+        .map(|f| {
+            let body: Value = serde_json::from_str(f["body"].as_str().unwrap()).unwrap();
+            body["type"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+async fn get_messages(h: &Harness) -> Value {
+    let mut req = http::Request::new(Bytes::new());
+    *req.uri_mut() = "/agents/assistant/a/get-messages".parse().unwrap();
+    let resp = h.ns.get_by_name("a").fetch(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    serde_json::from_slice(resp.body()).unwrap()
+}
+
+#[tokio::test]
+async fn a_turn_streams_to_every_tab_and_is_persisted_before_done() {
+    let h = harness().await;
+    h.model.push(Reply::text(&["Hel", "lo"]));
+    let mut a = Client::connect(&h, "a").await;
+    let mut b = Client::connect(&h, "b").await;
+
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let sent = a.turn().await;
+    let start = chunk(&sent[0], "r1", 0);
+    assert_eq!(start["type"], "start");
+    let message_id = start["messageId"].as_str().unwrap().to_string();
+    assert!(message_id.starts_with("assistant_"), "{start}");
+    assert_eq!(
+        chunk_types(&sent),
+        [
+            "start",
+            "start-step",
+            "text-start",
+            "text-delta",
+            "text-delta",
+            "text-end",
+            "finish-step",
+            "finish"
+        ]
+    );
+    for (seq, frame) in sent[..sent.len() - 1].iter().enumerate() {
+        chunk(frame, "r1", seq as u64);
+    }
+    let finish = chunk(&sent[sent.len() - 2], "r1", 7);
+    assert_eq!(
+        finish,
+        json!({"type": "finish", "messageMetadata": {"finishReason": "stop"}})
+    );
+    assert_eq!(
+        sent.last().unwrap(),
+        &json!({"body": "", "done": true, "id": "r1", "type": RESPONSE, "messageIds": ["u1"]})
+    );
+    assert!(a.is_quiet(), "the sender gets no chat_messages");
+
+    // The other tab: the request's messages, the reconciled ones, the live chunks, the
+    // transcript with the reply, then done.
+    let seen = b.turn().await;
+    assert_eq!(
+        seen[0],
+        json!({"messages": [user("u1", "hi")], "type": "cf_agent_chat_messages"})
+    );
+    assert_eq!(seen[1]["type"], "cf_agent_chat_messages");
+    assert_eq!(seen[2..10], sent[..8]);
+    assert_eq!(seen[10]["type"], "cf_agent_chat_messages");
+    assert_eq!(seen[10]["messages"][1]["id"], message_id.as_str());
+    assert_eq!(seen[11], *sent.last().unwrap());
+    assert_eq!(seen.len(), 12);
+
+    // Persisted, with the id the client got in `start`.
+    let stored = get_messages(&h).await;
+    assert_eq!(stored[0], user("u1", "hi"));
+    assert_eq!(
+        stored[1],
+        json!({"id": message_id, "role": "assistant", "metadata": {"finishReason": "stop"},
+               "parts": [{"type": "step-start"}, {"type": "text", "text": "Hello", "state": "done"}]})
+    );
+    assert_eq!(stored.as_array().unwrap().len(), 2);
+    // The model got the system prompt, the user's message and the tool.
+    let request = &h.model.requests()[0].body;
+    assert_eq!(
+        request["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    );
+    assert_eq!(request["tools"][0]["function"]["name"], "getWeather");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_agent_serves_rpc_while_the_model_is_held_and_a_cancel_ends_the_turn() {
+    let h = harness().await;
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::text("Partial"),
+        SseEvent::Hang,
+    ]));
+    let mut a = Client::connect(&h, "a").await;
+    let mut b = Client::connect(&h, "b").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    // The model streamed its first text and holds the stream.
+    let mut sent = Vec::new();
+    while !chunk_types(&sent).contains(&"text-delta".to_string()) {
+        sent.push(a.json().await);
+    }
+    // Both tabs' calls are answered meanwhile.
+    a.send(json!({"type": "rpc", "id": "1", "method": "ping", "args": []}));
+    let reply = a.json().await;
+    assert_eq!(
+        (reply["id"].clone(), reply["result"].clone()),
+        (json!("1"), json!("pong"))
+    );
+    b.send(json!({"type": "rpc", "id": "2", "method": "ping", "args": []}));
+    let mut seen = Vec::new();
+    loop {
+        // The turn's frames so far come first.
+        let frame = b.json().await;
+        if frame["type"] == "rpc" {
+            assert_eq!(frame["result"], "pong");
+            break;
+        }
+        seen.push(frame);
+    }
+    assert!(chunk_types(&seen).contains(&"text-delta".to_string()));
+
+    // Cancel: the model request is dropped, the partial reply persisted, the turn aborted.
+    a.send(json!({"id": "r1", "type": "cf_agent_chat_request_cancel"}));
+    let rest = a.turn().await;
+    assert_eq!(
+        rest.last().unwrap(),
+        &json!({"body": "", "done": true, "id": "r1", "type": RESPONSE, "messageIds": ["u1"], "outcome": "aborted"})
+    );
+    let others = b.turn().await;
+    assert_eq!(others[others.len() - 2]["type"], "cf_agent_chat_messages");
+    eventually(
+        "the model stream is dropped",
+        Duration::from_secs(10),
+        || h.model.streams_dropped() == 1,
+    )
+    .await;
+    let stored = get_messages(&h).await;
+    assert_eq!(stored[1]["parts"][1]["text"], "Partial");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_queue_in_order_behind_the_running_turn() {
+    let h = harness().await;
+    h.model.push(Reply::text(&["one"]));
+    h.model.push(Reply::text(&["two"]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "first")]), json!({})));
+    a.send(chat_request(
+        "r2",
+        json!([user("u1", "first"), user("u2", "second")]),
+        json!({}),
+    ));
+    let first = a.turn().await;
+    assert!(first.iter().all(|f| f["id"] == "r1"), "{first:?}");
+    assert_eq!(first.last().unwrap()["messageIds"], json!(["u1"]));
+    let second = a.turn().await;
+    assert!(second.iter().all(|f| f["id"] == "r2"), "{second:?}");
+    assert_eq!(second.last().unwrap()["messageIds"], json!(["u1", "u2"]));
+    assert_eq!(chunk(&second[0], "r2", 0)["type"], "start");
+    let requests = h.model.requests();
+    assert_eq!(requests.len(), 2);
+    let asked = requests[1].body["messages"].as_array().unwrap();
+    assert!(
+        asked.contains(&json!({"role": "user", "content": "second"})),
+        "{asked:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .any(|m| m["role"] == "assistant" && m["content"] == "one")
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_model_error_and_a_failure_before_streaming_end_the_turn_with_errors() {
+    let h = harness().await;
+    h.model.push(Reply::Status {
+        status: 500,
+        body: "boom".into(),
+        retry_after: None,
+    });
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let frames = a.turn().await;
+    assert_eq!(chunk(&frames[0], "r1", 0)["type"], "start");
+    let n = frames.len();
+    assert_eq!(
+        frames[n - 2],
+        json!({"error": true, "body": "An error occurred.", "done": false, "id": "r1", "type": RESPONSE, "messageIds": ["u1"]})
+    );
+    assert_eq!(frames[n - 1]["outcome"], "error");
+    assert_eq!(frames[n - 1]["done"], true);
+
+    // The application refuses the turn: one error frame ends it; the user's message is kept.
+    a.send(chat_request(
+        "r2",
+        json!([user("u2", "again")]),
+        json!({"fail": true}),
+    ));
+    let frames = a.turn().await;
+    assert_eq!(
+        frames,
+        [
+            json!({"body": "no model is configured for this agent", "done": true, "error": true, "id": "r2", "type": RESPONSE})
+        ]
+    );
+    let stored = get_messages(&h).await;
+    let ids: Vec<&str> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["u1", "u2"]);
+    // And the agent goes on.
+    h.model.push(Reply::text(&["fine"]));
+    a.send(chat_request(
+        "r3",
+        json!([user("u3", "and now?")]),
+        json!({}),
+    ));
+    assert_eq!(a.turn().await.last().unwrap().get("outcome"), None);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_tools_run_in_the_loop_and_their_errors_go_back_to_the_model() {
+    let h = harness().await;
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_1", "getWeather", "{\"city\":"),
+        SseEvent::tool_call_args(0, "\"Paris\"}"),
+        SseEvent::tool_call_start(1, "call_2", "getWeather", "{\"city\":\"Nowhere\"}"),
+        SseEvent::finish("tool_calls"),
+        SseEvent::Done,
+    ]));
+    h.model.push(Reply::text(&["Sunny in Paris."]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request(
+        "r1",
+        json!([user("u1", "weather?")]),
+        json!({}),
+    ));
+    let frames = a.turn().await;
+    let types = chunk_types(&frames);
+    assert_eq!(
+        types,
+        [
+            "start",
+            "start-step",
+            "tool-input-start",
+            "tool-input-delta",
+            "tool-input-delta",
+            "tool-input-start",
+            "tool-input-delta",
+            "tool-input-available",
+            "tool-input-available",
+            "finish-step",
+            "tool-output-available",
+            "tool-output-error",
+            "start-step",
+            "text-start",
+            "text-delta",
+            "text-end",
+            "finish-step",
+            "finish"
+        ]
+    );
+    let output = frames
+        .iter()
+        .map(|f| serde_json::from_str::<Value>(f["body"].as_str().unwrap_or("null")).unwrap())
+        .find(|c| c["type"] == "tool-output-available")
+        .unwrap();
+    assert_eq!(output["output"], json!({"city": "Paris", "tempC": 21}));
+    // The second call has the assistant step and both results.
+    let second = &h.model.requests()[1].body["messages"];
+    assert_eq!(
+        second[2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
+    assert_eq!(
+        second[3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"city\":\"Paris\",\"tempC\":21}"})
+    );
+    assert_eq!(
+        second[4],
+        json!({"role": "tool", "tool_call_id": "call_2", "content": "backend down"})
+    );
+    let stored = get_messages(&h).await;
+    let parts = &stored[1]["parts"];
+    assert_eq!(parts[1]["state"], "output-available");
+    assert_eq!(parts[2]["state"], "output-error");
+    assert_eq!(parts[2]["errorText"], "backend down");
+    assert_eq!(stored[1]["metadata"]["finishReason"], "stop");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn clear_and_set_messages_change_the_transcript_for_every_tab() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+    let mut b = Client::connect(&h, "b").await;
+    a.send(json!({"messages": [user("u1", "hi"), user("u2", "there")], "type": "cf_agent_chat_messages"}));
+    let frame = b.json().await;
+    assert_eq!(frame["type"], "cf_agent_chat_messages");
+    assert_eq!(frame["messages"][1]["id"], "u2");
+    assert_eq!(get_messages(&h).await.as_array().unwrap().len(), 2);
+    // setMessages never deletes.
+    a.send(json!({"messages": [user("u2", "there!")], "type": "cf_agent_chat_messages"}));
+    b.json().await;
+    let stored = get_messages(&h).await;
+    assert_eq!(stored[0]["id"], "u1");
+    assert_eq!(stored[1]["parts"][0]["text"], "there!");
+
+    a.send(json!({"type": "cf_agent_chat_clear"}));
+    assert_eq!(b.json().await, json!({"type": "cf_agent_chat_clear"}));
+    assert_eq!(get_messages(&h).await, json!([]));
+    assert!(a.is_quiet());
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_chat_frames_are_answered_with_errors_and_the_agent_keeps_serving() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+    a.send(json!({"type": "cf_agent_use_chat_request"}));
+    assert_eq!(a.json().await["type"], "cf_agent_error");
+    a.send(json!({"type": "cf_agent_use_chat_request", "id": 7}));
+    assert_eq!(a.json().await["type"], "cf_agent_error");
+    for (id, init) in [
+        ("get", json!({"method": "GET", "body": "{}"})),
+        ("nobody", json!({"method": "POST"})),
+        ("notjson", json!({"method": "POST", "body": "{nope"})),
+        (
+            "badmessages",
+            json!({"method": "POST", "body": "{\"messages\":\"x\"}"}),
+        ),
+    ] {
+        a.send(json!({"type": "cf_agent_use_chat_request", "id": id, "init": init}));
+        let frame = a.json().await;
+        assert_eq!(frame["id"], id, "{frame}");
+        assert_eq!(
+            (frame["done"].clone(), frame["error"].clone()),
+            (json!(true), json!(true)),
+            "{frame}"
+        );
+    }
+    // A request of more messages than a transcript may hold.
+    let many: Vec<Value> = (0..10_001).map(|i| user(&format!("m{i}"), "x")).collect();
+    a.send(chat_request("huge", Value::Array(many), json!({})));
+    let frame = a.json().await;
+    assert_eq!(
+        (frame["id"].clone(), frame["error"].clone()),
+        (json!("huge"), json!(true))
+    );
+    a.send(json!({"type": "cf_agent_chat_messages", "messages": "nope"}));
+    assert_eq!(a.json().await["type"], "cf_agent_error");
+    a.send(json!({"type": "cf_agent_chat_request_cancel"}));
+    assert_eq!(a.json().await["type"], "cf_agent_error");
+    a.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p1"}));
+    assert_eq!(
+        a.json().await,
+        json!({"type": "cf_agent_stream_resume_none", "reason": "idle", "probeId": "p1"})
+    );
+    assert_eq!(get_messages(&h).await, json!([]));
+
+    a.send(json!({"type": "rpc", "id": "1", "method": "ping", "args": []}));
+    assert_eq!(a.json().await["result"], "pong");
+    h.model.push(Reply::text(&["still here"]));
+    a.send(chat_request("ok", json!([user("u1", "hi")]), json!({})));
+    assert_eq!(a.turn().await.last().unwrap()["messageIds"], json!(["u1"]));
+    h.runtime.shutdown().await;
+}
