@@ -214,14 +214,30 @@ pub(crate) async fn on_frame<A: Agent>(
         frames::MESSAGES => set_messages(agent, cx, conn, &mut map)?,
         frames::CLEAR => turn::clear(agent, cx, conn)?,
         frames::RESUME_REQUEST => {
-            // Streams are not resumable yet: say there is nothing to resume, so the client
-            // leaves its "server is streaming" state.
             let probe = map.get("probeId").and_then(Value::as_str);
-            cx.send_json(conn, &frames::resume_none(probe))?;
+            turn::resume_request(agent, cx, conn, probe)?;
         }
+        frames::RESUME_ACK => match map.get("id").and_then(Value::as_str) {
+            Some(id) => turn::resume_ack(agent, cx, conn, id)?,
+            None => send_error(cx, conn, "a resume ack needs the string `id` of its stream"),
+        },
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// A protocol connection is being set up: before its identity frame, it is offered the stream
+/// running (or left by a crash), if any (chat-protocol.md §1, §7).
+pub(crate) fn on_connect<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+) -> Result<()> {
+    if agent.chat().is_none() {
+        return Ok(());
+    }
+    turn::offer(agent, cx, conn, None)?;
+    Ok(())
 }
 
 fn send_error(cx: &mut Context<impl Agent>, conn: &Connection, message: &str) {

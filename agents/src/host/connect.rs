@@ -77,6 +77,7 @@ impl<A: Agent> AgentHost<A> {
                 Some(text) => serde_json::from_str(&text).map_err(|e| Error::msg(e.to_string()))?,
                 None => Value::Null,
             };
+            crate::chat::agent::on_connect(&mut self.agent, cx, &conn_meta.connection(ws))?;
             cx.send(ws, protocol::identity(&name, &agent, true).to_string());
             cx.send(ws, protocol::state(&state).to_string());
             let servers = self.mcp_servers();

@@ -72,11 +72,25 @@ struct Harness {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let model = ScriptedModel::start().await;
+    let (runtime, ns) = serve(dir.path(), &model);
+    Harness {
+        runtime,
+        ns,
+        model,
+        _dir: dir,
+    }
+}
+
+/// A runtime on `dir` serving the assistant, whose model is `model`.
+fn serve(
+    dir: &std::path::Path,
+    model: &ScriptedModel,
+) -> (Runtime, Namespace<AgentHost<Assistant>>) {
     let config = ModelConfig::new(model.base_url(), "m")
         .with_retry(RetryPolicy::constant(Duration::from_millis(10)).with_max_attempts(1));
     let client = ModelClient::new(config).unwrap();
     let runtime = Runtime::builder()
-        .data_dir(dir.path())
+        .data_dir(dir)
         .agent_with("assistant", move || Assistant {
             chat: Chat::new(|a: &mut Assistant, cx, turn| Box::pin(a.reply(cx, turn))),
             model: client.clone(),
@@ -86,12 +100,7 @@ async fn harness() -> Harness {
     let ns = runtime
         .namespace::<AgentHost<Assistant>>("assistant")
         .unwrap();
-    Harness {
-        runtime,
-        ns,
-        model,
-        _dir: dir,
-    }
+    (runtime, ns)
 }
 
 struct Client {
@@ -101,18 +110,30 @@ struct Client {
 
 impl Client {
     async fn connect(h: &Harness, pk: &str) -> Client {
+        Client::connect_to(&h.ns, pk).await.0
+    }
+
+    /// Connects; the frames up to the handshake's last one come with it.
+    async fn connect_to(ns: &Namespace<AgentHost<Assistant>>, pk: &str) -> (Client, Vec<Value>) {
         let (upgrade, rx) = Upgrade::new();
         let mut req = http::Request::new(Bytes::new());
         *req.uri_mut() = format!("/agents/assistant/a?_pk={pk}").parse().unwrap();
         req.extensions_mut().insert(upgrade.clone());
-        let resp = h.ns.get_by_name("a").fetch(req).await.unwrap();
+        let resp = ns.get_by_name("a").fetch(req).await.unwrap();
         assert_eq!(resp.status(), 101);
         let mut client = Client {
             handle: upgrade.accepted().unwrap(),
             rx,
         };
-        while client.json().await["type"] != "cf_agent_mcp_servers" {}
-        client
+        let mut preface = Vec::new();
+        loop {
+            let frame = client.json().await;
+            let last = frame["type"] == "cf_agent_mcp_servers";
+            preface.push(frame);
+            if last {
+                return (client, preface);
+            }
+        }
     }
 
     fn send(&self, value: Value) {
@@ -181,9 +202,13 @@ fn chunk_types(frames: &[Value]) -> Vec<String> {
 }
 
 async fn get_messages(h: &Harness) -> Value {
+    get_messages_of(&h.ns).await
+}
+
+async fn get_messages_of(ns: &Namespace<AgentHost<Assistant>>) -> Value {
     let mut req = http::Request::new(Bytes::new());
     *req.uri_mut() = "/agents/assistant/a/get-messages".parse().unwrap();
-    let resp = h.ns.get_by_name("a").fetch(req).await.unwrap();
+    let resp = ns.get_by_name("a").fetch(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     serde_json::from_slice(resp.body()).unwrap()
 }
@@ -435,9 +460,9 @@ async fn server_tools_run_in_the_loop_and_their_errors_go_back_to_the_model() {
             "tool-input-delta",
             "tool-input-available",
             "tool-input-available",
-            "finish-step",
             "tool-output-available",
             "tool-output-error",
+            "finish-step",
             "start-step",
             "text-start",
             "text-delta",
@@ -550,4 +575,113 @@ async fn hostile_chat_frames_are_answered_with_errors_and_the_agent_keeps_servin
     a.send(chat_request("ok", json!([user("u1", "hi")]), json!({})));
     assert_eq!(a.turn().await.last().unwrap()["messageIds"], json!(["u1"]));
     h.runtime.shutdown().await;
+}
+
+/// A reply that streams "Partial" and then holds the stream open.
+fn partial_then_hang() -> Reply {
+    Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::text("Par"),
+        SseEvent::text("tial"),
+        SseEvent::Hang,
+    ])
+}
+
+/// Reads `client`'s frames until the turn streamed two text deltas; returns them.
+async fn until_two_deltas(client: &mut Client) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while chunk_types(&frames)
+        .iter()
+        .filter(|t| *t == "text-delta")
+        .count()
+        < 2
+    {
+        frames.push(client.json().await);
+    }
+    frames
+}
+
+#[tokio::test]
+async fn a_tab_that_connects_mid_stream_replays_it_from_the_start_then_follows_live() {
+    let h = harness().await;
+    h.model.push(partial_then_hang());
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let live = until_two_deltas(&mut a).await;
+
+    // Offered before its identity; a probe gets the offer again, with its probeId.
+    let (mut c, preface) = Client::connect_to(&h.ns, "c").await;
+    assert_eq!(
+        preface[0],
+        json!({"type": "cf_agent_stream_resuming", "id": "r1"})
+    );
+    assert_eq!(preface[1]["type"], "cf_agent_identity");
+    c.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p1"}));
+    assert_eq!(
+        c.json().await,
+        json!({"type": "cf_agent_stream_resuming", "id": "r1", "probeId": "p1"})
+    );
+    c.send(json!({"type": "cf_agent_stream_resume_ack", "id": "r1"}));
+    for (seq, frame) in live.iter().enumerate() {
+        let mut expected = frame.clone();
+        expected["replay"] = json!(true);
+        assert_eq!(c.json().await, expected, "replayed chunk {seq}");
+    }
+    assert_eq!(
+        c.json().await,
+        json!({"body": "", "done": false, "id": "r1", "type": RESPONSE, "replay": true, "replayComplete": true})
+    );
+    // Live from here: the turn's end reaches it.
+    a.send(json!({"id": "r1", "type": "cf_agent_chat_request_cancel"}));
+    let rest = c.turn().await;
+    assert_eq!(rest[0]["type"], "cf_agent_chat_messages");
+    assert_eq!(rest[1]["outcome"], "aborted");
+    // Nothing to resume any more.
+    c.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p2"}));
+    assert_eq!(
+        c.json().await,
+        json!({"type": "cf_agent_stream_resume_none", "reason": "idle", "probeId": "p2"})
+    );
+    c.send(json!({"type": "cf_agent_stream_resume_ack", "id": "r1"}));
+    assert_eq!(
+        c.json().await,
+        json!({"body": "", "done": true, "id": "r1", "type": RESPONSE, "replay": true})
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_by_a_restart_is_replayed_ended_aborted_and_its_reply_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::start().await;
+    model.push(partial_then_hang());
+    let (runtime, ns) = serve(dir.path(), &model);
+    let (mut a, _) = Client::connect_to(&ns, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let live = until_two_deltas(&mut a).await;
+    runtime.shutdown().await;
+
+    let (runtime, ns) = serve(dir.path(), &model);
+    let (mut c, preface) = Client::connect_to(&ns, "c").await;
+    assert_eq!(
+        preface[0],
+        json!({"type": "cf_agent_stream_resuming", "id": "r1"})
+    );
+    c.send(json!({"type": "cf_agent_stream_resume_ack", "id": "r1"}));
+    for frame in &live {
+        let mut expected = frame.clone();
+        expected["replay"] = json!(true);
+        assert_eq!(c.json().await, expected);
+    }
+    assert_eq!(
+        c.json().await,
+        json!({"body": "", "done": true, "id": "r1", "type": RESPONSE, "replay": true, "outcome": "aborted"})
+    );
+    let stored = get_messages_of(&ns).await;
+    let start = chunk(&live[0], "r1", 0);
+    assert_eq!(stored[1]["id"], start["messageId"]);
+    assert_eq!(stored[1]["parts"][1]["text"], "Partial");
+    c.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p"}));
+    assert_eq!(c.json().await["type"], "cf_agent_stream_resume_none");
+    runtime.shutdown().await;
 }

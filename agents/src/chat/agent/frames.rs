@@ -17,6 +17,8 @@ pub(crate) const MESSAGES: &str = "cf_agent_chat_messages";
 pub(crate) const CLEAR: &str = "cf_agent_chat_clear";
 /// A client's resume probe.
 pub(crate) const RESUME_REQUEST: &str = "cf_agent_stream_resume_request";
+/// A client's answer to an offer to resume.
+pub(crate) const RESUME_ACK: &str = "cf_agent_stream_resume_ack";
 
 /// How a turn ended, as its terminal frame says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,36 @@ pub(crate) fn resume_none(probe_id: Option<&str>) -> Value {
     let mut frame = json!({"type": "cf_agent_stream_resume_none", "reason": "idle"});
     if let (Some(probe), Some(map)) = (probe_id, frame.as_object_mut()) {
         map.insert("probeId".into(), probe.into());
+    }
+    frame
+}
+
+/// An offer to resume the stream of `request_id` (in answer to probe `probe_id`, if any).
+pub(crate) fn resuming(request_id: &str, probe_id: Option<&str>) -> Value {
+    let mut frame = json!({"type": "cf_agent_stream_resuming", "id": request_id});
+    if let (Some(probe), Some(map)) = (probe_id, frame.as_object_mut()) {
+        map.insert("probeId".into(), probe.into());
+    }
+    frame
+}
+
+/// A logged chunk, replayed.
+pub(crate) fn replayed(request_id: &str, body: String, seq: u64) -> Value {
+    json!({"body": body, "done": false, "id": request_id, "type": RESPONSE, "replay": true, "seq": seq})
+}
+
+/// The replay caught up: live frames follow.
+pub(crate) fn replay_complete(request_id: &str) -> Value {
+    json!({"body": "", "done": false, "id": request_id, "type": RESPONSE, "replay": true, "replayComplete": true})
+}
+
+/// The end of a replay: nothing (more) to resume, or (`aborted`) a stream nobody produces
+/// any more.
+pub(crate) fn replay_done(request_id: &str, aborted: bool) -> Value {
+    let mut frame =
+        json!({"body": "", "done": true, "id": request_id, "type": RESPONSE, "replay": true});
+    if let (true, Some(map)) = (aborted, frame.as_object_mut()) {
+        map.insert("outcome".into(), "aborted".into());
     }
     frame
 }

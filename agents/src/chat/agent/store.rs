@@ -116,3 +116,34 @@ pub(crate) fn clear(storage: &mut Storage) -> Result<()> {
     storage.exec("DELETE FROM denizen_chat_stream", ())?;
     Ok(())
 }
+
+#[derive(Deserialize)]
+struct Logged {
+    seq: i64,
+    body: String,
+}
+
+/// A turn's logged chunks, `(seq, chunk JSON)` in order.
+pub(crate) fn log(storage: &mut Storage, request_id: &str) -> Result<Vec<(u64, String)>> {
+    let rows: Vec<Logged> = storage
+        .exec(
+            "SELECT seq, body FROM denizen_chat_stream WHERE request_id = ? ORDER BY seq",
+            (request_id,),
+        )?
+        .all()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (u64::try_from(r.seq).unwrap_or_default(), r.body))
+        .collect())
+}
+
+/// The request id of a logged stream (one left by a turn whose producer is gone, when no turn
+/// runs).
+pub(crate) fn logged_stream(storage: &mut Storage) -> Result<Option<String>> {
+    Ok(storage
+        .exec(
+            "SELECT request_id FROM denizen_chat_stream ORDER BY rowid LIMIT 1",
+            (),
+        )?
+        .first()?)
+}

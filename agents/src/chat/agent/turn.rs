@@ -33,6 +33,8 @@ pub(crate) struct Turns {
     serial: u64,
     active: Option<Active>,
     queue: VecDeque<Queued>,
+    /// Connections (ids) offered a resume that have not ACKed it: they get no live frames.
+    pending: HashSet<String>,
 }
 
 /// A checked chat request, waiting for its turn.
@@ -260,13 +262,17 @@ async fn run_model<A: Agent>(
     for _ in 0..max_steps.max(1) {
         let mut step = model.step(StepRequest::new(messages.clone(), specs.clone()));
         let mut error_text = None;
+        // `finish-step` waits for the step's tool results, which belong to the step.
+        let mut finish_step = None;
         while let Some(chunk) = step.next().await {
-            if let Chunk::Error { error_text: text } = chunk {
-                error_text = Some(text);
-                continue;
-            }
-            if !emit(&stub, serial, chunk).await {
-                return End::Aborted;
+            match chunk {
+                Chunk::Error { error_text: text } => error_text = Some(text),
+                Chunk::FinishStep => finish_step = Some(Chunk::FinishStep),
+                chunk => {
+                    if !emit(&stub, serial, chunk).await {
+                        return End::Aborted;
+                    }
+                }
             }
         }
         let Some(outcome) = step.into_outcome() else {
@@ -280,6 +286,11 @@ async fn run_model<A: Agent>(
         if outcome.tool_calls.is_empty()
             || !matches!(finish, FinishReason::Stop | FinishReason::ToolCalls)
         {
+            if let Some(chunk) = finish_step
+                && !emit(&stub, serial, chunk).await
+            {
+                return End::Aborted;
+            }
             break;
         }
         let mut results = Vec::new();
@@ -323,6 +334,11 @@ async fn run_model<A: Agent>(
                 content,
             });
         }
+        if let Some(chunk) = finish_step
+            && !emit(&stub, serial, chunk).await
+        {
+            return End::Aborted;
+        }
         if !all_answered {
             break;
         }
@@ -354,10 +370,10 @@ async fn on_chunk<A: Agent>(
     serial: u64,
     chunk: Chunk,
 ) -> Result<()> {
-    let Some(active) = turns(agent)
-        .and_then(|t| t.active.as_mut())
-        .filter(|a| a.serial == serial)
-    else {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    let Some(active) = turns.active.as_mut().filter(|a| a.serial == serial) else {
         return Ok(());
     };
     let chunk = match chunk {
@@ -399,7 +415,8 @@ async fn on_chunk<A: Agent>(
     active.seq += 1;
     let request_id = active.request_id.clone();
     store::log_chunk(cx.storage(), &request_id, seq, &body)?;
-    cx.broadcast_json(&frames::chunk(&request_id, body, seq), &[])?;
+    let pending: Vec<&str> = turns.pending.iter().map(String::as_str).collect();
+    cx.broadcast_json(&frames::chunk(&request_id, body, seq), &pending)?;
     Ok(())
 }
 
@@ -448,6 +465,8 @@ async fn finish<A: Agent>(agent: &mut A, cx: &mut Context<A>, serial: u64, end: 
     let Some(mut active) = state.active.take() else {
         return Ok(());
     };
+    // The offers were for this stream.
+    state.pending.clear();
     let builder = std::mem::replace(&mut active.builder, MessageBuilder::new(""));
     let reply = builder.into_message();
     let id = active.request_id.clone();
@@ -507,6 +526,7 @@ pub(crate) fn clear<A: Agent>(agent: &mut A, cx: &mut Context<A>, conn: &Connect
         active.abort.abort();
         ended.push((active.request_id, active.message_ids));
     }
+    turns.pending.clear();
     for queued in turns.queue.drain(..) {
         let ids = trailing_user_ids(&queued.body.messages);
         ended.push((queued.request_id, ids));
@@ -517,5 +537,114 @@ pub(crate) fn clear<A: Agent>(agent: &mut A, cx: &mut Context<A>, conn: &Connect
     store::ensure(cx.storage())?;
     store::clear(cx.storage())?;
     cx.broadcast_json(&frames::clear(), &[conn.id.as_str()])?;
+    Ok(())
+}
+
+/// The stream a client may resume: the running turn's, or one whose producer is gone (its
+/// log outlived a crash).
+fn resumable<A: Agent>(agent: &mut A, cx: &mut Context<A>) -> Result<Option<String>> {
+    if let Some(active) = turns(agent).and_then(|t| t.active.as_ref()) {
+        return Ok(Some(active.request_id.clone()));
+    }
+    store::ensure(cx.storage())?;
+    store::logged_stream(cx.storage())
+}
+
+/// Offers `conn` the resumable stream, if any (it then gets no live frames until it ACKs);
+/// `false` if there is none.
+pub(crate) fn offer<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    probe_id: Option<&str>,
+) -> Result<bool> {
+    let Some(id) = resumable(agent, cx)? else {
+        return Ok(false);
+    };
+    if let Some(turns) = turns(agent) {
+        turns.pending.insert(conn.id.clone());
+    }
+    cx.send_json(conn, &frames::resuming(&id, probe_id))?;
+    Ok(true)
+}
+
+/// `cf_agent_stream_resume_request`: the stream offered, or `resume_none` (idle).
+pub(crate) fn resume_request<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    probe_id: Option<&str>,
+) -> Result<()> {
+    if !offer(agent, cx, conn, probe_id)? {
+        cx.send_json(conn, &frames::resume_none(probe_id))?;
+    }
+    Ok(())
+}
+
+/// `cf_agent_stream_resume_ack`: the stream's chunks replayed from seq 0, then live frames
+/// (the running turn), or the end of a stream nobody produces any more (its partial reply
+/// persisted), or a plain end when there is nothing to replay.
+pub(crate) fn resume_ack<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    id: &str,
+) -> Result<()> {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    turns.pending.remove(&conn.id);
+    let running = turns.active.as_ref().is_some_and(|a| a.request_id == id);
+    let running_other = turns.active.is_some() && !running;
+    store::ensure(cx.storage())?;
+    let log = if running_other {
+        Vec::new()
+    } else {
+        store::log(cx.storage(), id)?
+    };
+    if !running && log.is_empty() {
+        cx.send_json(conn, &frames::replay_done(id, false))?;
+        return Ok(());
+    }
+    let chunks: Vec<UiChunk> = log
+        .iter()
+        .filter_map(|(_, body)| serde_json::from_str(body).ok())
+        .collect();
+    for (seq, body) in log {
+        cx.send_json(conn, &frames::replayed(id, body, seq))?;
+    }
+    if running {
+        cx.send_json(conn, &frames::replay_complete(id))?;
+        return Ok(());
+    }
+    // Nobody produces this stream any more: persist what it built, and end it.
+    let stored = store::load(cx.storage())?;
+    let mut messages = stored.clone();
+    let reply = MessageBuilder::rebuild(
+        UiMessage::new("", crate::chat::message::Role::Assistant),
+        &chunks,
+        &mut messages,
+    );
+    let mut changed: HashSet<String> = messages
+        .iter()
+        .zip(&stored)
+        .filter(|(now, before)| now != before)
+        .map(|(now, _)| now.id.clone())
+        .collect();
+    let has_content = reply.parts.iter().any(|p| !matches!(p, Part::StepStart));
+    if has_content && !reply.id.is_empty() {
+        match messages.iter().position(|m| m.id == reply.id) {
+            Some(i) => messages[i] = reply.clone(),
+            None => messages.push(reply.clone()),
+        }
+        changed.insert(reply.id.clone());
+    }
+    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
+    store::save(cx.storage(), &stored, &messages, &changed)?;
+    store::drop_log(cx.storage(), id)?;
+    if !changed.is_empty() {
+        cx.broadcast_json(&frames::messages(&messages), &[conn.id.as_str()])?;
+    }
+    cx.send_json(conn, &frames::replay_done(id, true))?;
     Ok(())
 }
