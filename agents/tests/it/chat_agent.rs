@@ -13,6 +13,8 @@ use denizen_runtime::{Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime,
 use denizen_test_util::eventually;
 use denizen_test_util::openai::{Reply, ScriptedModel, SseEvent};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const RESPONSE: &str = "cf_agent_use_chat_response";
@@ -20,6 +22,23 @@ const RESPONSE: &str = "cf_agent_use_chat_response";
 struct Assistant {
     chat: Chat<Self>,
     model: ModelClient,
+    /// Opens the `gate` tool: it returns once the test says so.
+    gate: Arc<Notify>,
+}
+
+fn gate(gate: Arc<Notify>) -> Tool {
+    Tool::new(
+        "gate",
+        "Waits for the test",
+        json!({"type": "object"}),
+        move |_| {
+            let gate = gate.clone();
+            async move {
+                gate.notified().await;
+                Ok(json!("open"))
+            }
+        },
+    )
 }
 
 fn weather() -> Tool {
@@ -44,7 +63,8 @@ impl Assistant {
         }
         Ok(ChatRun::new(self.model.clone())
             .with_system("Be brief.")
-            .with_tool(weather()))
+            .with_tool(weather())
+            .with_tool(gate(self.gate.clone())))
     }
 }
 
@@ -63,6 +83,7 @@ impl Agent for Assistant {
 }
 
 struct Harness {
+    gate: Arc<Notify>,
     runtime: Runtime,
     ns: Namespace<AgentHost<Assistant>>,
     model: ScriptedModel,
@@ -72,8 +93,10 @@ struct Harness {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let model = ScriptedModel::start().await;
-    let (runtime, ns) = serve(dir.path(), &model);
+    let gate = Arc::new(Notify::new());
+    let (runtime, ns) = serve(dir.path(), &model, gate.clone());
     Harness {
+        gate,
         runtime,
         ns,
         model,
@@ -85,6 +108,7 @@ async fn harness() -> Harness {
 fn serve(
     dir: &std::path::Path,
     model: &ScriptedModel,
+    gate: Arc<Notify>,
 ) -> (Runtime, Namespace<AgentHost<Assistant>>) {
     let config = ModelConfig::new(model.base_url(), "m")
         .with_retry(RetryPolicy::constant(Duration::from_millis(10)).with_max_attempts(1));
@@ -94,6 +118,7 @@ fn serve(
         .agent_with("assistant", move || Assistant {
             chat: Chat::new(|a: &mut Assistant, cx, turn| Box::pin(a.reply(cx, turn))),
             model: client.clone(),
+            gate: gate.clone(),
         })
         .build()
         .unwrap();
@@ -655,13 +680,13 @@ async fn a_stream_cut_by_a_restart_is_replayed_ended_aborted_and_its_reply_persi
     let dir = tempfile::tempdir().unwrap();
     let model = ScriptedModel::start().await;
     model.push(partial_then_hang());
-    let (runtime, ns) = serve(dir.path(), &model);
+    let (runtime, ns) = serve(dir.path(), &model, Arc::new(Notify::new()));
     let (mut a, _) = Client::connect_to(&ns, "a").await;
     a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
     let live = until_two_deltas(&mut a).await;
     runtime.shutdown().await;
 
-    let (runtime, ns) = serve(dir.path(), &model);
+    let (runtime, ns) = serve(dir.path(), &model, Arc::new(Notify::new()));
     let (mut c, preface) = Client::connect_to(&ns, "c").await;
     assert_eq!(
         preface[0],
@@ -684,4 +709,58 @@ async fn a_stream_cut_by_a_restart_is_replayed_ended_aborted_and_its_reply_persi
     c.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p"}));
     assert_eq!(c.json().await["type"], "cf_agent_stream_resume_none");
     runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tab_offered_a_resume_gets_no_live_frames_until_it_acks() {
+    let h = harness().await;
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_g", "gate", "{}"),
+        SseEvent::finish("tool_calls"),
+        SseEvent::Done,
+    ]));
+    h.model.push(Reply::text(&["Done."]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "wait")]), json!({})));
+    let mut before = Vec::new();
+    while !chunk_types(&before).contains(&"tool-input-available".to_string()) {
+        before.push(a.json().await);
+    }
+    // The tool waits; a new tab is offered the stream and does not ACK yet.
+    let (mut c, preface) = Client::connect_to(&h.ns, "c").await;
+    assert_eq!(preface[0]["type"], "cf_agent_stream_resuming");
+    h.gate.notify_one();
+    let rest = a.turn().await;
+    assert!(chunk_types(&rest).contains(&"tool-output-available".to_string()));
+    // c got the end of the turn but none of the live chunks.
+    let seen = c.turn().await;
+    assert!(chunk_types(&seen).is_empty(), "{seen:?}");
+    assert_eq!(seen.last().unwrap()["done"], true);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn regenerate_deletes_the_stored_messages_missing_from_the_request() {
+    let h = harness().await;
+    h.model.push(Reply::text(&["first answer"]));
+    h.model.push(Reply::text(&["second answer"]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    a.turn().await;
+    let stored = get_messages(&h).await;
+    assert_eq!(stored.as_array().unwrap().len(), 2);
+    let mut request = chat_request("r2", json!([user("u1", "hi")]), json!({}));
+    let body = request["init"]["body"]
+        .as_str()
+        .unwrap()
+        .replace("submit-message", "regenerate-message");
+    request["init"]["body"] = json!(body);
+    a.send(request);
+    a.turn().await;
+    let stored = get_messages(&h).await;
+    let stored = stored.as_array().unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1]["parts"][1]["text"], "second answer");
+    h.runtime.shutdown().await;
 }
