@@ -421,6 +421,23 @@ async fn a_model_error_and_a_failure_before_streaming_end_the_turn_with_errors()
     assert_eq!(frames[n - 1]["outcome"], "error");
     assert_eq!(frames[n - 1]["done"], true);
 
+    // The error is replayed to a client that probes, until the next turn.
+    a.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p1"}));
+    assert_eq!(
+        a.json().await,
+        json!({"type": "cf_agent_stream_resuming", "id": "r1", "probeId": "p1"})
+    );
+    a.send(json!({"type": "cf_agent_stream_resume_ack", "id": "r1"}));
+    for frame in &frames[..n - 2] {
+        let mut expected = frame.clone();
+        expected["replay"] = json!(true);
+        assert_eq!(a.json().await, expected);
+    }
+    assert_eq!(
+        a.json().await,
+        json!({"body": "An error occurred.", "done": true, "error": true, "id": "r1", "type": RESPONSE})
+    );
+
     // The application refuses the turn: one error frame ends it; the user's message is kept.
     a.send(chat_request(
         "r2",

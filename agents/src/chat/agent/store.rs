@@ -26,6 +26,12 @@ pub(crate) fn ensure(storage: &mut Storage) -> Result<()> {
             PRIMARY KEY(request_id, seq))",
         (),
     )?;
+    // The last turn's error, replayed to resume probes until the next turn (one row at most).
+    storage.exec(
+        "CREATE TABLE IF NOT EXISTS denizen_chat_last_error(
+            request_id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
+        (),
+    )?;
     Ok(())
 }
 
@@ -114,6 +120,44 @@ pub(crate) fn drop_log(storage: &mut Storage, request_id: &str) -> Result<()> {
 pub(crate) fn clear(storage: &mut Storage) -> Result<()> {
     storage.exec("DELETE FROM denizen_chat_messages", ())?;
     storage.exec("DELETE FROM denizen_chat_stream", ())?;
+    storage.exec("DELETE FROM denizen_chat_last_error", ())?;
+    Ok(())
+}
+
+/// Remembers that turn `request_id` ended with the model's error `text` (its stream log is
+/// kept with it, to replay).
+pub(crate) fn set_last_error(storage: &mut Storage, request_id: &str, text: &str) -> Result<()> {
+    forget_last_error(storage)?;
+    storage.exec(
+        "INSERT INTO denizen_chat_last_error(request_id, body) VALUES (?, ?)",
+        (request_id, text),
+    )?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct LastError {
+    request_id: String,
+    body: String,
+}
+
+/// The remembered error: `(request id, error text)`.
+pub(crate) fn last_error(storage: &mut Storage) -> Result<Option<(String, String)>> {
+    let row: Option<LastError> = storage
+        .exec(
+            "SELECT request_id, body FROM denizen_chat_last_error LIMIT 1",
+            (),
+        )?
+        .first()?;
+    Ok(row.map(|r| (r.request_id, r.body)))
+}
+
+/// Forgets the remembered error and its stream log (a new turn begins).
+pub(crate) fn forget_last_error(storage: &mut Storage) -> Result<()> {
+    if let Some((request_id, _)) = last_error(storage)? {
+        drop_log(storage, &request_id)?;
+    }
+    storage.exec("DELETE FROM denizen_chat_last_error", ())?;
     Ok(())
 }
 
@@ -142,7 +186,9 @@ pub(crate) fn log(storage: &mut Storage, request_id: &str) -> Result<Vec<(u64, S
 pub(crate) fn logged_stream(storage: &mut Storage) -> Result<Option<String>> {
     Ok(storage
         .exec(
-            "SELECT request_id FROM denizen_chat_stream ORDER BY rowid LIMIT 1",
+            "SELECT request_id FROM denizen_chat_stream
+             WHERE request_id NOT IN (SELECT request_id FROM denizen_chat_last_error)
+             ORDER BY rowid LIMIT 1",
             (),
         )?
         .first()?)

@@ -130,6 +130,7 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
     let others = [sender.as_str()];
     cx.broadcast_json(&frames::messages(&body.messages), &others)?;
     store::ensure(cx.storage())?;
+    store::forget_last_error(cx.storage())?;
     let stored = store::load(cx.storage())?;
     let message_ids = trailing_user_ids(&body.messages);
     let client_tools = body.client_tools.unwrap_or_default();
@@ -422,7 +423,12 @@ async fn on_chunk<A: Agent>(
 
 /// Persists what turn `active` built: its reply (if it has any content) and the earlier
 /// messages the stream changed. `true` if anything was written.
-fn persist(cx: &mut Context<impl Agent>, active: &Active, reply: &UiMessage) -> Result<bool> {
+fn persist(
+    cx: &mut Context<impl Agent>,
+    active: &Active,
+    reply: &UiMessage,
+    error: Option<&str>,
+) -> Result<bool> {
     let has_content = reply.parts.iter().any(|p| !matches!(p, Part::StepStart));
     let stored = store::load(cx.storage())?;
     let mut messages = stored.clone();
@@ -445,7 +451,11 @@ fn persist(cx: &mut Context<impl Agent>, active: &Active, reply: &UiMessage) -> 
         changed.insert(reply.id.as_str());
     }
     store::save(cx.storage(), &stored, &messages, &changed)?;
-    store::drop_log(cx.storage(), &active.request_id)?;
+    match error {
+        // Its log stays, to replay with the error to clients that probe.
+        Some(text) => store::set_last_error(cx.storage(), &active.request_id, text)?,
+        None => store::drop_log(cx.storage(), &active.request_id)?,
+    }
     if !changed.is_empty() {
         cx.broadcast_json(&frames::messages(&messages), &[active.sender.as_str()])?;
     }
@@ -471,7 +481,11 @@ async fn finish<A: Agent>(agent: &mut A, cx: &mut Context<A>, serial: u64, end: 
     let reply = builder.into_message();
     let id = active.request_id.clone();
     let ids = active.message_ids.clone();
-    match persist(cx, &active, &reply) {
+    let error = match &end {
+        End::Error(text) => Some(text.as_str()),
+        _ => None,
+    };
+    match persist(cx, &active, &reply, error) {
         Ok(_) => match end {
             End::Completed => {
                 cx.broadcast_json(&frames::done(&id, &ids, Outcome::Completed), &[])?
@@ -547,6 +561,9 @@ fn resumable<A: Agent>(agent: &mut A, cx: &mut Context<A>) -> Result<Option<Stri
         return Ok(Some(active.request_id.clone()));
     }
     store::ensure(cx.storage())?;
+    if let Some((request_id, _)) = store::last_error(cx.storage())? {
+        return Ok(Some(request_id));
+    }
     store::logged_stream(cx.storage())
 }
 
@@ -602,7 +619,11 @@ pub(crate) fn resume_ack<A: Agent>(
     } else {
         store::log(cx.storage(), id)?
     };
-    if !running && log.is_empty() {
+    let error = match running {
+        true => None,
+        false => store::last_error(cx.storage())?.filter(|(r, _)| r == id),
+    };
+    if !running && error.is_none() && log.is_empty() {
         cx.send_json(conn, &frames::replay_done(id, false))?;
         return Ok(());
     }
@@ -615,6 +636,10 @@ pub(crate) fn resume_ack<A: Agent>(
     }
     if running {
         cx.send_json(conn, &frames::replay_complete(id))?;
+        return Ok(());
+    }
+    if let Some((_, text)) = error {
+        cx.send_json(conn, &frames::failed(id, &text))?;
         return Ok(());
     }
     // Nobody produces this stream any more: persist what it built, and end it.
