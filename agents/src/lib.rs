@@ -26,6 +26,10 @@
 //! - **MCP** ([`mcp`]): an agent that returns its MCP client (`denizen_mcp::AgentMcp`) from
 //!   [`Agent::mcp`] has its servers restored on every wake, listed to clients in
 //!   `cf_agent_mcp_servers` as they change, and its OAuth callback answered on its own route.
+//! - **Chat** ([`chat::agent`]): an agent that returns a [`Chat`](chat::agent::Chat) from
+//!   [`Agent::chat`] speaks the `useAgentChat` protocol: its turns stream an OpenAI-compatible
+//!   model's reply to every tab off the agent's turn, run its Rust tools, persist the transcript
+//!   in its SQLite (`…/get-messages`), and resume streams for clients that reconnect.
 //! - **Schedules and queue**: many schedules (delay, time, cron, interval) and a FIFO queue share
 //!   the object's one alarm, persist, survive restarts, never duplicate on wake, and retry failing
 //!   tasks with backoff before recording them in `cf_agents_failures`.

@@ -211,7 +211,7 @@ pub(crate) async fn on_frame<A: Agent>(
                 "a chat cancel needs the string `id` of its request",
             ),
         },
-        frames::MESSAGES => set_messages(agent, cx, conn, &mut map)?,
+        frames::MESSAGES => set_messages(cx, conn, &mut map)?,
         frames::CLEAR => turn::clear(agent, cx, conn)?,
         frames::RESUME_REQUEST => {
             let probe = map.get("probeId").and_then(Value::as_str);
@@ -300,12 +300,10 @@ async fn request<A: Agent>(
 /// `cf_agent_chat_messages` from a client (`setMessages`): reconciled and upserted (never
 /// deleting), then sent to the other connections.
 fn set_messages<A: Agent>(
-    agent: &mut A,
     cx: &mut Context<A>,
     conn: &Connection,
     map: &mut Map<String, Value>,
 ) -> Result<()> {
-    let _ = agent;
     let messages = match crate::chat::message::messages_from_value(
         map.remove("messages").unwrap_or(Value::Null),
     ) {
