@@ -64,7 +64,19 @@ impl Assistant {
         Ok(ChatRun::new(self.model.clone())
             .with_system("Be brief.")
             .with_tool(weather())
-            .with_tool(gate(self.gate.clone())))
+            .with_tool(gate(self.gate.clone()))
+            .with_tool(Tool::new(
+                "big",
+                "A 2 MB answer",
+                json!({"type": "object"}),
+                |_| async { Ok(json!("x".repeat(2_000_000))) },
+            ))
+            .with_tool(Tool::new(
+                "crash",
+                "Panics",
+                json!({"type": "object"}),
+                |_| async { panic!("the crash tool crashed") },
+            )))
     }
 }
 
@@ -779,5 +791,73 @@ async fn regenerate_deletes_the_stored_messages_missing_from_the_request() {
     let stored = stored.as_array().unwrap();
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert_eq!(stored[1]["parts"][1]["text"], "second answer");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tool_that_panics_fails_its_call_and_the_turn_goes_on() {
+    let h = harness().await;
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_x", "crash", "{}"),
+        SseEvent::finish("tool_calls"),
+        SseEvent::Done,
+    ]));
+    h.model.push(Reply::text(&["Sorry."]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "crash")]), json!({})));
+    let frames = a.turn().await;
+    assert_eq!(frames.last().unwrap().get("outcome"), None);
+    let second = &h.model.requests()[1].body["messages"];
+    assert_eq!(
+        second[3],
+        json!({"role": "tool", "tool_call_id": "call_x", "content": "the tool panicked: the crash tool crashed"})
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_chunk_too_large_to_log_is_sent_without_seq_and_not_replayed() {
+    let h = harness().await;
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_b", "big", "{}"),
+        SseEvent::finish("tool_calls"),
+        SseEvent::Done,
+    ]));
+    h.model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::text("That was big."),
+        SseEvent::Hang,
+    ]));
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "big")]), json!({})));
+    let mut frames = Vec::new();
+    while !chunk_types(&frames).contains(&"text-delta".to_string()) {
+        frames.push(a.json().await);
+    }
+    let big = frames
+        .iter()
+        .position(|f| f["body"].as_str().unwrap().len() > 1_800_000)
+        .unwrap();
+    assert_eq!(big, 5, "{:?}", chunk_types(&frames));
+    assert_eq!(frames[big].get("seq"), None);
+    assert_eq!(frames[big - 1]["seq"], 4);
+    assert_eq!(frames[big + 1]["seq"], 5);
+    // A replay has every logged chunk, not the big one.
+    let (mut c, _) = Client::connect_to(&h.ns, "c").await;
+    c.send(json!({"type": "cf_agent_stream_resume_ack", "id": "r1"}));
+    let mut replayed = 0;
+    loop {
+        let frame = c.json().await;
+        if frame.get("replayComplete").is_some() {
+            break;
+        }
+        assert_eq!(frame["seq"], replayed);
+        replayed += 1;
+    }
+    assert_eq!(replayed, frames.len() as u64 - 1);
+    a.send(json!({"id": "r1", "type": "cf_agent_chat_request_cancel"}));
+    a.turn().await;
     h.runtime.shutdown().await;
 }

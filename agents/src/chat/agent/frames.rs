@@ -31,9 +31,14 @@ pub(crate) enum Outcome {
     Error,
 }
 
-/// A live chunk: `body` is the chunk's JSON.
-pub(crate) fn chunk(request_id: &str, body: String, seq: u64) -> Value {
-    json!({"body": body, "done": false, "id": request_id, "type": RESPONSE, "seq": seq})
+/// A live chunk: `body` is the chunk's JSON; `seq` its place in the stream log (none for a
+/// chunk too large to log).
+pub(crate) fn chunk(request_id: &str, body: String, seq: Option<u64>) -> Value {
+    let mut frame = json!({"body": body, "done": false, "id": request_id, "type": RESPONSE});
+    if let (Some(seq), Some(map)) = (seq, frame.as_object_mut()) {
+        map.insert("seq".into(), seq.into());
+    }
+    frame
 }
 
 /// The end of a turn.

@@ -4,8 +4,10 @@
 use std::collections::{HashSet, VecDeque};
 
 use denizen_runtime::{Result, Stub};
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -25,6 +27,9 @@ use crate::chat::request::RequestBody;
 use crate::chat::wire::{ChatMessage, ToolSpec};
 use crate::context::AgentContext;
 use crate::host::{AgentHost, Landed};
+
+/// Chunks over this many bytes of JSON are not logged for replay (AIChatAgent's row cap).
+const MAX_LOGGED_CHUNK_BYTES: usize = 1_800_000;
 
 /// The turns of one agent: the running one and those waiting, in order.
 #[derive(Default)]
@@ -211,9 +216,19 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
     let span = tracing::info_span!("chat turn", request = %request_id);
     cx.spawn(
         async move {
-            let end = Abortable::new(work, registration)
+            // A panic in the work (a tool's, say) must still end the turn, or its client waits
+            // and the turns queued behind it never run.
+            let end = match AssertUnwindSafe(Abortable::new(work, registration))
+                .catch_unwind()
                 .await
-                .unwrap_or(End::Aborted);
+            {
+                Ok(Ok(end)) => end,
+                Ok(Err(_aborted)) => End::Aborted,
+                Err(panic) => {
+                    tracing::error!(message = %panic_text(&*panic), "a chat turn panicked");
+                    End::Error(DEFAULT_ERROR_TEXT.into())
+                }
+            };
             Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
                 Box::pin(finish(a, cx, serial, end))
             })
@@ -221,6 +236,14 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
         .instrument(span),
     );
     Ok(true)
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 /// Delivers one chunk of turn `serial` to the agent; `false` if the agent is gone.
@@ -300,7 +323,15 @@ async fn run_model<A: Agent>(
             let content = if let Some(error) = &call.error {
                 error.clone()
             } else if let Some(tool) = tools.iter().find(|t| t.name() == call.name) {
-                let (chunk, content) = match tool.call(call.input.clone()).await {
+                let ran = AssertUnwindSafe(tool.call(call.input.clone()))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        let text = format!("the tool panicked: {}", panic_text(&*panic));
+                        tracing::error!(tool = %call.name, "{text}");
+                        Err(text)
+                    });
+                let (chunk, content) = match ran {
                     Ok(output) => {
                         let content = match &output {
                             Value::String(s) => s.clone(),
@@ -412,10 +443,15 @@ async fn on_chunk<A: Agent>(
     }
     let body = serde_json::to_string(&chunk)
         .map_err(|e| denizen_runtime::Error::msg(format!("could not encode a chunk: {e}")))?;
-    let seq = active.seq;
-    active.seq += 1;
     let request_id = active.request_id.clone();
-    store::log_chunk(cx.storage(), &request_id, seq, &body)?;
+    // A chunk too large for a row is sent but not logged (a replay skips it), as AIChatAgent does.
+    let seq = (body.len() <= MAX_LOGGED_CHUNK_BYTES).then(|| {
+        active.seq += 1;
+        active.seq - 1
+    });
+    if let Some(seq) = seq {
+        store::log_chunk(cx.storage(), &request_id, seq, &body)?;
+    }
     let pending: Vec<&str> = turns.pending.iter().map(String::as_str).collect();
     cx.broadcast_json(&frames::chunk(&request_id, body, seq), &pending)?;
     Ok(())
