@@ -236,7 +236,11 @@ pub(crate) fn on_connect<A: Agent>(
     if agent.chat().is_none() {
         return Ok(());
     }
-    turn::offer(agent, cx, conn, None)?;
+    // The connection serves more than the chat: a chat table that cannot be read costs it the
+    // offer, not the connection.
+    if let Err(e) = turn::offer(agent, cx, conn, None) {
+        tracing::warn!(error = %e, "could not look for a chat stream to offer");
+    }
     Ok(())
 }
 

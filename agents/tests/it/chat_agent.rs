@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use denizen_agents::chat::agent::{Chat, ChatRun, ChatTurn, Tool};
 use denizen_agents::chat::model::{ModelClient, ModelConfig};
-use denizen_agents::{Agent, AgentBuilder, AgentHost, Context, Methods};
+use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Context, Methods};
 use denizen_runtime::retry::RetryPolicy;
 use denizen_runtime::{Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, Upgrade, http};
 use denizen_test_util::eventually;
@@ -24,6 +24,8 @@ struct Assistant {
     model: ModelClient,
     /// Opens the `gate` tool: it returns once the test says so.
     gate: Arc<Notify>,
+    /// Takes the chat's table name for a table of its own, so no turn can begin.
+    broken: bool,
 }
 
 fn gate(gate: Arc<Notify>) -> Tool {
@@ -92,6 +94,16 @@ impl Agent for Assistant {
     fn chat(&mut self) -> Option<&mut Chat<Self>> {
         Some(&mut self.chat)
     }
+
+    async fn on_start(&mut self, cx: &mut Context<Self>) -> Result<()> {
+        if self.broken {
+            cx.sql(
+                "CREATE TABLE IF NOT EXISTS denizen_chat_messages(note TEXT)",
+                (),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 struct Harness {
@@ -122,6 +134,15 @@ fn serve(
     model: &ScriptedModel,
     gate: Arc<Notify>,
 ) -> (Runtime, Namespace<AgentHost<Assistant>>) {
+    serve_as(dir, model, gate, false)
+}
+
+fn serve_as(
+    dir: &std::path::Path,
+    model: &ScriptedModel,
+    gate: Arc<Notify>,
+    broken: bool,
+) -> (Runtime, Namespace<AgentHost<Assistant>>) {
     let config = ModelConfig::new(model.base_url(), "m")
         .with_retry(RetryPolicy::constant(Duration::from_millis(10)).with_max_attempts(1));
     let client = ModelClient::new(config).unwrap();
@@ -131,6 +152,7 @@ fn serve(
             chat: Chat::new(|a: &mut Assistant, cx, turn| Box::pin(a.reply(cx, turn))),
             model: client.clone(),
             gate: gate.clone(),
+            broken,
         })
         .build()
         .unwrap();
@@ -860,4 +882,24 @@ async fn a_chunk_too_large_to_log_is_sent_without_seq_and_not_replayed() {
     a.send(json!({"id": "r1", "type": "cf_agent_chat_request_cancel"}));
     a.turn().await;
     h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_turn_that_cannot_begin_ends_with_an_error_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::start().await;
+    let (runtime, ns) = serve_as(dir.path(), &model, Arc::new(Notify::new()), true);
+    let (mut a, _) = Client::connect_to(&ns, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let frames = a.turn().await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (last["id"].clone(), last["error"].clone()),
+        (json!("r1"), json!(true)),
+        "{last}"
+    );
+    assert!(last["body"].as_str().unwrap().contains("pos"), "{last}");
+    a.send(json!({"type": "rpc", "id": "1", "method": "ping", "args": []}));
+    assert_eq!(a.json().await["result"], "pong");
+    runtime.shutdown().await;
 }

@@ -102,8 +102,18 @@ fn start<'a, A: Agent>(
 ) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         loop {
-            if begin(agent, cx, queued).await? {
-                return Ok(());
+            // What came before (the previous turn's reply) is kept if this turn fails to begin.
+            cx.commit().await?;
+            let request_id = queued.request_id.clone();
+            match begin(agent, cx, queued).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    // Never leave the client waiting: its turn ends with the error.
+                    tracing::error!(request = %request_id, error = %e, "a chat turn could not begin");
+                    cx.rollback()?;
+                    cx.broadcast_json(&frames::failed(&request_id, &e.to_string()), &[])?;
+                }
             }
             match turns(agent).and_then(|t| t.queue.pop_front()) {
                 Some(next) => queued = next,
