@@ -5,17 +5,17 @@
 
 use std::time::Duration;
 
+use crate::socket::Socket;
 use denizen_agents::chat::agent::{Chat, ChatRun, ChatTurn, Tool};
 use denizen_agents::chat::model::{ModelClient, ModelConfig};
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Context, Methods};
 use denizen_runtime::retry::RetryPolicy;
-use denizen_runtime::{Bytes, Error, Frame, Namespace, Outgoing, Result, Runtime, Upgrade, http};
+use denizen_runtime::{Bytes, Error, Namespace, Result, Runtime, http};
 use denizen_test_util::eventually;
 use denizen_test_util::openai::{Reply, ScriptedModel, SseEvent};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const RESPONSE: &str = "cf_agent_use_chat_response";
 
@@ -162,9 +162,19 @@ fn serve_as(
     (runtime, ns)
 }
 
-struct Client {
-    handle: denizen_runtime::SocketHandle,
-    rx: UnboundedReceiver<Outgoing>,
+struct Client(Socket);
+
+impl std::ops::Deref for Client {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Socket {
+        &mut self.0
+    }
 }
 
 impl Client {
@@ -174,40 +184,9 @@ impl Client {
 
     /// Connects; the frames up to the handshake's last one come with it.
     async fn connect_to(ns: &Namespace<AgentHost<Assistant>>, pk: &str) -> (Client, Vec<Value>) {
-        let (upgrade, rx) = Upgrade::new();
-        let mut req = http::Request::new(Bytes::new());
-        *req.uri_mut() = format!("/agents/assistant/a?_pk={pk}").parse().unwrap();
-        req.extensions_mut().insert(upgrade.clone());
-        let resp = ns.get_by_name("a").fetch(req).await.unwrap();
-        assert_eq!(resp.status(), 101);
-        let mut client = Client {
-            handle: upgrade.accepted().unwrap(),
-            rx,
-        };
-        let mut preface = Vec::new();
-        loop {
-            let frame = client.json().await;
-            let last = frame["type"] == "cf_agent_mcp_servers";
-            preface.push(frame);
-            if last {
-                return (client, preface);
-            }
-        }
-    }
-
-    fn send(&self, value: Value) {
-        self.handle.message(Frame::Text(value.to_string())).unwrap();
-    }
-
-    async fn json(&mut self) -> Value {
-        let frame = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket ended");
-        match frame {
-            Outgoing::Frame(Frame::Text(t)) => serde_json::from_str(&t).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
+        let (socket, preface) =
+            Socket::open(ns, "a", &format!("/agents/assistant/a?_pk={pk}")).await;
+        (Client(socket), preface)
     }
 
     /// The frames up to and including the turn's terminal one (`done:true`).
@@ -221,10 +200,6 @@ impl Client {
                 return frames;
             }
         }
-    }
-
-    fn is_quiet(&mut self) -> bool {
-        self.rx.try_recv().is_err()
     }
 }
 

@@ -5,4 +5,5 @@ mod agents;
 mod chat_agent;
 mod chat_model;
 mod off_turn;
+mod socket;
 mod workflow;

@@ -9,16 +9,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::socket::Socket;
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Call, Context, Methods};
 use denizen_runtime::{
-    Bytes, Error, Frame, Namespace, Outgoing, Request, Response, Result, Runtime, Upgrade, http,
-    http_util,
+    Bytes, Error, Namespace, Request, Response, Result, Runtime, http, http_util,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct State {
@@ -252,47 +251,36 @@ async fn harness() -> Harness {
     }
 }
 
-/// An in-process client socket.
-struct Client {
-    handle: denizen_runtime::SocketHandle,
-    rx: UnboundedReceiver<Outgoing>,
+/// A client of the forecaster, with its handshake checked.
+struct Client(Socket);
+
+impl std::ops::Deref for Client {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Socket {
+        &mut self.0
+    }
 }
 
 impl Client {
     async fn connect(h: &Harness, pk: &str) -> Client {
-        let (upgrade, rx) = Upgrade::new();
-        let mut req = http::Request::new(Bytes::new());
-        *req.uri_mut() = format!("/agents/forecaster/f?_pk={pk}").parse().unwrap();
-        req.extensions_mut().insert(upgrade.clone());
-        let resp = h.ns.get_by_name("f").fetch(req).await.unwrap();
-        assert_eq!(resp.status(), 101);
-        let mut client = Client {
-            handle: upgrade.accepted().unwrap(),
-            rx,
-        };
-        for expected in [
-            "cf_agent_identity",
-            "cf_agent_state",
-            "cf_agent_mcp_servers",
-        ] {
-            assert_eq!(client.json().await["type"], expected);
-        }
-        client
-    }
-
-    fn send(&self, value: Value) {
-        self.handle.message(Frame::Text(value.to_string())).unwrap();
-    }
-
-    async fn json(&mut self) -> Value {
-        let frame = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("socket ended");
-        match frame {
-            Outgoing::Frame(Frame::Text(t)) => serde_json::from_str(&t).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
+        let uri = format!("/agents/forecaster/f?_pk={pk}");
+        let (socket, preface) = Socket::open(&h.ns, "f", &uri).await;
+        let types: Vec<&Value> = preface.iter().map(|f| &f["type"]).collect();
+        assert_eq!(
+            types,
+            [
+                "cf_agent_identity",
+                "cf_agent_state",
+                "cf_agent_mcp_servers"
+            ]
+        );
+        Client(socket)
     }
 
     async fn state(&mut self) -> State {
@@ -306,10 +294,6 @@ impl Client {
         assert_eq!(frame["type"], "rpc", "{frame}");
         assert_eq!(frame["id"], id, "{frame}");
         frame
-    }
-
-    fn is_quiet(&mut self) -> bool {
-        self.rx.try_recv().is_err()
     }
 }
 
