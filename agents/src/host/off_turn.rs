@@ -74,6 +74,19 @@ async fn settled<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
     }
 }
 
+/// `then` on the agent once the MCP servers the off-turn work changed are saved (and listed to
+/// the clients): the agent acts on the work's result with its servers as the work left them.
+fn after_mcp_saved<'a, A: Agent, R: Send + 'a>(
+    host: &'a mut AgentHost<A>,
+    cx: &'a mut Context<A>,
+    then: impl FnOnce(&'a mut A, &'a mut Context<A>) -> BoxFuture<'a, Result<R>>,
+) -> BoxFuture<'a, Result<R>> {
+    if let Err(e) = host.mcp_changed(cx) {
+        return Box::pin(std::future::ready(Err(e)));
+    }
+    then(&mut host.agent, cx)
+}
+
 /// Starts `fut` off the turn (after the current event commits); `then` gets its output (a panic
 /// as an error) in an event of the agent.
 pub(crate) fn spawn_then<A, T, F, H>(cx: &mut Context<A>, fut: F, then: H)
@@ -91,12 +104,7 @@ where
             let out = settled(fut).await;
             Landed {
                 then: then_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
-                    // The MCP servers the work changed are saved (and listed to the clients)
-                    // before the agent acts on its result.
-                    if let Err(e) = host.mcp_changed(cx) {
-                        return Box::pin(std::future::ready(Err(e)));
-                    }
-                    then(&mut host.agent, cx, out)
+                    after_mcp_saved(host, cx, move |agent, cx| then(agent, cx, out))
                 }),
             }
         }
@@ -229,12 +237,7 @@ where
             let out = settled(fut).await;
             Answered {
                 make: make_box(move |host: &mut AgentHost<A>, cx: &mut Context<A>| {
-                    // As for spawn_then: the MCP servers the work changed are saved (and listed
-                    // to the clients) before the agent acts on its result.
-                    if let Err(e) = host.mcp_changed(cx) {
-                        return Box::pin(std::future::ready(Err(e)));
-                    }
-                    then(&mut host.agent, cx, out)
+                    after_mcp_saved(host, cx, move |agent, cx| then(agent, cx, out))
                 }),
             }
         }
