@@ -99,3 +99,7 @@ pub use schedule::{
     Failure, MAX_FAILURES, MAX_INTERVAL, QueueItem, Retry, Schedule, ScheduleKind, ScheduleOptions,
     When,
 };
+/// The JSON Schema derive of [`chat::agent::Tool::typed`] inputs:
+/// `#[derive(JsonSchema)] #[schemars(crate = "denizen::agent::schemars")]` without a dependency of
+/// your own.
+pub use schemars;

@@ -6,9 +6,11 @@
 //!   `/objects/chat/<room>` (WebSocket);
 //! - `counter-agent`: an agent for the JavaScript `agents` client;
 //! - `mcp-agent`: an agent that uses the tools of remote MCP servers;
+//! - `chat-agent`: an AI chat agent for `useAgentChat`, on the model of `--llm-url`;
 //! - the workflows `approval` and `pipeline`.
 
 mod chat;
+mod chat_agent;
 mod counter;
 mod counter_agent;
 mod mcp_agent;
@@ -16,6 +18,7 @@ mod workflows;
 
 use std::process::ExitCode;
 
+use denizen::agent::chat::model::ModelClient;
 use denizen::app::App;
 
 fn main() -> ExitCode {
@@ -28,7 +31,15 @@ fn main() -> ExitCode {
         // OAuth sends users' browsers back to where they reach this server.
         .with_config(|app, config| {
             let public_url = config.public_url.clone().unwrap_or_default();
+            let model = match config.model_config() {
+                Some(model) => ModelClient::new(model).map_err(|e| e.to_string()),
+                None => Err(chat_agent::NOT_CONFIGURED.to_string()),
+            };
+            let chat_url = public_url.clone();
             app.agent_with("mcp-agent", move || mcp_agent::McpAgent::new(&public_url))
+                .agent_with("chat-agent", move || {
+                    chat_agent::ChatAgent::new(model.clone(), &chat_url)
+                })
         })
         .workflow("approval", workflows::Approval)
         .workflow("pipeline", workflows::Pipeline)

@@ -10,6 +10,7 @@ use denizen_runtime::{Durability, Options};
 use serde::{Deserialize, Serialize};
 
 use crate::app::Error;
+use denizen_agents::chat::model::ModelConfig;
 
 /// Every setting of a server, each with its default. The same struct is the TOML file (keys as
 /// the field names), the flags of `serve` (`--idle-timeout`) and the environment
@@ -106,6 +107,19 @@ pub struct Config {
     /// back to `<public-url>/agents/<class>/<name>/callback`; by default `http://<listen address>`.
     #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_PUBLIC_URL"))]
     pub public_url: Option<String>,
+    /// The OpenAI-compatible model server of the app's chat agents: its base URL, e.g.
+    /// `http://127.0.0.1:8080/v1` (llama.cpp, vLLM, Ollama) or `https://api.openai.com/v1`.
+    #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_LLM_URL"))]
+    pub llm_url: Option<String>,
+    /// The model the chat agents ask for (servers of one model ignore it).
+    #[cfg_attr(feature = "cli", arg(long, env = "DENIZEN_LLM_MODEL"))]
+    pub llm_model: String,
+    /// The model server's API key, sent as a bearer token.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "DENIZEN_LLM_API_KEY", hide_env_values = true)
+    )]
+    pub llm_api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -135,6 +149,9 @@ impl Default for Config {
             shutdown_timeout: gateway.shutdown_timeout,
             idle_poll: denizen_runtime::IdlePoll::DEFAULT_WINDOW,
             public_url: None,
+            llm_url: None,
+            llm_model: "default".into(),
+            llm_api_key: None,
         }
     }
 }
@@ -208,8 +225,24 @@ impl Config {
                 "public_url must start with http:// or https://, got `{url}`"
             )));
         }
+        if let Some(url) = &self.llm_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Error::Config(format!(
+                "llm_url must start with http:// or https://, got `{url}`"
+            )));
+        }
         self.gateway_options().validate()?;
         Ok(())
+    }
+
+    /// The chat agents' model, if `llm_url` is set.
+    pub fn model_config(&self) -> Option<ModelConfig> {
+        let url = self.llm_url.as_ref()?;
+        Some(
+            ModelConfig::new(url.clone(), self.llm_model.clone())
+                .with_api_key(self.llm_api_key.clone()),
+        )
     }
 
     /// The runtime's options.
