@@ -108,6 +108,16 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Delay between an alarm's time and its handler starting.
     pub alarm_lateness: Histogram,
+    /// Chat turns started by chat agents (continuations after a tool result included).
+    pub chat_turns: Counter,
+    /// Prompt tokens of chat agents' model calls, as the model server reported them.
+    pub chat_prompt_tokens: Counter,
+    /// Completion tokens of chat agents' model calls, as the model server reported them.
+    pub chat_completion_tokens: Counter,
+    /// Time from a chat agent's model call to its first streamed token.
+    pub chat_first_token: Histogram,
+    /// Chat agents' model calls that failed (after their retries).
+    pub chat_model_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -123,6 +133,11 @@ impl Default for Metrics {
             alarms_fired: Counter::default(),
             commit_latency: Histogram::new(LATENCY_BOUNDS_US),
             alarm_lateness: Histogram::new(LATENCY_BOUNDS_US),
+            chat_turns: Counter::default(),
+            chat_prompt_tokens: Counter::default(),
+            chat_completion_tokens: Counter::default(),
+            chat_first_token: Histogram::new(LATENCY_BOUNDS_US),
+            chat_model_errors: Counter::default(),
         }
     }
 }
@@ -176,6 +191,31 @@ impl Metrics {
             "alarm_lateness_seconds",
             "Delay between an alarm's time and its handler starting",
             self.alarm_lateness.clone(),
+        );
+        registry.register(
+            "chat_turns",
+            "Chat turns started by chat agents (continuations after a tool result included)",
+            self.chat_turns.clone(),
+        );
+        registry.register(
+            "chat_prompt_tokens",
+            "Prompt tokens of chat agents' model calls, as the model server reported them",
+            self.chat_prompt_tokens.clone(),
+        );
+        registry.register(
+            "chat_completion_tokens",
+            "Completion tokens of chat agents' model calls, as the model server reported them",
+            self.chat_completion_tokens.clone(),
+        );
+        registry.register(
+            "chat_first_token_seconds",
+            "Time from a chat agent's model call to its first streamed token",
+            self.chat_first_token.clone(),
+        );
+        registry.register(
+            "chat_model_errors",
+            "Chat agents' model calls that failed (after their retries)",
+            self.chat_model_errors.clone(),
         );
     }
 }

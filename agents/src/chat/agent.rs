@@ -68,6 +68,7 @@ use serde_json::{Map, Value};
 pub use self::tool::Tool;
 use self::turn::{Queued, Turns};
 use crate::agent::{Agent, Connection, Context};
+use crate::chat::history::{ToolResult, apply_tool_approval, apply_tool_result};
 use crate::chat::message::{MAX_ID_BYTES, UiMessage};
 use crate::chat::model::ModelClient;
 use crate::chat::request::{ClientTool, RequestBody};
@@ -88,6 +89,9 @@ pub struct ChatTurn {
     pub body: Option<Map<String, Value>>,
     /// The tools the client declared and runs itself.
     pub client_tools: Vec<ClientTool>,
+    /// A continuation: the model goes on after client tools' results or approvals, its reply
+    /// appended to the last assistant message (`messages` ends with it).
+    pub continuation: bool,
 }
 
 /// What a turn runs: the model, the system prompt, the server tools and the step limit.
@@ -221,6 +225,8 @@ pub(crate) async fn on_frame<A: Agent>(
             Some(id) => turn::resume_ack(agent, cx, conn, id)?,
             None => send_error(cx, conn, "a resume ack needs the string `id` of its stream"),
         },
+        frames::TOOL_RESULT => tool_result(agent, cx, conn, &map).await?,
+        frames::TOOL_APPROVAL => tool_approval(agent, cx, conn, &map).await?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -238,7 +244,7 @@ pub(crate) fn on_connect<A: Agent>(
     }
     // The connection serves more than the chat: a chat table that cannot be read costs it the
     // offer, not the connection.
-    if let Err(e) = turn::offer(agent, cx, conn, None) {
+    if let Err(e) = turn::on_connect(agent, cx, conn) {
         tracing::warn!(error = %e, "could not look for a chat stream to offer");
     }
     Ok(())
@@ -299,6 +305,101 @@ async fn request<A: Agent>(
         },
     )
     .await
+}
+
+/// The `toolCallId` of a tool frame, or why it has none.
+fn tool_call_id<'m>(map: &'m Map<String, Value>, frame: &str) -> Result<&'m str, String> {
+    match map.get("toolCallId") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Ok(id),
+        _ => Err(format!(
+            "{frame} needs a string `toolCallId` of 1 to {MAX_ID_BYTES} bytes"
+        )),
+    }
+}
+
+/// `cf_agent_tool_result`: a client tool's output (or `"state":"output-error"`) recorded in its
+/// call, then, with `autoContinue`, a continuation (chat-protocol.md §8).
+async fn tool_result<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    map: &Map<String, Value>,
+) -> Result<()> {
+    let call = match tool_call_id(map, frames::TOOL_RESULT) {
+        Ok(call) => call.to_owned(),
+        Err(e) => {
+            send_error(cx, conn, &e);
+            return Ok(());
+        }
+    };
+    let result = match map.get("state").and_then(Value::as_str) {
+        Some("output-error") => ToolResult::Error(
+            map.get("errorText")
+                .and_then(Value::as_str)
+                .unwrap_or("The tool failed.")
+                .to_owned(),
+        ),
+        _ => ToolResult::Output(map.get("output").cloned().unwrap_or(Value::Null)),
+    };
+    let client_tools = match map.get("clientTools") {
+        None | Some(Value::Null) => None,
+        Some(tools) => match serde_json::from_value::<Vec<ClientTool>>(tools.clone()) {
+            Ok(tools) => Some(tools),
+            Err(e) => {
+                send_error(
+                    cx,
+                    conn,
+                    &format!("{}: `clientTools`: {e}", frames::TOOL_RESULT),
+                );
+                return Ok(());
+            }
+        },
+    };
+    let recorded = turn::answer_tool(agent, cx, conn, |stored, streaming| {
+        apply_tool_result(stored, streaming, &call, result)
+    })?;
+    if recorded && auto_continue(map) {
+        turn::continue_after(agent, cx, conn, client_tools).await?;
+    }
+    Ok(())
+}
+
+/// `cf_agent_tool_approval`: a person's answer recorded in the call (approved, or denied), then,
+/// with `autoContinue`, a continuation that runs an approved call (chat-protocol.md §9).
+async fn tool_approval<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    map: &Map<String, Value>,
+) -> Result<()> {
+    let call = match tool_call_id(map, frames::TOOL_APPROVAL) {
+        Ok(call) => call.to_owned(),
+        Err(e) => {
+            send_error(cx, conn, &e);
+            return Ok(());
+        }
+    };
+    let Some(approved) = map.get("approved").and_then(Value::as_bool) else {
+        send_error(
+            cx,
+            conn,
+            "cf_agent_tool_approval needs a boolean `approved`",
+        );
+        return Ok(());
+    };
+    let recorded = turn::answer_tool(agent, cx, conn, |stored, streaming| {
+        apply_tool_approval(stored, streaming, &call, approved)
+    })?;
+    if recorded && auto_continue(map) {
+        turn::continue_after(agent, cx, conn, None).await?;
+    }
+    Ok(())
+}
+
+fn auto_continue(map: &Map<String, Value>) -> bool {
+    map.get("autoContinue")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// `cf_agent_chat_messages` from a client (`setMessages`): reconciled and upserted (never

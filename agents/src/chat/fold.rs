@@ -98,6 +98,11 @@ impl MessageBuilder {
         &self.message
     }
 
+    /// The message so far, to change outside the stream (a client tool's result).
+    pub fn message_mut(&mut self) -> &mut UiMessage {
+        &mut self.message
+    }
+
     /// The message so far, to persist.
     pub fn into_message(self) -> UiMessage {
         self.message

@@ -289,7 +289,15 @@ pub fn reconcile(stored: &[UiMessage], incoming: Vec<UiMessage>, trigger: Trigge
             seen.insert(message.id.clone());
             match by_id.get(message.id.as_str()) {
                 Some(old) => {
-                    let message = keep_recorded_tool_results(old, message);
+                    // The server's copy of a reply it produced is the whole one; a request's copy
+                    // may be what the client had mid-stream. Only a tool result the client
+                    // recorded first is taken from it.
+                    let message =
+                        if trigger == Trigger::SubmitMessage && old.role == Role::Assistant {
+                            keep_recorded_tool_results(&message, (*old).clone())
+                        } else {
+                            keep_recorded_tool_results(old, message)
+                        };
                     if **old != message {
                         upserted.push(message.id.clone());
                     }
@@ -319,36 +327,20 @@ pub fn reconcile(stored: &[UiMessage], incoming: Vec<UiMessage>, trigger: Trigge
         };
     }
 
-    // Upsert: the stored order, changed messages in place, new ones after the incoming
-    // message before them (or before the first stored one that follows them in `incoming`,
-    // or at the end).
+    // Upsert: the stored order with changed messages in place. A new message goes before the
+    // first stored message that follows it in `incoming`, or, with none, at the end: a request
+    // sent while the previous turn streamed lacks that turn's reply, which stays before it.
     let mut messages: Vec<UiMessage> = stored.to_vec();
-    let mut position: HashMap<String, usize> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.id.clone(), i))
-        .collect();
-    let mut after: Option<usize> = None;
     for (i, message) in merged.iter().enumerate() {
-        if let Some(&at) = position.get(&message.id) {
+        if let Some(at) = messages.iter().position(|m| m.id == message.id) {
             messages[at] = message.clone();
-            after = Some(at);
             continue;
         }
-        let at = match after {
-            Some(at) => at + 1,
-            None => merged[i + 1..]
-                .iter()
-                .find_map(|m| position.get(&m.id).copied())
-                .unwrap_or(messages.len()),
-        };
-        messages.insert(at, message.clone());
-        position = messages
+        let at = merged[i + 1..]
             .iter()
-            .enumerate()
-            .map(|(i, m)| (m.id.clone(), i))
-            .collect();
-        after = Some(at);
+            .find_map(|later| messages.iter().position(|m| m.id == later.id))
+            .unwrap_or(messages.len());
+        messages.insert(at, message.clone());
     }
     Reconciled {
         messages,
@@ -620,7 +612,8 @@ mod tests {
             UiMessage::user_text("x", "new"),
         ];
         let r = reconcile(&stored, incoming, Trigger::SetMessages);
-        assert_eq!(ids(&r.messages), ["u1", "x", "a1", "u2"]);
+        // A new message after the last stored one the client sent goes at the end.
+        assert_eq!(ids(&r.messages), ["u1", "a1", "u2", "x"]);
         assert_eq!(r.messages[0].text(), "edited");
         assert_eq!(r.upserted, ["u1", "x"]);
         assert!(r.deleted.is_empty());
@@ -655,7 +648,37 @@ mod tests {
         incoming.push(UiMessage::user_text("new", "x"));
         let r = reconcile(&stored, incoming, Trigger::RegenerateMessage);
         assert!(r.deleted.is_empty());
-        assert_eq!(ids(&r.messages), ["u1", "new", "a1", "u2", "a2"]);
+        assert_eq!(ids(&r.messages), ["u1", "a1", "u2", "a2", "new"]);
+    }
+
+    #[test]
+    fn a_request_sent_mid_stream_keeps_the_full_reply_before_the_new_message() {
+        // The second request was sent while the first reply streamed: the client's copy of the
+        // reply is partial, and the request lacks nothing else the server has.
+        let stored = messages(json!([
+            {"id":"u1","role":"user","parts":[{"type":"text","text":"hi"}]},
+            {"id":"a1","role":"assistant","parts":[{"type":"text","text":"Hello there","state":"done"}]}
+        ]));
+        let incoming = messages(json!([
+            {"id":"u1","role":"user","parts":[{"type":"text","text":"hi"}]},
+            {"id":"a1","role":"assistant","parts":[{"type":"text","text":"Hel","state":"streaming"}]},
+            {"id":"u2","role":"user","parts":[{"type":"text","text":"more"}]}
+        ]));
+        let r = reconcile(&stored, incoming, Trigger::SubmitMessage);
+        assert_eq!(ids(&r.messages), ["u1", "a1", "u2"]);
+        assert_eq!(r.messages[1].text(), "Hello there");
+        assert_eq!(r.upserted, ["u2"]);
+        // Without the reply at all (sent before it began), the new message still follows it.
+        let r = reconcile(
+            &stored,
+            stored[..1]
+                .iter()
+                .cloned()
+                .chain([UiMessage::user_text("u2", "more")])
+                .collect(),
+            Trigger::SubmitMessage,
+        );
+        assert_eq!(ids(&r.messages), ["u1", "a1", "u2"]);
     }
 
     #[test]

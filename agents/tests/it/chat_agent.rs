@@ -73,6 +73,15 @@ impl Assistant {
                 json!({"type": "object"}),
                 |_| async { Ok(json!("x".repeat(2_000_000))) },
             ))
+            .with_tool(
+                Tool::new(
+                    "charge",
+                    "Charges the user; a person approves each charge",
+                    json!({"type":"object","properties":{"amount":{"type":"number"}}}),
+                    |input: Value| async move { Ok(json!(format!("charged {}", input["amount"]))) },
+                )
+                .needs_approval(),
+            )
             .with_tool(Tool::new(
                 "crash",
                 "Panics",
@@ -877,4 +886,342 @@ async fn a_turn_that_cannot_begin_ends_with_an_error_frame() {
     a.send(json!({"type": "rpc", "id": "1", "method": "ping", "args": []}));
     assert_eq!(a.json().await["result"], "pong");
     runtime.shutdown().await;
+}
+
+/// A model call that asks for one tool call and stops for it.
+fn tool_call_reply(call: &str, tool: &str, arguments: &str) -> Reply {
+    Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, call, tool, arguments),
+        SseEvent::finish("tool_calls"),
+    ])
+}
+
+/// Reads frames until `pred` holds for one; answers them all.
+async fn frames_until(client: &mut Client, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.json().await;
+        let end = pred(&frame);
+        frames.push(frame);
+        if end {
+            return frames;
+        }
+    }
+}
+
+/// The chunks a client saw of stream `id`, replayed and live, by seq (each once).
+fn stream_chunks(frames: &[Value], id: &str) -> Vec<Value> {
+    let mut by_seq = std::collections::BTreeMap::new();
+    for f in frames {
+        if f["type"] == RESPONSE && f["id"] == id && f["done"] == false && f["seq"].is_u64() {
+            let body: Value = serde_json::from_str(f["body"].as_str().unwrap()).unwrap();
+            by_seq.insert(f["seq"].as_u64().unwrap(), body);
+        }
+    }
+    by_seq.into_values().collect()
+}
+
+fn tool_part(message: &Value) -> &Value {
+    message["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"].as_str().unwrap().starts_with("tool-"))
+        .unwrap()
+}
+
+/// The owner of a continuation probes, is told it is pending, is offered its stream when it
+/// starts, ACKs, and gets it all (replayed, then live); answers the frames and the
+/// continuation's request id.
+async fn follow_continuation(a: &mut Client) -> (Vec<Value>, String) {
+    a.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p1"}));
+    let pending = frames_until(a, |f| f["type"] == "cf_agent_stream_pending").await;
+    let pending = pending.last().unwrap().clone();
+    assert_eq!(pending["probeId"], "p1", "{pending}");
+    let id = pending["id"].as_str().unwrap().to_string();
+    let offer = frames_until(a, |f| f["type"] == "cf_agent_stream_resuming").await;
+    assert_eq!(
+        offer.last().unwrap(),
+        &json!({"type": "cf_agent_stream_resuming", "id": id})
+    );
+    a.send(json!({"type": "cf_agent_stream_resume_ack", "id": id}));
+    let frames = a.turn().await;
+    for f in frames.iter().filter(|f| f["type"] == RESPONSE) {
+        assert_eq!(f["continuation"], true, "{f}");
+        assert_eq!(f["id"], id.as_str(), "{f}");
+    }
+    assert!(
+        frames.iter().any(|f| f["replayComplete"] == true),
+        "the replay caught up before the live frames: {frames:?}"
+    );
+    (frames, id)
+}
+
+#[tokio::test]
+async fn a_client_tool_result_continues_the_turn_into_the_same_message() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+    let mut b = Client::connect(&h, "b").await;
+    let client_tools = json!({"clientTools": [{"name": "getLocation", "description": "Where the user is",
+        "parameters": {"type": "object", "properties": {}}}]});
+
+    // Turn 1 ends at the client tool's call.
+    h.model.push(tool_call_reply("call_1", "getLocation", "{}"));
+    a.send(chat_request(
+        "r1",
+        json!([user("u1", "where am I")]),
+        client_tools,
+    ));
+    let first = a.turn().await;
+    let types = chunk_types(&first);
+    assert!(
+        types.contains(&"tool-input-available".to_string()),
+        "{types:?}"
+    );
+    assert!(
+        !types.contains(&"tool-output-available".to_string()),
+        "{types:?}"
+    );
+    let tools = h.model.requests()[0].body["tools"].clone();
+    let declared = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["function"]["name"] == "getLocation");
+    assert!(
+        declared,
+        "the client tool is declared to the model: {tools}"
+    );
+    b.turn().await;
+    let stored = get_messages(&h).await;
+    let reply_id = stored[1]["id"].as_str().unwrap().to_string();
+    assert_eq!(tool_part(&stored[1])["state"], "input-available");
+
+    // The client runs it and sends the result: every tab sees the call answered.
+    h.model.push(Reply::text(&["You are ", "in Paris."]));
+    a.send(
+        json!({"type": "cf_agent_tool_result", "toolCallId": "call_1", "toolName": "getLocation",
+        "output": {"city": "Paris"}, "autoContinue": true}),
+    );
+    for client in [&mut a, &mut b] {
+        let updated = frames_until(client, |f| f["type"] == "cf_agent_message_updated").await;
+        let message = &updated.last().unwrap()["message"];
+        assert_eq!(message["id"], reply_id.as_str());
+        assert_eq!(tool_part(message)["state"], "output-available");
+        assert_eq!(tool_part(message)["output"], json!({"city": "Paris"}));
+    }
+    // A repeat changes nothing and starts nothing.
+    a.send(
+        json!({"type": "cf_agent_tool_result", "toolCallId": "call_1", "toolName": "getLocation",
+        "output": {"city": "Lyon"}, "autoContinue": true}),
+    );
+
+    let (frames, id) = follow_continuation(&mut a).await;
+    let chunks = stream_chunks(&frames, &id);
+    assert_eq!(
+        chunks[0],
+        json!({"type": "start"}),
+        "no messageId on a continuation"
+    );
+    let kinds: Vec<&str> = chunks.iter().map(|c| c["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "start",
+            "start-step",
+            "text-start",
+            "text-delta",
+            "text-delta",
+            "text-end",
+            "finish-step",
+            "finish"
+        ]
+    );
+    // The owner gets the final transcript too, before done (without messageIds).
+    let transcript = frames
+        .iter()
+        .rev()
+        .find(|f| f["type"] == "cf_agent_chat_messages")
+        .unwrap();
+    assert_eq!(transcript["messages"].as_array().unwrap().len(), 2);
+    let done = frames.last().unwrap();
+    assert_eq!(done["done"], true);
+    assert!(done.get("messageIds").is_none(), "{done}");
+
+    // The other tab follows it live.
+    let seen = b.turn().await;
+    assert_eq!(stream_chunks(&seen, &id), chunks);
+
+    // One message: the call with its result, then the model's answer after it.
+    let stored = get_messages(&h).await;
+    assert_eq!(stored.as_array().unwrap().len(), 2);
+    assert_eq!(stored[1]["id"], reply_id.as_str());
+    assert_eq!(tool_part(&stored[1])["output"], json!({"city": "Paris"}));
+    let text: Vec<&str> = stored[1]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect();
+    assert_eq!(text, ["You are in Paris."]);
+    // The model got the call and its result.
+    let requests = h.model.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one continuation for the result and its repeat"
+    );
+    let messages = requests[1].body["messages"].as_array().unwrap().clone();
+    assert_eq!(messages[2]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(
+        messages[3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"city\":\"Paris\"}"})
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_approved_call_runs_in_the_continuation_and_a_denied_one_tells_the_model() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+
+    // The call waits for a person: an approval request ends the turn.
+    h.model
+        .push(tool_call_reply("call_c", "charge", "{\"amount\":5}"));
+    a.send(chat_request(
+        "r1",
+        json!([user("u1", "charge me 5")]),
+        json!({}),
+    ));
+    let first = a.turn().await;
+    let chunks = stream_chunks(&first, "r1");
+    let request = chunks
+        .iter()
+        .find(|c| c["type"] == "tool-approval-request")
+        .unwrap();
+    assert_eq!(request["toolCallId"], "call_c");
+    let approval_id = request["approvalId"].as_str().unwrap().to_string();
+    assert_eq!(
+        chunks.last().unwrap()["messageMetadata"]["finishReason"],
+        "tool-calls"
+    );
+    let stored = get_messages(&h).await;
+    assert_eq!(tool_part(&stored[1])["state"], "approval-requested");
+    assert_eq!(
+        tool_part(&stored[1])["approval"]["id"],
+        approval_id.as_str()
+    );
+
+    // Approved: recorded, then run first thing in the continuation.
+    h.model.push(Reply::text(&["Done."]));
+    a.send(json!({"type": "cf_agent_tool_approval", "toolCallId": "call_c", "approved": true, "autoContinue": true}));
+    let updated = frames_until(&mut a, |f| f["type"] == "cf_agent_message_updated").await;
+    let part = tool_part(&updated.last().unwrap()["message"]).clone();
+    assert_eq!(part["state"], "approval-responded");
+    assert_eq!(
+        part["approval"],
+        json!({"id": approval_id, "approved": true})
+    );
+    let (frames, id) = follow_continuation(&mut a).await;
+    let kinds: Vec<String> = stream_chunks(&frames, &id)
+        .iter()
+        .map(|c| c["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds[..3], ["start", "tool-output-available", "start-step"]);
+    let stored = get_messages(&h).await;
+    assert_eq!(tool_part(&stored[1])["state"], "output-available");
+    assert_eq!(tool_part(&stored[1])["output"], "charged 5");
+    let sent = &h.model.requests()[1].body["messages"];
+    assert_eq!(
+        sent[3],
+        json!({"role": "tool", "tool_call_id": "call_c", "content": "charged 5"})
+    );
+
+    // Denied: the tool does not run; the model is told.
+    h.model
+        .push(tool_call_reply("call_d", "charge", "{\"amount\":500}"));
+    let history = get_messages(&h).await;
+    let mut messages = history.as_array().unwrap().clone();
+    messages.push(user("u2", "charge me 500"));
+    a.send(chat_request("r2", Value::Array(messages), json!({})));
+    a.turn().await;
+    h.model.push(Reply::text(&["Not charged."]));
+    a.send(json!({"type": "cf_agent_tool_approval", "toolCallId": "call_d", "approved": false, "autoContinue": true}));
+    let updated = frames_until(&mut a, |f| f["type"] == "cf_agent_message_updated").await;
+    assert_eq!(
+        tool_part(&updated.last().unwrap()["message"])["state"],
+        "output-denied"
+    );
+    let (frames, id) = follow_continuation(&mut a).await;
+    assert!(
+        !stream_chunks(&frames, &id)
+            .iter()
+            .any(|c| c["type"] == "tool-output-available"),
+        "a denied call does not run"
+    );
+    let requests = h.model.requests();
+    let sent = requests.last().unwrap().body["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sent.last().unwrap(),
+        &json!({"role": "tool", "tool_call_id": "call_d", "content": "Tool call execution denied."})
+    );
+    let stored = get_messages(&h).await;
+    assert_eq!(stored.as_array().unwrap().len(), 4);
+    assert_eq!(
+        stored[3]["parts"].as_array().unwrap().last().unwrap()["text"],
+        "Not charged."
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn tool_answers_without_auto_continue_or_for_unknown_calls_start_nothing() {
+    let h = harness().await;
+    let mut a = Client::connect(&h, "a").await;
+    // An unknown call: an error to the sender.
+    a.send(json!({"type": "cf_agent_tool_result", "toolCallId": "nope", "toolName": "x", "output": 1, "autoContinue": true}));
+    let error = a.json().await;
+    assert_eq!(error["type"], "cf_agent_error", "{error}");
+    assert!(
+        error["error"].as_str().unwrap_or_default().contains("nope")
+            || error.to_string().contains("nope"),
+        "{error}"
+    );
+    // Malformed answers: errors, the agent keeps serving.
+    for frame in [
+        json!({"type": "cf_agent_tool_result", "toolCallId": 7}),
+        json!({"type": "cf_agent_tool_approval", "toolCallId": "c"}),
+        json!({"type": "cf_agent_tool_result", "toolCallId": "c", "clientTools": "x"}),
+    ] {
+        a.send(frame);
+        assert_eq!(a.json().await["type"], "cf_agent_error");
+    }
+    // A result with autoContinue false is recorded; nothing runs.
+    h.model.push(tool_call_reply("call_1", "getLocation", "{}"));
+    let client_tools = json!({"clientTools": [{"name": "getLocation"}]});
+    a.send(chat_request(
+        "r1",
+        json!([user("u1", "where")]),
+        client_tools,
+    ));
+    a.turn().await;
+    a.send(
+        json!({"type": "cf_agent_tool_result", "toolCallId": "call_1", "toolName": "getLocation",
+        "state": "output-error", "errorText": "no GPS", "autoContinue": false}),
+    );
+    let updated = frames_until(&mut a, |f| f["type"] == "cf_agent_message_updated").await;
+    let part = tool_part(&updated.last().unwrap()["message"]).clone();
+    assert_eq!(part["state"], "output-error");
+    assert_eq!(part["errorText"], "no GPS");
+    a.send(json!({"type": "cf_agent_stream_resume_request", "probeId": "p"}));
+    assert_eq!(
+        a.json().await,
+        json!({"type": "cf_agent_stream_resume_none", "reason": "idle", "probeId": "p"})
+    );
+    assert_eq!(h.model.requests().len(), 1);
+    h.runtime.shutdown().await;
 }

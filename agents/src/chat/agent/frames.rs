@@ -19,6 +19,10 @@ pub(crate) const CLEAR: &str = "cf_agent_chat_clear";
 pub(crate) const RESUME_REQUEST: &str = "cf_agent_stream_resume_request";
 /// A client's answer to an offer to resume.
 pub(crate) const RESUME_ACK: &str = "cf_agent_stream_resume_ack";
+/// A client tool's result.
+pub(crate) const TOOL_RESULT: &str = "cf_agent_tool_result";
+/// A person's answer to a tool's approval request.
+pub(crate) const TOOL_APPROVAL: &str = "cf_agent_tool_approval";
 
 /// How a turn ended, as its terminal frame says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +45,21 @@ pub(crate) fn chunk(request_id: &str, body: String, seq: Option<u64>) -> Value {
     frame
 }
 
-/// The end of a turn.
-pub(crate) fn done(request_id: &str, message_ids: &[String], outcome: Outcome) -> Value {
-    let mut frame = json!({"body": "", "done": true, "id": request_id, "type": RESPONSE, "messageIds": message_ids});
+/// Marks a frame of a continuation turn (chat-protocol.md §8).
+pub(crate) fn continued(mut frame: Value, continuation: bool) -> Value {
+    if let (true, Some(map)) = (continuation, frame.as_object_mut()) {
+        map.insert("continuation".into(), true.into());
+    }
+    frame
+}
+
+/// The end of a turn; `message_ids` is `None` for a continuation (which has no user
+/// messages).
+pub(crate) fn done(request_id: &str, message_ids: Option<&[String]>, outcome: Outcome) -> Value {
+    let mut frame = json!({"body": "", "done": true, "id": request_id, "type": RESPONSE});
+    if let (Some(ids), Some(map)) = (message_ids, frame.as_object_mut()) {
+        map.insert("messageIds".into(), json!(ids));
+    }
     let outcome = match outcome {
         Outcome::Completed => None,
         Outcome::Aborted => Some("aborted"),
@@ -56,8 +72,13 @@ pub(crate) fn done(request_id: &str, message_ids: &[String], outcome: Outcome) -
 }
 
 /// The model's stream reported an error: the client fails the turn with `text`.
-pub(crate) fn stream_error(request_id: &str, text: &str, message_ids: &[String]) -> Value {
-    json!({"error": true, "body": text, "done": false, "id": request_id, "type": RESPONSE, "messageIds": message_ids})
+pub(crate) fn stream_error(request_id: &str, text: &str, message_ids: Option<&[String]>) -> Value {
+    let mut frame =
+        json!({"error": true, "body": text, "done": false, "id": request_id, "type": RESPONSE});
+    if let (Some(ids), Some(map)) = (message_ids, frame.as_object_mut()) {
+        map.insert("messageIds".into(), json!(ids));
+    }
+    frame
 }
 
 /// The turn failed before or outside its stream: one frame that ends it with `text`.
@@ -75,9 +96,22 @@ pub(crate) fn clear() -> Value {
     json!({"type": CLEAR})
 }
 
+/// Why there is nothing to resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NoResume {
+    /// No stream runs.
+    Idle,
+    /// The stream is a continuation another open connection started.
+    ContinuationOwned,
+}
+
 /// Nothing to resume.
-pub(crate) fn resume_none(probe_id: Option<&str>) -> Value {
-    let mut frame = json!({"type": "cf_agent_stream_resume_none", "reason": "idle"});
+pub(crate) fn resume_none(probe_id: Option<&str>, reason: NoResume) -> Value {
+    let reason = match reason {
+        NoResume::Idle => "idle",
+        NoResume::ContinuationOwned => "continuation-owned",
+    };
+    let mut frame = json!({"type": "cf_agent_stream_resume_none", "reason": reason});
     if let (Some(probe), Some(map)) = (probe_id, frame.as_object_mut()) {
         map.insert("probeId".into(), probe.into());
     }
@@ -91,6 +125,20 @@ pub(crate) fn resuming(request_id: &str, probe_id: Option<&str>) -> Value {
         map.insert("probeId".into(), probe.into());
     }
     frame
+}
+
+/// A turn is accepted but not streaming yet (a continuation waiting to start): keep waiting.
+pub(crate) fn stream_pending(request_id: &str, probe_id: Option<&str>) -> Value {
+    let mut frame = json!({"type": "cf_agent_stream_pending", "id": request_id});
+    if let (Some(probe), Some(map)) = (probe_id, frame.as_object_mut()) {
+        map.insert("probeId".into(), probe.into());
+    }
+    frame
+}
+
+/// A tool result or an approval changed `message`.
+pub(crate) fn message_updated(message: &UiMessage) -> Value {
+    json!({"type": "cf_agent_message_updated", "message": message})
 }
 
 /// A logged chunk, replayed.

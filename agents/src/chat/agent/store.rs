@@ -32,6 +32,13 @@ pub(crate) fn ensure(storage: &mut Storage) -> Result<()> {
             request_id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL)",
         (),
     )?;
+    // The last request's extra body and client tools (a continuation after a hibernation
+    // runs with them), and which message a continuation's stream log continues.
+    storage.exec(
+        "CREATE TABLE IF NOT EXISTS denizen_chat_context(
+            key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+        (),
+    )?;
     Ok(())
 }
 
@@ -113,7 +120,67 @@ pub(crate) fn drop_log(storage: &mut Storage, request_id: &str) -> Result<()> {
         "DELETE FROM denizen_chat_stream WHERE request_id = ?",
         (request_id,),
     )?;
+    storage.exec(
+        "DELETE FROM denizen_chat_context WHERE key = ?",
+        (continues_key(request_id).as_str(),),
+    )?;
     Ok(())
+}
+
+fn continues_key(request_id: &str) -> String {
+    format!("continues:{request_id}")
+}
+
+fn set_context(storage: &mut Storage, key: &str, value: &str) -> Result<()> {
+    storage.exec(
+        "INSERT OR REPLACE INTO denizen_chat_context(key, value) VALUES (?, ?)",
+        (key, value),
+    )?;
+    Ok(())
+}
+
+fn context(storage: &mut Storage, key: &str) -> Result<Option<String>> {
+    Ok(storage
+        .exec(
+            "SELECT value FROM denizen_chat_context WHERE key = ?",
+            (key,),
+        )?
+        .first()?)
+}
+
+/// Notes that the stream of `request_id` is a continuation of message `message_id`.
+pub(crate) fn set_continues(
+    storage: &mut Storage,
+    request_id: &str,
+    message_id: &str,
+) -> Result<()> {
+    set_context(storage, &continues_key(request_id), message_id)
+}
+
+/// The message the stream of `request_id` continues, if it is a continuation.
+pub(crate) fn continues(storage: &mut Storage, request_id: &str) -> Result<Option<String>> {
+    context(storage, &continues_key(request_id))
+}
+
+/// The last chat request's context, for the continuations after it.
+#[derive(Clone, Debug, Default, serde::Serialize, Deserialize)]
+pub(crate) struct RequestContext {
+    pub(crate) body: Option<serde_json::Map<String, serde_json::Value>>,
+    pub(crate) client_tools: Vec<crate::chat::request::ClientTool>,
+}
+
+/// Remembers the last request's context.
+pub(crate) fn set_request_context(storage: &mut Storage, context: &RequestContext) -> Result<()> {
+    let json = serde_json::to_string(context)
+        .map_err(|e| Error::msg(format!("could not encode the chat request context: {e}")))?;
+    set_context(storage, "request", &json)
+}
+
+/// The last request's context (empty before the first request, or if it does not decode).
+pub(crate) fn request_context(storage: &mut Storage) -> Result<RequestContext> {
+    Ok(context(storage, "request")?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default())
 }
 
 /// Deletes the transcript and every stream log.
@@ -121,6 +188,7 @@ pub(crate) fn clear(storage: &mut Storage) -> Result<()> {
     storage.exec("DELETE FROM denizen_chat_messages", ())?;
     storage.exec("DELETE FROM denizen_chat_stream", ())?;
     storage.exec("DELETE FROM denizen_chat_last_error", ())?;
+    storage.exec("DELETE FROM denizen_chat_context", ())?;
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! A chat turn: started in the agent's turn, its model calls and tools run off the turn, each
 //! chunk and the end brought back to the agent as events (chat-protocol.md §5, §10, §12.3).
+//! A continuation (§8, §9) is a turn too: asked for by a client tool's result or an approval,
+//! it streams into the last assistant message.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -12,24 +14,28 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use super::frames::{self, Outcome};
+use super::frames::{self, NoResume, Outcome};
 use super::{ChatRun, ChatTurn, Tool, store};
 use crate::agent::{Agent, Connection, Context};
 use crate::chat::chunk::{Chunk, UiChunk};
 use crate::chat::convert::{estimate_tokens, fit_to_budget, to_chat_messages};
 use crate::chat::fold::{Applied, MessageBuilder, merge_metadata};
 use crate::chat::history::{
-    awaits_client_interaction, reconcile, repair_interrupted_tool_parts, trailing_user_ids,
+    Updated, awaits_client_interaction, reconcile, repair_interrupted_tool_parts, trailing_user_ids,
 };
-use crate::chat::message::{Part, UiMessage};
+use crate::chat::message::{Part, Role, ToolState, UiMessage};
 use crate::chat::model::{DEFAULT_ERROR_TEXT, FinishReason, ModelClient, StepRequest};
-use crate::chat::request::RequestBody;
+use crate::chat::request::{ClientTool, RequestBody};
 use crate::chat::wire::{ChatMessage, ToolSpec};
 use crate::context::AgentContext;
 use crate::host::{AgentHost, Landed};
 
 /// Chunks over this many bytes of JSON are not logged for replay (AIChatAgent's row cap).
 const MAX_LOGGED_CHUNK_BYTES: usize = 1_800_000;
+
+/// How long a continuation waits after the result that asked for it, so the results of a batch
+/// of parallel calls sent together start one continuation.
+const CONTINUATION_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The turns of one agent: the running one and those waiting, in order.
 #[derive(Default)]
@@ -40,6 +46,21 @@ pub(crate) struct Turns {
     queue: VecDeque<Queued>,
     /// Connections (ids) offered a resume that have not ACKed it: they get no live frames.
     pending: HashSet<String>,
+    /// A continuation asked for and not started yet.
+    continuation: Option<Scheduled>,
+}
+
+/// A continuation waiting to start (chat-protocol.md §8).
+pub(crate) struct Scheduled {
+    request_id: String,
+    /// The connection whose tool result or approval asked for it.
+    owner: String,
+    /// Connections told it is pending: they are offered its stream when it starts.
+    awaiting: HashSet<String>,
+    /// The client tools of the frame that asked for it (else the last request's).
+    client_tools: Option<Vec<ClientTool>>,
+    /// Its coalescing delay has passed.
+    ready: bool,
 }
 
 /// A checked chat request, waiting for its turn.
@@ -54,8 +75,11 @@ pub(crate) struct Queued {
 struct Active {
     serial: u64,
     request_id: String,
+    /// The connection that sent the request (or owns the continuation).
     sender: String,
-    message_ids: Vec<String>,
+    /// The trailing user messages of the request (none for a continuation).
+    message_ids: Option<Vec<String>>,
+    continuation: bool,
     /// The reply being streamed.
     builder: MessageBuilder,
     /// The transcript before the reply, as the turn began (tool results may land in it).
@@ -86,38 +110,87 @@ pub(crate) async fn submit<A: Agent>(
     let Some(turns) = turns(agent) else {
         return Ok(());
     };
-    if turns.active.is_some() || !turns.queue.is_empty() {
-        turns.queue.push_back(queued);
-        return Ok(());
-    }
-    start(agent, cx, queued).await
+    turns.queue.push_back(queued);
+    advance(agent, cx).await
 }
 
-/// Starts `queued`, or, if it ends before streaming, the next waiting turn, until one streams.
-/// Boxed: a turn's end starts the next one, which spawns the work whose end is handled there.
-fn start<'a, A: Agent>(
+/// What runs next.
+enum Next {
+    Continuation(Scheduled),
+    Request(Queued),
+}
+
+/// Whether the last message is an assistant message none of whose calls waits for the client
+/// (a batch of parallel calls half answered waits for the rest).
+fn can_continue(messages: &[UiMessage]) -> bool {
+    messages.last().is_some_and(|last| {
+        last.role == Role::Assistant
+            && !last.tool_parts().any(|t| {
+                matches!(
+                    t.state,
+                    ToolState::InputStreaming
+                        | ToolState::InputAvailable
+                        | ToolState::ApprovalRequested
+                )
+            })
+    })
+}
+
+/// When no turn runs, starts the next one: a ready continuation, else the oldest waiting
+/// request; one that ends before streaming gives way to the next, until one streams.
+/// Boxed: a turn's end advances, which spawns the work whose end is handled there.
+pub(crate) fn advance<'a, A: Agent>(
     agent: &'a mut A,
     cx: &'a mut Context<A>,
-    mut queued: Queued,
 ) -> BoxFuture<'a, Result<()>> {
     Box::pin(async move {
         loop {
+            let continuable = match turns(agent) {
+                Some(t) if t.active.is_none() => t.continuation.as_ref().is_some_and(|c| c.ready),
+                _ => return Ok(()),
+            };
+            let continuable = continuable && {
+                store::ensure(cx.storage())?;
+                can_continue(&store::load(cx.storage())?)
+            };
+            let Some(turns) = turns(agent) else {
+                return Ok(());
+            };
+            let next = match turns.continuation.take() {
+                Some(c) if continuable => Next::Continuation(c),
+                waiting => {
+                    turns.continuation = waiting;
+                    match turns.queue.pop_front() {
+                        Some(queued) => Next::Request(queued),
+                        None => return Ok(()),
+                    }
+                }
+            };
             // What came before (the previous turn's reply) is kept if this turn fails to begin.
             cx.commit().await?;
-            let request_id = queued.request_id.clone();
-            match begin(agent, cx, queued).await {
+            let (request_id, continuation, begun) = match next {
+                Next::Request(queued) => {
+                    let id = queued.request_id.clone();
+                    (id, false, begin(agent, cx, queued).await)
+                }
+                Next::Continuation(scheduled) => {
+                    let id = scheduled.request_id.clone();
+                    (id, true, begin_continuation(agent, cx, scheduled).await)
+                }
+            };
+            match begun {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => {
                     // Never leave the client waiting: its turn ends with the error.
                     tracing::error!(request = %request_id, error = %e, "a chat turn could not begin");
                     cx.rollback()?;
-                    cx.broadcast_json(&frames::failed(&request_id, &e.to_string()), &[])?;
+                    let failed = frames::continued(
+                        frames::failed(&request_id, &e.to_string()),
+                        continuation,
+                    );
+                    cx.broadcast_json(&failed, &[])?;
                 }
-            }
-            match turns(agent).and_then(|t| t.queue.pop_front()) {
-                Some(next) => queued = next,
-                None => return Ok(()),
             }
         }
     })
@@ -157,30 +230,198 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
     let mut changed: HashSet<&str> = reconciled.upserted.iter().map(String::as_str).collect();
     changed.extend(repaired.iter().map(|&i| reconciled.messages[i].id.as_str()));
     store::save(cx.storage(), &stored, &reconciled.messages, &changed)?;
+    store::set_request_context(
+        cx.storage(),
+        &store::RequestContext {
+            body: body.custom.clone(),
+            client_tools: client_tools.clone(),
+        },
+    )?;
     cx.broadcast_json(&frames::messages(&reconciled.messages), &others)?;
+    // A new user turn takes the place of a continuation still waiting: the results it would
+    // have sent are in this turn's history.
+    if let Some(turns) = turns(agent) {
+        turns.continuation = None;
+    }
 
-    let Some(respond) = agent.chat().map(|chat| chat.respond.clone()) else {
-        return Ok(false);
-    };
     let turn = ChatTurn {
         request_id: request_id.clone(),
         messages: reconciled.messages.clone(),
         body: body.custom,
         client_tools: client_tools.clone(),
+        continuation: false,
     };
-    let run: ChatRun = match respond(agent, cx, turn).await {
-        Ok(run) => run,
+    let Some(run) = respond(agent, cx, turn).await? else {
+        return Ok(false);
+    };
+    let messages = request_messages(&run, &reconciled.messages);
+    launch(
+        agent,
+        cx,
+        Launch {
+            request_id,
+            sender,
+            message_ids: Some(message_ids),
+            continuation: false,
+            builder: MessageBuilder::new(assistant_id()),
+            earlier: reconciled.messages,
+            run,
+            client_tools,
+            messages,
+            approved: Vec::new(),
+        },
+    )
+}
+
+/// Asks the application what turn `turn` runs; `None` when it answered an error (the turn's
+/// error frame is sent).
+async fn respond<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    turn: ChatTurn,
+) -> Result<Option<ChatRun>> {
+    let Some(respond) = agent.chat().map(|chat| chat.respond.clone()) else {
+        return Ok(None);
+    };
+    let request_id = turn.request_id.clone();
+    let continuation = turn.continuation;
+    match respond(agent, cx, turn).await {
+        Ok(run) => Ok(Some(run)),
         Err(e) => {
             tracing::warn!(request = %request_id, error = %e, "the chat agent could not start a turn");
-            cx.broadcast_json(&frames::failed(&request_id, &e.to_string()), &[])?;
-            return Ok(false);
+            let failed =
+                frames::continued(frames::failed(&request_id, &e.to_string()), continuation);
+            cx.broadcast_json(&failed, &[])?;
+            Ok(None)
         }
-    };
-
-    let mut messages = to_chat_messages(run.system.as_deref(), &reconciled.messages);
-    if let Some(budget) = run.token_budget {
-        messages = fit_to_budget(messages, budget, estimate_tokens);
     }
+}
+
+/// The model request's messages for `transcript`, within the run's token budget.
+fn request_messages(run: &ChatRun, transcript: &[UiMessage]) -> Vec<ChatMessage> {
+    let messages = to_chat_messages(run.system.as_deref(), transcript);
+    match run.token_budget {
+        Some(budget) => fit_to_budget(messages, budget, estimate_tokens),
+        None => messages,
+    }
+}
+
+/// A continuation: the calls answered since the last turn (client tools' results, approvals)
+/// go back to the model, whose reply is appended to the last assistant message. `false` when
+/// it ended already.
+async fn begin_continuation<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    scheduled: Scheduled,
+) -> Result<bool> {
+    store::ensure(cx.storage())?;
+    let stored = store::load(cx.storage())?;
+    let Some(last) = stored.last().filter(|m| m.role == Role::Assistant).cloned() else {
+        return Ok(false);
+    };
+    store::forget_last_error(cx.storage())?;
+    let context = store::request_context(cx.storage())?;
+    let client_tools = scheduled.client_tools.unwrap_or(context.client_tools);
+    let turn = ChatTurn {
+        request_id: scheduled.request_id.clone(),
+        messages: stored.clone(),
+        body: context.body,
+        client_tools: client_tools.clone(),
+        continuation: true,
+    };
+    let Some(run) = respond(agent, cx, turn).await? else {
+        return Ok(false);
+    };
+    // Approved calls of the agent's own tools run first; until they have, the request carries
+    // a placeholder result in their place.
+    let mut transcript = stored.clone();
+    let mut approved = Vec::new();
+    if let Some(message) = transcript.last_mut() {
+        for part in &mut message.parts {
+            let Part::Tool(tool) = part else { continue };
+            let approved_call = tool.state == ToolState::ApprovalResponded
+                && tool.approval.as_ref().and_then(|a| a.approved) == Some(true);
+            if let (true, Some(runner)) = (
+                approved_call,
+                run.tools.iter().find(|t| t.name() == tool.tool_name),
+            ) {
+                approved.push(Approved {
+                    tool_call_id: tool.tool_call_id.clone(),
+                    tool: runner.clone(),
+                    input: tool.input.clone().unwrap_or(Value::Null),
+                });
+                tool.state = ToolState::OutputAvailable;
+                tool.output = Some(Value::Null);
+            }
+        }
+    }
+    let messages = request_messages(&run, &transcript);
+    store::set_continues(cx.storage(), &scheduled.request_id, &last.id)?;
+    let earlier = stored[..stored.len() - 1].to_vec();
+    let request_id = scheduled.request_id.clone();
+    let launched = launch(
+        agent,
+        cx,
+        Launch {
+            request_id: request_id.clone(),
+            sender: scheduled.owner,
+            message_ids: None,
+            continuation: true,
+            builder: MessageBuilder::continuing(last),
+            earlier,
+            run,
+            client_tools,
+            messages,
+            approved,
+        },
+    )?;
+    // Those waiting for it are offered its stream (they ACK, then get it live).
+    for id in scheduled.awaiting {
+        if let Some(conn) = cx.connection(&id) {
+            if let Some(turns) = turns(agent) {
+                turns.pending.insert(id);
+            }
+            cx.send_json(&conn, &frames::resuming(&request_id, None))?;
+        }
+    }
+    Ok(launched)
+}
+
+/// An approved call to run before the continuation's model call.
+struct Approved {
+    tool_call_id: String,
+    tool: Tool,
+    input: Value,
+}
+
+/// A turn ready to run.
+struct Launch {
+    request_id: String,
+    sender: String,
+    message_ids: Option<Vec<String>>,
+    continuation: bool,
+    builder: MessageBuilder,
+    earlier: Vec<UiMessage>,
+    run: ChatRun,
+    client_tools: Vec<ClientTool>,
+    messages: Vec<ChatMessage>,
+    approved: Vec<Approved>,
+}
+
+/// Makes `launch` the running turn and starts its model calls off the turn.
+fn launch<A: Agent>(agent: &mut A, cx: &mut Context<A>, launch: Launch) -> Result<bool> {
+    let Launch {
+        request_id,
+        sender,
+        message_ids,
+        continuation,
+        builder,
+        earlier,
+        run,
+        client_tools,
+        messages,
+        approved,
+    } = launch;
     let mut specs: Vec<ToolSpec> = run.tools.iter().map(|t| t.spec().clone()).collect();
     specs.extend(client_tools.iter().map(|t| {
         ToolSpec {
@@ -192,7 +433,8 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
         }
     }));
-
+    let runtime = cx.runtime();
+    runtime.metrics().chat_turns.inc();
     let stub = cx
         .runtime()
         .namespace::<AgentHost<A>>(cx.namespace())?
@@ -208,8 +450,9 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
         request_id: request_id.clone(),
         sender,
         message_ids,
-        builder: MessageBuilder::new(assistant_id()),
-        earlier: reconciled.messages,
+        continuation,
+        builder,
+        earlier,
         touched: HashSet::new(),
         seq: 0,
         abort,
@@ -217,13 +460,17 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
     let work = run_model::<A>(
         stub,
         serial,
-        run.model,
-        messages,
-        specs,
-        run.tools,
-        run.max_steps,
+        Model {
+            client: run.model,
+            messages,
+            specs,
+            tools: run.tools,
+            max_steps: run.max_steps,
+            approved,
+            runtime,
+        },
     );
-    let span = tracing::info_span!("chat turn", request = %request_id);
+    let span = tracing::info_span!("chat turn", request = %request_id, continuation);
     cx.spawn(
         async move {
             // A panic in the work (a tool's, say) must still end the turn, or its client waits
@@ -270,16 +517,65 @@ async fn emit<A: Agent>(stub: &Stub<AgentHost<A>>, serial: u64, chunk: Chunk) ->
     }
 }
 
-/// The off-turn part of a turn: the model calls and the tool loop (chat-protocol.md §12.3).
-async fn run_model<A: Agent>(
-    stub: Stub<AgentHost<A>>,
-    serial: u64,
-    model: ModelClient,
-    mut messages: Vec<ChatMessage>,
+/// What the off-turn part of a turn runs.
+struct Model {
+    client: ModelClient,
+    messages: Vec<ChatMessage>,
     specs: Vec<ToolSpec>,
     tools: Vec<Tool>,
     max_steps: usize,
-) -> End {
+    /// Approved calls to run first (a continuation's).
+    approved: Vec<Approved>,
+    /// For its metrics.
+    runtime: denizen_runtime::Runtime,
+}
+
+/// Runs a server tool, a panic included: its output chunk and the result the model gets.
+async fn run_tool(tool: &Tool, tool_call_id: &str, input: Value) -> (Chunk, String) {
+    let ran = AssertUnwindSafe(tool.call(input))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let text = format!("the tool panicked: {}", panic_text(&*panic));
+            tracing::error!(tool = %tool.name(), "{text}");
+            Err(text)
+        });
+    match ran {
+        Ok(output) => {
+            let content = match &output {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let chunk = Chunk::ToolOutputAvailable {
+                tool_call_id: tool_call_id.to_owned(),
+                output,
+                preliminary: None,
+            };
+            (chunk, content)
+        }
+        Err(text) => {
+            let chunk = Chunk::ToolOutputError {
+                tool_call_id: tool_call_id.to_owned(),
+                error_text: text.clone(),
+            };
+            (chunk, text)
+        }
+    }
+}
+
+/// The off-turn part of a turn: the approved calls of a continuation, then the model calls and
+/// the tool loop (chat-protocol.md §9, §12.3).
+async fn run_model<A: Agent>(stub: Stub<AgentHost<A>>, serial: u64, model: Model) -> End {
+    let Model {
+        client,
+        mut messages,
+        specs,
+        tools,
+        max_steps,
+        approved,
+        runtime,
+    } = model;
+    let metrics = runtime.metrics();
     if !emit(
         &stub,
         serial,
@@ -292,9 +588,25 @@ async fn run_model<A: Agent>(
     {
         return End::Aborted;
     }
+    for call in approved {
+        let (chunk, content) = run_tool(&call.tool, &call.tool_call_id, call.input).await;
+        if !emit(&stub, serial, chunk).await {
+            return End::Aborted;
+        }
+        for message in &mut messages {
+            if let ChatMessage::Tool {
+                tool_call_id,
+                content: slot,
+            } = message
+                && *tool_call_id == call.tool_call_id
+            {
+                *slot = content.clone();
+            }
+        }
+    }
     let mut finish = FinishReason::Stop;
     for _ in 0..max_steps.max(1) {
-        let mut step = model.step(StepRequest::new(messages.clone(), specs.clone()));
+        let mut step = client.step(StepRequest::new(messages.clone(), specs.clone()));
         let mut error_text = None;
         // `finish-step` waits for the step's tool results, which belong to the step.
         let mut finish_step = None;
@@ -310,9 +622,20 @@ async fn run_model<A: Agent>(
             }
         }
         let Some(outcome) = step.into_outcome() else {
+            metrics.chat_model_errors.inc();
             return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
         };
+        if let Some(usage) = &outcome.usage {
+            metrics.chat_prompt_tokens.inc_by(usage.prompt_tokens);
+            metrics
+                .chat_completion_tokens
+                .inc_by(usage.completion_tokens);
+        }
+        if let Some(ttft) = outcome.time_to_first_token {
+            metrics.chat_first_token.observe(ttft);
+        }
         if let Some(e) = &outcome.error {
+            metrics.chat_model_errors.inc();
             tracing::warn!(error = %e, "the model call failed");
             return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
         }
@@ -333,35 +656,19 @@ async fn run_model<A: Agent>(
             let content = if let Some(error) = &call.error {
                 error.clone()
             } else if let Some(tool) = tools.iter().find(|t| t.name() == call.name) {
-                let ran = AssertUnwindSafe(tool.call(call.input.clone()))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        let text = format!("the tool panicked: {}", panic_text(&*panic));
-                        tracing::error!(tool = %call.name, "{text}");
-                        Err(text)
-                    });
-                let (chunk, content) = match ran {
-                    Ok(output) => {
-                        let content = match &output {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        let chunk = Chunk::ToolOutputAvailable {
-                            tool_call_id: call.id.clone(),
-                            output,
-                            preliminary: None,
-                        };
-                        (chunk, content)
+                if tool.requires_approval() {
+                    // A person answers first; the call runs in the continuation after.
+                    all_answered = false;
+                    let chunk = Chunk::ToolApprovalRequest {
+                        approval_id: approval_id(),
+                        tool_call_id: call.id.clone(),
+                    };
+                    if !emit(&stub, serial, chunk).await {
+                        return End::Aborted;
                     }
-                    Err(text) => {
-                        let chunk = Chunk::ToolOutputError {
-                            tool_call_id: call.id.clone(),
-                            error_text: text.clone(),
-                        };
-                        (chunk, text)
-                    }
-                };
+                    continue;
+                }
+                let (chunk, content) = run_tool(tool, &call.id, call.input.clone()).await;
                 if !emit(&stub, serial, chunk).await {
                     return End::Aborted;
                 }
@@ -403,6 +710,15 @@ async fn run_model<A: Agent>(
     }
 }
 
+fn approval_id() -> String {
+    let random: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    format!("approval_{random}")
+}
+
 /// A chunk of turn `serial`, in the agent: rewritten (`start` gets the message id, `finish`
 /// carries its reason in the metadata), folded into the reply, logged and sent to every
 /// connection.
@@ -419,10 +735,11 @@ async fn on_chunk<A: Agent>(
         return Ok(());
     };
     let chunk = match chunk {
+        // A continuation appends to a message the client has: no id, or it would start anew.
         Chunk::Start {
             message_metadata, ..
         } => Chunk::Start {
-            message_id: Some(active.builder.message().id.clone()),
+            message_id: (!active.continuation).then(|| active.builder.message().id.clone()),
             message_metadata,
         },
         Chunk::Finish {
@@ -463,7 +780,8 @@ async fn on_chunk<A: Agent>(
         store::log_chunk(cx.storage(), &request_id, seq, &body)?;
     }
     let pending: Vec<&str> = turns.pending.iter().map(String::as_str).collect();
-    cx.broadcast_json(&frames::chunk(&request_id, body, seq), &pending)?;
+    let frame = frames::continued(frames::chunk(&request_id, body, seq), active.continuation);
+    cx.broadcast_json(&frame, &pending)?;
     Ok(())
 }
 
@@ -502,8 +820,14 @@ fn persist(
         Some(text) => store::set_last_error(cx.storage(), &active.request_id, text)?,
         None => store::drop_log(cx.storage(), &active.request_id)?,
     }
-    if !changed.is_empty() {
-        cx.broadcast_json(&frames::messages(&messages), &[active.sender.as_str()])?;
+    // A continuation's client streamed into a new local message that only this frame folds
+    // back into the one continued, so its owner gets it too (chat-protocol.md §14.6).
+    let except: &[&str] = match active.continuation {
+        true => &[],
+        false => &[active.sender.as_str()],
+    };
+    if !changed.is_empty() || active.continuation {
+        cx.broadcast_json(&frames::messages(&messages), except)?;
     }
     Ok(!changed.is_empty())
 }
@@ -527,31 +851,31 @@ async fn finish<A: Agent>(agent: &mut A, cx: &mut Context<A>, serial: u64, end: 
     let reply = builder.into_message();
     let id = active.request_id.clone();
     let ids = active.message_ids.clone();
+    let ids = ids.as_deref();
+    let continuation = active.continuation;
     let error = match &end {
         End::Error(text) => Some(text.as_str()),
         _ => None,
     };
-    match persist(cx, &active, &reply, error) {
+    let frames = match persist(cx, &active, &reply, error) {
         Ok(_) => match end {
-            End::Completed => {
-                cx.broadcast_json(&frames::done(&id, &ids, Outcome::Completed), &[])?
-            }
-            End::Aborted => cx.broadcast_json(&frames::done(&id, &ids, Outcome::Aborted), &[])?,
-            End::Error(text) => {
-                cx.broadcast_json(&frames::stream_error(&id, &text, &ids), &[])?;
-                cx.broadcast_json(&frames::done(&id, &ids, Outcome::Error), &[])?;
-            }
+            End::Completed => vec![frames::done(&id, ids, Outcome::Completed)],
+            End::Aborted => vec![frames::done(&id, ids, Outcome::Aborted)],
+            End::Error(text) => vec![
+                frames::stream_error(&id, &text, ids),
+                frames::done(&id, ids, Outcome::Error),
+            ],
         },
         Err(e) => {
             tracing::error!(request = %id, error = %e, "could not persist the chat reply");
             cx.rollback()?;
-            cx.broadcast_json(&frames::failed(&id, "Failed to save the response."), &[])?;
+            vec![frames::failed(&id, "Failed to save the response.")]
         }
+    };
+    for frame in frames {
+        cx.broadcast_json(&frames::continued(frame, continuation), &[])?;
     }
-    if let Some(next) = turns(agent).and_then(|t| t.queue.pop_front()) {
-        start(agent, cx, next).await?;
-    }
-    Ok(())
+    advance(agent, cx).await
 }
 
 /// `cf_agent_chat_request_cancel`: the running turn is aborted (it ends with `outcome:"aborted"`
@@ -569,8 +893,18 @@ pub(crate) fn cancel<A: Agent>(agent: &mut A, cx: &mut Context<A>, id: &str) -> 
     {
         let ids = trailing_user_ids(&queued.body.messages);
         if let Some(conn) = cx.connection(&queued.sender) {
-            cx.send_json(&conn, &frames::done(id, &ids, Outcome::Aborted))?;
+            cx.send_json(&conn, &frames::done(id, Some(&ids), Outcome::Aborted))?;
         }
+        return Ok(());
+    }
+    if turns
+        .continuation
+        .as_ref()
+        .is_some_and(|c| c.request_id == id)
+    {
+        turns.continuation = None;
+        let done = frames::continued(frames::done(id, None, Outcome::Aborted), true);
+        cx.broadcast_json(&done, &[])?;
     }
     Ok(())
 }
@@ -584,15 +918,28 @@ pub(crate) fn clear<A: Agent>(agent: &mut A, cx: &mut Context<A>, conn: &Connect
     let mut ended = Vec::new();
     if let Some(active) = turns.active.take() {
         active.abort.abort();
-        ended.push((active.request_id, active.message_ids));
+        let done = frames::done(
+            &active.request_id,
+            active.message_ids.as_deref(),
+            Outcome::Aborted,
+        );
+        ended.push(frames::continued(done, active.continuation));
     }
     turns.pending.clear();
     for queued in turns.queue.drain(..) {
         let ids = trailing_user_ids(&queued.body.messages);
-        ended.push((queued.request_id, ids));
+        ended.push(frames::done(
+            &queued.request_id,
+            Some(&ids),
+            Outcome::Aborted,
+        ));
     }
-    for (id, ids) in ended {
-        cx.broadcast_json(&frames::done(&id, &ids, Outcome::Aborted), &[])?;
+    if let Some(scheduled) = turns.continuation.take() {
+        let done = frames::done(&scheduled.request_id, None, Outcome::Aborted);
+        ended.push(frames::continued(done, true));
+    }
+    for frame in ended {
+        cx.broadcast_json(&frame, &[])?;
     }
     store::ensure(cx.storage())?;
     store::clear(cx.storage())?;
@@ -638,10 +985,156 @@ pub(crate) fn resume_request<A: Agent>(
     conn: &Connection,
     probe_id: Option<&str>,
 ) -> Result<()> {
+    let Some(turns) = turns(agent) else {
+        return Ok(());
+    };
+    match (&turns.active, &mut turns.continuation) {
+        // A continuation streams into its owner's new local message; another open
+        // connection owns it.
+        (Some(active), _)
+            if active.continuation
+                && active.sender != conn.id
+                && cx.connection(&active.sender).is_some() =>
+        {
+            let none = frames::resume_none(probe_id, NoResume::ContinuationOwned);
+            cx.send_json(conn, &none)?;
+            return Ok(());
+        }
+        (None, Some(scheduled)) => {
+            scheduled.awaiting.insert(conn.id.clone());
+            let pending = frames::stream_pending(&scheduled.request_id, probe_id);
+            cx.send_json(conn, &pending)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     if !offer(agent, cx, conn, probe_id)? {
-        cx.send_json(conn, &frames::resume_none(probe_id))?;
+        cx.send_json(conn, &frames::resume_none(probe_id, NoResume::Idle))?;
     }
     Ok(())
+}
+
+/// A connection is set up: offered the running (or crashed) stream, or told that a
+/// continuation is about to start.
+pub(crate) fn on_connect<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+) -> Result<()> {
+    if let Some(turns) = turns(agent)
+        && turns.active.is_none()
+        && let Some(scheduled) = &mut turns.continuation
+    {
+        scheduled.awaiting.insert(conn.id.clone());
+        let pending = frames::stream_pending(&scheduled.request_id, None);
+        cx.send_json(conn, &pending)?;
+        return Ok(());
+    }
+    offer(agent, cx, conn, None)?;
+    Ok(())
+}
+
+/// Applies a client's answer to a tool call (a result, an approval) with `apply`: to the
+/// streaming reply if it has the call, else to the stored message, which is saved. Every
+/// connection gets the message as it is now (`cf_agent_message_updated`). `false` when nothing
+/// changed (the call was answered already) or the call is unknown (the sender is told).
+pub(crate) fn answer_tool<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    apply: impl FnOnce(
+        &mut [UiMessage],
+        Option<&mut UiMessage>,
+    ) -> crate::chat::message::Result<Updated>,
+) -> Result<bool> {
+    store::ensure(cx.storage())?;
+    let mut stored = store::load(cx.storage())?;
+    let Some(turns) = turns(agent) else {
+        return Ok(false);
+    };
+    let streaming = turns.active.as_mut().map(|a| a.builder.message_mut());
+    let updated = match apply(&mut stored, streaming) {
+        Ok(updated) => updated,
+        Err(e) => {
+            cx.send(conn.ws, crate::protocol::error(&e.to_string()).to_string());
+            return Ok(false);
+        }
+    };
+    let message = match updated {
+        Updated::Unchanged => return Ok(false),
+        Updated::Streaming => match &turns.active {
+            Some(active) => active.builder.message().clone(),
+            None => return Ok(false),
+        },
+        Updated::Stored(i) => {
+            let message = stored[i].clone();
+            let changed = HashSet::from([message.id.as_str()]);
+            store::save(cx.storage(), &stored, &stored, &changed)?;
+            // The running turn's copy of the transcript must not write the old one back.
+            if let Some(active) = &mut turns.active
+                && let Some(copy) = active.earlier.iter_mut().find(|m| m.id == message.id)
+            {
+                *copy = message.clone();
+            }
+            message
+        }
+    };
+    cx.broadcast_json(&frames::message_updated(&message), &[])?;
+    Ok(true)
+}
+
+/// Asks for a continuation owned by `conn` (or adds `conn` to those awaiting the one asked for
+/// already); it starts after a short delay, once no turn runs and no call of the last message
+/// waits for the client.
+pub(crate) async fn continue_after<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    conn: &Connection,
+    client_tools: Option<Vec<ClientTool>>,
+) -> Result<()> {
+    let Some(state) = turns(agent) else {
+        return Ok(());
+    };
+    if let Some(scheduled) = &mut state.continuation {
+        scheduled.awaiting.insert(conn.id.clone());
+        if client_tools.is_some() {
+            scheduled.client_tools = client_tools;
+        }
+        // A result completing a batch lets a ready continuation start.
+        return advance(agent, cx).await;
+    }
+    let request_id = continuation_id();
+    state.continuation = Some(Scheduled {
+        request_id: request_id.clone(),
+        owner: conn.id.clone(),
+        awaiting: HashSet::from([conn.id.clone()]),
+        client_tools,
+        ready: false,
+    });
+    cx.spawn(async move {
+        tokio::time::sleep(CONTINUATION_DELAY).await;
+        Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
+            Box::pin(async move {
+                match turns(a).and_then(|t| t.continuation.as_mut()) {
+                    Some(scheduled) if scheduled.request_id == request_id => {
+                        scheduled.ready = true;
+                        advance(a, cx).await
+                    }
+                    _ => Ok(()),
+                }
+            })
+        })
+    });
+    Ok(())
+}
+
+fn continuation_id() -> String {
+    let random: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    format!("continuation_{random}")
 }
 
 /// `cf_agent_stream_resume_ack`: the stream's chunks replayed from seq 0, then live frames
@@ -660,6 +1153,8 @@ pub(crate) fn resume_ack<A: Agent>(
     let running = turns.active.as_ref().is_some_and(|a| a.request_id == id);
     let running_other = turns.active.is_some() && !running;
     store::ensure(cx.storage())?;
+    let continues = store::continues(cx.storage(), id)?;
+    let flag = |frame: Value| frames::continued(frame, continues.is_some());
     let log = if running_other {
         Vec::new()
     } else {
@@ -670,7 +1165,7 @@ pub(crate) fn resume_ack<A: Agent>(
         false => store::last_error(cx.storage())?.filter(|(r, _)| r == id),
     };
     if !running && error.is_none() && log.is_empty() {
-        cx.send_json(conn, &frames::replay_done(id, false))?;
+        cx.send_json(conn, &flag(frames::replay_done(id, false)))?;
         return Ok(());
     }
     let chunks: Vec<UiChunk> = log
@@ -678,24 +1173,25 @@ pub(crate) fn resume_ack<A: Agent>(
         .filter_map(|(_, body)| serde_json::from_str(body).ok())
         .collect();
     for (seq, body) in log {
-        cx.send_json(conn, &frames::replayed(id, body, seq))?;
+        cx.send_json(conn, &flag(frames::replayed(id, body, seq)))?;
     }
     if running {
-        cx.send_json(conn, &frames::replay_complete(id))?;
+        cx.send_json(conn, &flag(frames::replay_complete(id)))?;
         return Ok(());
     }
     if let Some((_, text)) = error {
-        cx.send_json(conn, &frames::failed(id, &text))?;
+        cx.send_json(conn, &flag(frames::failed(id, &text)))?;
         return Ok(());
     }
     // Nobody produces this stream any more: persist what it built, and end it.
     let stored = store::load(cx.storage())?;
     let mut messages = stored.clone();
-    let reply = MessageBuilder::rebuild(
-        UiMessage::new("", crate::chat::message::Role::Assistant),
-        &chunks,
-        &mut messages,
-    );
+    // A continuation's chunks go on from the message it continued.
+    let base = continues
+        .as_ref()
+        .and_then(|continued| stored.iter().find(|m| &m.id == continued).cloned())
+        .unwrap_or_else(|| UiMessage::new("", Role::Assistant));
+    let reply = MessageBuilder::rebuild(base, &chunks, &mut messages);
     let mut changed: HashSet<String> = messages
         .iter()
         .zip(&stored)
@@ -716,6 +1212,6 @@ pub(crate) fn resume_ack<A: Agent>(
     if !changed.is_empty() {
         cx.broadcast_json(&frames::messages(&messages), &[conn.id.as_str()])?;
     }
-    cx.send_json(conn, &frames::replay_done(id, true))?;
+    cx.send_json(conn, &flag(frames::replay_done(id, true)))?;
     Ok(())
 }
