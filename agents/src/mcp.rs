@@ -108,6 +108,12 @@ pub trait McpClient: Send + 'static {
     /// meanwhile, then persists the servers (with their new tokens) in an event of the agent
     /// before that answer leaves.
     fn callback(&mut self, req: &Request) -> Option<BoxFuture<'static, Result<Response>>>;
+
+    /// The tools of the connected servers as chat tools (named `<server id>__<tool>`), offered
+    /// to the model of the agent's chat turns next to its own. None by default.
+    fn chat_tools(&self) -> Vec<crate::chat::agent::Tool> {
+        Vec::new()
+    }
 }
 
 /// The `mcp` object of an agent without MCP servers.

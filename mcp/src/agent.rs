@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use denizen_agents::chat::agent::Tool as ChatTool;
 use denizen_agents::mcp::BoxFuture;
 use denizen_agents::{AgentPath, McpClient, McpNotifier};
 use denizen_runtime::http::{StatusCode, header};
@@ -25,6 +26,28 @@ use crate::manager::{CallOptions, ManagerOptions, McpClientManager, NamespacedTo
 use crate::manager::{ServerConfig, ServerState};
 use crate::model::CallToolResult;
 use crate::{Error, OAuthOptions, Result, TransportPreference, store};
+
+/// An MCP tool's result as a chat tool's: the text of a text-only result (what models read
+/// best), else the structured content, else the whole result as JSON; a result marked as an
+/// error is the tool's error, its text going back to the model.
+fn tool_output(result: CallToolResult) -> std::result::Result<serde_json::Value, String> {
+    let texts: Option<Vec<&str>> = result
+        .content
+        .iter()
+        .map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    let text = texts.map(|t| t.join("\n"));
+    if result.is_error == Some(true) {
+        return Err(text.unwrap_or_else(|| "the MCP tool failed".to_owned()));
+    }
+    if let Some(text) = text.filter(|_| !result.content.is_empty()) {
+        return Ok(serde_json::Value::String(text));
+    }
+    if let Some(structured) = result.structured_content.clone() {
+        return Ok(structured);
+    }
+    serde_json::to_value(&result).map_err(|e| format!("could not encode the MCP tool result: {e}"))
+}
 
 /// How [`AgentMcp::add_server`] reaches a server.
 #[derive(Clone, Debug, Default)]
@@ -424,5 +447,48 @@ impl McpClient for AgentMcp {
                 }
             }
         }))
+    }
+
+    fn chat_tools(&self) -> Vec<ChatTool> {
+        let Some(manager) = &self.manager else {
+            return Vec::new();
+        };
+        let timeout = self.options.connect_timeout;
+        self.tools()
+            .into_iter()
+            .filter(|t| {
+                // What OpenAI-compatible servers take as a function name; a server id with
+                // other characters would make every model request fail.
+                let valid = !t.name.is_empty()
+                    && t.name.len() <= 64
+                    && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid {
+                    warn!(tool = %t.name, "an MCP tool whose name a model cannot call is not offered to it");
+                }
+                valid
+            })
+            .map(|t| {
+                let description = t.tool.description.as_deref().unwrap_or_default().to_owned();
+                let schema = serde_json::Value::Object((*t.tool.input_schema).clone());
+                let manager = manager.clone();
+                let name = t.name.clone();
+                ChatTool::new(t.name, description, schema, move |arguments| {
+                    let manager = manager.clone();
+                    let name = name.clone();
+                    async move {
+                        let (server, _) = manager.resolve_tool(&name).map_err(|e| e.to_string())?;
+                        manager
+                            .wait_ready(&server, timeout)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let result = manager
+                            .call_tool(&name, arguments, CallOptions::default())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tool_output(result)
+                    }
+                })
+            })
+            .collect()
     }
 }

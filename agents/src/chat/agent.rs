@@ -108,6 +108,9 @@ pub struct ChatRun {
     /// Leave the oldest messages out of the model request past this many tokens (estimated);
     /// they stay in the history.
     pub token_budget: Option<usize>,
+    /// Offer the tools of the agent's connected MCP servers too (`<server id>__<tool>`; on by
+    /// default).
+    pub mcp_tools: bool,
 }
 
 impl ChatRun {
@@ -119,7 +122,14 @@ impl ChatRun {
             tools: Vec::new(),
             max_steps: DEFAULT_MAX_STEPS,
             token_budget: None,
+            mcp_tools: true,
         }
+    }
+
+    /// Without the tools of the agent's MCP servers.
+    pub fn without_mcp_tools(mut self) -> Self {
+        self.mcp_tools = false;
+        self
     }
 
     /// With this system prompt.

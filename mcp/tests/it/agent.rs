@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Peer, authorize, free_port, init_tracing};
 use denizen_agents::Methods;
+use denizen_agents::chat::agent::{Chat, ChatRun};
+use denizen_agents::chat::model::{ModelClient, ModelConfig};
 use denizen_agents::{Agent, AgentBuilder, AgentContext, AgentHost, Call, Context, McpClient};
 use denizen_mcp::{AddServerOptions, AddedServer, AgentMcp, ManagerOptions};
+use denizen_runtime::Error;
 use denizen_runtime::retry::RetryPolicy;
 use denizen_runtime::{Bytes, Frame, Namespace, Outgoing, Result, Runtime, SocketHandle};
 use denizen_runtime::{Upgrade, http};
+use denizen_test_util::openai::{Reply, ScriptedModel, SseEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -26,6 +30,9 @@ struct State {
 
 struct Assistant {
     mcp: AgentMcp,
+    /// A chat, in the tests of MCP tools offered to a chat model.
+    chat: Option<Chat<Self>>,
+    model: Option<ModelClient>,
 }
 
 fn text_of(result: &denizen_mcp::model::CallToolResult) -> String {
@@ -88,6 +95,10 @@ impl Agent for Assistant {
         Some(&mut self.mcp)
     }
 
+    fn chat(&mut self) -> Option<&mut Chat<Self>> {
+        self.chat.as_mut()
+    }
+
     fn methods(m: &mut Methods<Self>) {
         // Off the turn, as an agent should: the agent serves its other clients meanwhile.
         m.callable_off_turn("addServer", |a, cx, (id, url): (String, String)| {
@@ -129,10 +140,28 @@ fn runtime_idle(
     dir: &std::path::Path,
     idle: Duration,
 ) -> (Runtime, Namespace<AgentHost<Assistant>>) {
+    runtime_with(dir, idle, None)
+}
+
+fn runtime_with(
+    dir: &std::path::Path,
+    idle: Duration,
+    model: Option<ModelClient>,
+) -> (Runtime, Namespace<AgentHost<Assistant>>) {
     let runtime = Runtime::builder()
         .data_dir(dir)
         .idle_timeout(idle)
-        .agent_with("assistant", || Assistant {
+        .agent_with("assistant", move || Assistant {
+            chat: model.as_ref().map(|_| {
+                Chat::new(|a: &mut Assistant, _cx, _turn| {
+                    let model = a.model.clone();
+                    Box::pin(async move {
+                        let model = model.ok_or_else(|| Error::msg("no model"))?;
+                        Ok(ChatRun::new(model))
+                    })
+                })
+            }),
+            model: model.clone(),
             mcp: AgentMcp::new(ManagerOptions {
                 // A dead server is noticed and a call to it fails fast.
                 connect_timeout: Duration::from_secs(3),
@@ -649,4 +678,77 @@ async fn a_slow_token_exchange_does_not_hold_the_agent() {
     drop(b);
     rt.shutdown().await;
     peer.kill().await;
+}
+
+#[tokio::test]
+async fn a_chat_model_is_offered_the_mcp_servers_tools_and_they_run_in_its_turn() {
+    init_tracing();
+    let port = free_port();
+    let peer = Peer::everything("streamableHttp", port).await;
+    let model = ScriptedModel::start().await;
+    let client = ModelClient::new(ModelConfig::new(model.base_url(), "m")).expect("model");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (rt, ns) = runtime_with(dir.path(), Duration::from_secs(10), Some(client));
+    let mut a = Client::connect(&ns, "ada").await;
+    let added = a.rpc("1", "addServer", json!(["every", peer.url])).await;
+    assert_eq!(added["result"]["state"], "ready", "{added}");
+
+    // The model calls the server's echo tool, then answers with what it said.
+    model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_1", "every__echo", "{\"message\":\"hi\"}"),
+        SseEvent::finish("tool_calls"),
+    ]));
+    model.push(Reply::text(&["It said hi."]));
+    let body = json!({"messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "echo hi"}]}],
+        "trigger": "submit-message"});
+    a.handle
+        .message(Frame::Text(
+            json!({"id": "r1", "init": {"method": "POST", "body": body.to_string()},
+                "type": "cf_agent_use_chat_request"})
+            .to_string(),
+        ))
+        .expect("send");
+    let mut chunks = Vec::new();
+    loop {
+        let frame = a.frame().await;
+        if frame["type"] != "cf_agent_use_chat_response" {
+            continue;
+        }
+        assert!(frame.get("error").is_none(), "{frame}");
+        if frame["done"] == true {
+            break;
+        }
+        chunks.push(
+            serde_json::from_str::<Value>(frame["body"].as_str().unwrap_or("")).expect("chunk"),
+        );
+    }
+    let output = chunks
+        .iter()
+        .find(|c| c["type"] == "tool-output-available")
+        .unwrap_or_else(|| panic!("no tool output: {chunks:?}"));
+    assert!(
+        output["output"].as_str().unwrap_or("").contains("hi"),
+        "{output}"
+    );
+
+    let requests = model.requests();
+    let offered: Vec<&str> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"every__echo"), "{offered:?}");
+    let tool_message = &requests[1].body["messages"].as_array().expect("messages")[2];
+    assert_eq!(tool_message["role"], "tool", "{tool_message}");
+    assert!(
+        tool_message["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hi"),
+        "{tool_message}"
+    );
+    drop(a);
+    rt.shutdown().await;
 }

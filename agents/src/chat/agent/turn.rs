@@ -286,7 +286,19 @@ async fn respond<A: Agent>(
     let request_id = turn.request_id.clone();
     let continuation = turn.continuation;
     match respond(agent, cx, turn).await {
-        Ok(run) => Ok(Some(run)),
+        Ok(mut run) => {
+            if run.mcp_tools
+                && let Some(mcp) = agent.mcp()
+            {
+                // The agent's own tools win a name both have.
+                for tool in mcp.chat_tools() {
+                    if !run.tools.iter().any(|t| t.name() == tool.name()) {
+                        run.tools.push(tool);
+                    }
+                }
+            }
+            Ok(Some(run))
+        }
         Err(e) => {
             tracing::warn!(request = %request_id, error = %e, "the chat agent could not start a turn");
             let failed =
