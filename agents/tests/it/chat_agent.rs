@@ -747,6 +747,49 @@ async fn a_stream_cut_by_a_restart_is_replayed_ended_aborted_and_its_reply_persi
 }
 
 #[tokio::test]
+async fn a_reply_cut_by_a_restart_that_nobody_resumed_is_kept_before_the_next_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ScriptedModel::start().await;
+    model.push(partial_then_hang());
+    let (runtime, ns) = serve(dir.path(), &model, Arc::new(Notify::new()));
+    let (mut a, _) = Client::connect_to(&ns, "a").await;
+    a.send(chat_request("r1", json!([user("u1", "hi")]), json!({})));
+    let live = until_two_deltas(&mut a).await;
+    let cut_id = chunk(&live[0], "r1", 0)["messageId"].clone();
+    runtime.shutdown().await;
+
+    // The next turn comes without anyone resuming the cut stream.
+    model.push(Reply::text(&["Again."]));
+    let (runtime, ns) = serve(dir.path(), &model, Arc::new(Notify::new()));
+    let (mut b, _) = Client::connect_to(&ns, "b").await;
+    b.send(chat_request(
+        "r2",
+        json!([user("u1", "hi"), user("u2", "more")]),
+        json!({}),
+    ));
+    b.turn().await;
+    let stored = get_messages_of(&ns).await;
+    let ids: Vec<&Value> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["id"])
+        .collect();
+    assert_eq!(ids[..3], [&json!("u1"), &cut_id, &json!("u2")], "{stored}");
+    assert_eq!(stored[1]["parts"][1]["text"], "Partial");
+    assert_eq!(stored.as_array().unwrap().len(), 4);
+    // The model saw the partial reply in the history.
+    let requests = model.requests();
+    let sent = &requests.last().unwrap().body["messages"];
+    assert_eq!(
+        sent[2],
+        json!({"role": "assistant", "content": "Partial"}),
+        "{sent}"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_tab_offered_a_resume_gets_no_live_frames_until_it_acks() {
     let h = harness().await;
     h.model.push(Reply::Sse(vec![

@@ -219,6 +219,7 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
     cx.broadcast_json(&frames::messages(&body.messages), &others)?;
     store::ensure(cx.storage())?;
     store::forget_last_error(cx.storage())?;
+    salvage_orphans(cx)?;
     let stored = store::load(cx.storage())?;
     let message_ids = trailing_user_ids(&body.messages);
     let client_tools = body.client_tools.unwrap_or_default();
@@ -327,11 +328,12 @@ async fn begin_continuation<A: Agent>(
     scheduled: Scheduled,
 ) -> Result<bool> {
     store::ensure(cx.storage())?;
+    store::forget_last_error(cx.storage())?;
+    salvage_orphans(cx)?;
     let stored = store::load(cx.storage())?;
     let Some(last) = stored.last().filter(|m| m.role == Role::Assistant).cloned() else {
         return Ok(false);
     };
-    store::forget_last_error(cx.storage())?;
     let context = store::request_context(cx.storage())?;
     let client_tools = scheduled.client_tools.unwrap_or(context.client_tools);
     let turn = ChatTurn {
@@ -1196,14 +1198,28 @@ pub(crate) fn resume_ack<A: Agent>(
         return Ok(());
     }
     // Nobody produces this stream any more: persist what it built, and end it.
+    salvage(cx, id, continues.as_deref(), &chunks, &[conn.id.as_str()])?;
+    cx.send_json(conn, &flag(frames::replay_done(id, true)))?;
+    Ok(())
+}
+
+/// Persists the reply a stream's logged `chunks` built, for a stream nobody produces any more
+/// (its turn's process died), and drops its log; the transcript goes to every connection but
+/// `except` if it changed.
+fn salvage(
+    cx: &mut Context<impl Agent>,
+    id: &str,
+    continues: Option<&str>,
+    chunks: &[UiChunk],
+    except: &[&str],
+) -> Result<()> {
     let stored = store::load(cx.storage())?;
     let mut messages = stored.clone();
     // A continuation's chunks go on from the message it continued.
     let base = continues
-        .as_ref()
-        .and_then(|continued| stored.iter().find(|m| &m.id == continued).cloned())
+        .and_then(|continued| stored.iter().find(|m| m.id == continued).cloned())
         .unwrap_or_else(|| UiMessage::new("", Role::Assistant));
-    let reply = MessageBuilder::rebuild(base, &chunks, &mut messages);
+    let reply = MessageBuilder::rebuild(base, chunks, &mut messages);
     let mut changed: HashSet<String> = messages
         .iter()
         .zip(&stored)
@@ -1222,8 +1238,22 @@ pub(crate) fn resume_ack<A: Agent>(
     store::save(cx.storage(), &stored, &messages, &changed)?;
     store::drop_log(cx.storage(), id)?;
     if !changed.is_empty() {
-        cx.broadcast_json(&frames::messages(&messages), &[conn.id.as_str()])?;
+        cx.broadcast_json(&frames::messages(&messages), except)?;
     }
-    cx.send_json(conn, &flag(frames::replay_done(id, true)))?;
+    Ok(())
+}
+
+/// Before a new turn: the partial replies of streams cut by a crash that no client came back
+/// to resume are persisted, so the new turn's history has them.
+fn salvage_orphans(cx: &mut Context<impl Agent>) -> Result<()> {
+    while let Some(id) = store::logged_stream(cx.storage())? {
+        let continues = store::continues(cx.storage(), &id)?;
+        let chunks: Vec<UiChunk> = store::log(cx.storage(), &id)?
+            .iter()
+            .filter_map(|(_, body)| serde_json::from_str(body).ok())
+            .collect();
+        tracing::info!(request = %id, "persisting the partial reply of a stream cut by a restart");
+        salvage(cx, &id, continues.as_deref(), &chunks, &[])?;
+    }
     Ok(())
 }
