@@ -310,6 +310,14 @@ async fn a_turn_streams_to_every_tab_and_is_persisted_before_done() {
     assert_eq!(seen[11], *sent.last().unwrap());
     assert_eq!(seen.len(), 12);
 
+    // Counted: one turn, the tokens the server reported, its first token's delay.
+    let metrics = h.runtime.metrics();
+    assert_eq!(metrics.chat_turns.get(), 1);
+    assert_eq!(metrics.chat_prompt_tokens.get(), 10);
+    assert_eq!(metrics.chat_completion_tokens.get(), 2);
+    assert_eq!(metrics.chat_first_token.count(), 1);
+    assert_eq!(metrics.chat_model_errors.get(), 0);
+
     // Persisted, with the id the client got in `start`.
     let stored = get_messages(&h).await;
     assert_eq!(stored[0], user("u1", "hi"));
@@ -485,6 +493,9 @@ async fn a_model_error_and_a_failure_before_streaming_end_the_turn_with_errors()
         json!({}),
     ));
     assert_eq!(a.turn().await.last().unwrap().get("outcome"), None);
+    // The model's error was counted; the refused turn never reached the model.
+    assert_eq!(h.runtime.metrics().chat_model_errors.get(), 1);
+    assert_eq!(h.runtime.metrics().chat_turns.get(), 2);
     h.runtime.shutdown().await;
 }
 
