@@ -52,7 +52,10 @@
 //! # Ok(()) }
 //! ```
 
+mod continuation;
 mod frames;
+mod resume;
+mod run;
 mod store;
 mod tool;
 mod turn;
@@ -229,10 +232,10 @@ pub(crate) async fn on_frame<A: Agent>(
         frames::CLEAR => turn::clear(agent, cx, conn)?,
         frames::RESUME_REQUEST => {
             let probe = map.get("probeId").and_then(Value::as_str);
-            turn::resume_request(agent, cx, conn, probe)?;
+            resume::resume_request(agent, cx, conn, probe)?;
         }
         frames::RESUME_ACK => match map.get("id").and_then(Value::as_str) {
-            Some(id) => turn::resume_ack(agent, cx, conn, id)?,
+            Some(id) => resume::resume_ack(agent, cx, conn, id)?,
             None => send_error(cx, conn, "a resume ack needs the string `id` of its stream"),
         },
         frames::TOOL_RESULT => tool_result(agent, cx, conn, &map).await?,
@@ -254,7 +257,7 @@ pub(crate) fn on_connect<A: Agent>(
     }
     // The connection serves more than the chat: a chat table that cannot be read costs it the
     // offer, not the connection.
-    if let Err(e) = turn::on_connect(agent, cx, conn) {
+    if let Err(e) = resume::on_connect(agent, cx, conn) {
         tracing::warn!(error = %e, "could not look for a chat stream to offer");
     }
     Ok(())
@@ -365,11 +368,11 @@ async fn tool_result<A: Agent>(
             }
         },
     };
-    let recorded = turn::answer_tool(agent, cx, conn, |stored, streaming| {
+    let recorded = continuation::answer_tool(agent, cx, conn, |stored, streaming| {
         apply_tool_result(stored, streaming, &call, result)
     })?;
     if recorded && auto_continue(map) {
-        turn::continue_after(agent, cx, conn, client_tools).await?;
+        continuation::continue_after(agent, cx, conn, client_tools).await?;
     }
     Ok(())
 }
@@ -397,11 +400,11 @@ async fn tool_approval<A: Agent>(
         );
         return Ok(());
     };
-    let recorded = turn::answer_tool(agent, cx, conn, |stored, streaming| {
+    let recorded = continuation::answer_tool(agent, cx, conn, |stored, streaming| {
         apply_tool_approval(stored, streaming, &call, approved)
     })?;
     if recorded && auto_continue(map) {
-        turn::continue_after(agent, cx, conn, None).await?;
+        continuation::continue_after(agent, cx, conn, None).await?;
     }
     Ok(())
 }

@@ -5,26 +5,29 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use denizen_runtime::{Result, Stub};
+use denizen_runtime::Result;
 use std::panic::AssertUnwindSafe;
 
+use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
-use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::Instrument;
 
-use super::frames::{self, NoResume, Outcome};
-use super::{ChatRun, ChatTurn, Tool, store};
+use super::continuation::{Approved, Scheduled, begin_continuation, can_continue};
+use super::frames::{self, Outcome};
+use super::resume::salvage_orphans;
+use super::run::{End, Model, panic_text, run_model};
+use super::{ChatRun, ChatTurn, store};
 use crate::agent::{Agent, Connection, Context};
 use crate::chat::chunk::{Chunk, UiChunk};
 use crate::chat::convert::{estimate_tokens, fit_to_budget, to_chat_messages};
 use crate::chat::fold::{Applied, MessageBuilder, merge_metadata};
 use crate::chat::history::{
-    Updated, awaits_client_interaction, reconcile, repair_interrupted_tool_parts, trailing_user_ids,
+    awaits_client_interaction, reconcile, repair_interrupted_tool_parts, trailing_user_ids,
 };
-use crate::chat::message::{Part, Role, ToolState, UiMessage};
-use crate::chat::model::{DEFAULT_ERROR_TEXT, FinishReason, ModelClient, StepRequest};
+use crate::chat::message::{Part, UiMessage};
+use crate::chat::model::DEFAULT_ERROR_TEXT;
 use crate::chat::request::{ClientTool, RequestBody};
 use crate::chat::wire::{ChatMessage, ToolSpec};
 use crate::context::AgentContext;
@@ -33,34 +36,17 @@ use crate::host::{AgentHost, Landed};
 /// Chunks over this many bytes of JSON are not logged for replay (AIChatAgent's row cap).
 const MAX_LOGGED_CHUNK_BYTES: usize = 1_800_000;
 
-/// How long a continuation waits after the result that asked for it, so the results of a batch
-/// of parallel calls sent together start one continuation.
-const CONTINUATION_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// The turns of one agent: the running one and those waiting, in order.
 #[derive(Default)]
 pub(crate) struct Turns {
     /// Numbers turns, so events of a turn that was cleared away are recognised and dropped.
-    serial: u64,
-    active: Option<Active>,
-    queue: VecDeque<Queued>,
+    pub(super) serial: u64,
+    pub(super) active: Option<Active>,
+    pub(super) queue: VecDeque<Queued>,
     /// Connections (ids) offered a resume that have not ACKed it: they get no live frames.
-    pending: HashSet<String>,
+    pub(super) pending: HashSet<String>,
     /// A continuation asked for and not started yet.
-    continuation: Option<Scheduled>,
-}
-
-/// A continuation waiting to start (chat-protocol.md §8).
-pub(crate) struct Scheduled {
-    request_id: String,
-    /// The connection whose tool result or approval asked for it.
-    owner: String,
-    /// Connections told it is pending: they are offered its stream when it starts.
-    awaiting: HashSet<String>,
-    /// The client tools of the frame that asked for it (else the last request's).
-    client_tools: Option<Vec<ClientTool>>,
-    /// Its coalescing delay has passed.
-    ready: bool,
+    pub(super) continuation: Option<Scheduled>,
 }
 
 /// A checked chat request, waiting for its turn.
@@ -72,32 +58,25 @@ pub(crate) struct Queued {
 }
 
 /// The running turn.
-struct Active {
-    serial: u64,
-    request_id: String,
+pub(super) struct Active {
+    pub(super) serial: u64,
+    pub(super) request_id: String,
     /// The connection that sent the request (or owns the continuation).
-    sender: String,
+    pub(super) sender: String,
     /// The trailing user messages of the request (none for a continuation).
-    message_ids: Option<Vec<String>>,
-    continuation: bool,
+    pub(super) message_ids: Option<Vec<String>>,
+    pub(super) continuation: bool,
     /// The reply being streamed.
-    builder: MessageBuilder,
+    pub(super) builder: MessageBuilder,
     /// The transcript before the reply, as the turn began (tool results may land in it).
-    earlier: Vec<UiMessage>,
+    pub(super) earlier: Vec<UiMessage>,
     /// Ids of the earlier messages the stream changed.
-    touched: HashSet<String>,
-    seq: u64,
-    abort: AbortHandle,
+    pub(super) touched: HashSet<String>,
+    pub(super) seq: u64,
+    pub(super) abort: AbortHandle,
 }
 
-/// How the off-turn part of a turn ended.
-enum End {
-    Completed,
-    Aborted,
-    Error(String),
-}
-
-fn turns<A: Agent>(agent: &mut A) -> Option<&mut Turns> {
+pub(super) fn turns<A: Agent>(agent: &mut A) -> Option<&mut Turns> {
     agent.chat().map(|chat| &mut chat.turns)
 }
 
@@ -118,22 +97,6 @@ pub(crate) async fn submit<A: Agent>(
 enum Next {
     Continuation(Scheduled),
     Request(Queued),
-}
-
-/// Whether the last message is an assistant message none of whose calls waits for the client
-/// (a batch of parallel calls half answered waits for the rest).
-fn can_continue(messages: &[UiMessage]) -> bool {
-    messages.last().is_some_and(|last| {
-        last.role == Role::Assistant
-            && !last.tool_parts().any(|t| {
-                matches!(
-                    t.state,
-                    ToolState::InputStreaming
-                        | ToolState::InputAvailable
-                        | ToolState::ApprovalRequested
-                )
-            })
-    })
 }
 
 /// When no turn runs, starts the next one: a ready continuation, else the oldest waiting
@@ -209,7 +172,11 @@ fn assistant_id() -> String {
 /// The first half of a turn, in the agent's turn: persist the request's messages, ask the
 /// application what to run, start it off the turn. `false` when the turn ended already (its
 /// terminal frame is sent).
-async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> Result<bool> {
+async fn begin<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    queued: Queued,
+) -> Result<bool> {
     let Queued {
         request_id,
         sender,
@@ -276,7 +243,7 @@ async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> 
 
 /// Asks the application what turn `turn` runs; `None` when it answered an error (the turn's
 /// error frame is sent).
-async fn respond<A: Agent>(
+pub(super) async fn respond<A: Agent>(
     agent: &mut A,
     cx: &mut Context<A>,
     turn: ChatTurn,
@@ -311,7 +278,7 @@ async fn respond<A: Agent>(
 }
 
 /// The model request's messages for `transcript`, within the run's token budget.
-fn request_messages(run: &ChatRun, transcript: &[UiMessage]) -> Vec<ChatMessage> {
+pub(super) fn request_messages(run: &ChatRun, transcript: &[UiMessage]) -> Vec<ChatMessage> {
     let messages = to_chat_messages(run.system.as_deref(), transcript);
     match run.token_budget {
         Some(budget) => fit_to_budget(messages, budget, estimate_tokens),
@@ -319,111 +286,22 @@ fn request_messages(run: &ChatRun, transcript: &[UiMessage]) -> Vec<ChatMessage>
     }
 }
 
-/// A continuation: the calls answered since the last turn (client tools' results, approvals)
-/// go back to the model, whose reply is appended to the last assistant message. `false` when
-/// it ended already.
-async fn begin_continuation<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    scheduled: Scheduled,
-) -> Result<bool> {
-    store::ensure(cx.storage())?;
-    store::forget_last_error(cx.storage())?;
-    salvage_orphans(cx)?;
-    let stored = store::load(cx.storage())?;
-    let Some(last) = stored.last().filter(|m| m.role == Role::Assistant).cloned() else {
-        return Ok(false);
-    };
-    let context = store::request_context(cx.storage())?;
-    let client_tools = scheduled.client_tools.unwrap_or(context.client_tools);
-    let turn = ChatTurn {
-        request_id: scheduled.request_id.clone(),
-        messages: stored.clone(),
-        body: context.body,
-        client_tools: client_tools.clone(),
-        continuation: true,
-    };
-    let Some(run) = respond(agent, cx, turn).await? else {
-        return Ok(false);
-    };
-    // Approved calls of the agent's own tools run first; until they have, the request carries
-    // a placeholder result in their place.
-    let mut transcript = stored.clone();
-    let mut approved = Vec::new();
-    if let Some(message) = transcript.last_mut() {
-        for part in &mut message.parts {
-            let Part::Tool(tool) = part else { continue };
-            let approved_call = tool.state == ToolState::ApprovalResponded
-                && tool.approval.as_ref().and_then(|a| a.approved) == Some(true);
-            if let (true, Some(runner)) = (
-                approved_call,
-                run.tools.iter().find(|t| t.name() == tool.tool_name),
-            ) {
-                approved.push(Approved {
-                    tool_call_id: tool.tool_call_id.clone(),
-                    tool: runner.clone(),
-                    input: tool.input.clone().unwrap_or(Value::Null),
-                });
-                tool.state = ToolState::OutputAvailable;
-                tool.output = Some(Value::Null);
-            }
-        }
-    }
-    let messages = request_messages(&run, &transcript);
-    store::set_continues(cx.storage(), &scheduled.request_id, &last.id)?;
-    let earlier = stored[..stored.len() - 1].to_vec();
-    let request_id = scheduled.request_id.clone();
-    let launched = launch(
-        agent,
-        cx,
-        Launch {
-            request_id: request_id.clone(),
-            sender: scheduled.owner,
-            message_ids: None,
-            continuation: true,
-            builder: MessageBuilder::continuing(last),
-            earlier,
-            run,
-            client_tools,
-            messages,
-            approved,
-        },
-    )?;
-    // Those waiting for it are offered its stream (they ACK, then get it live).
-    for id in scheduled.awaiting {
-        if let Some(conn) = cx.connection(&id) {
-            if let Some(turns) = turns(agent) {
-                turns.pending.insert(id);
-            }
-            cx.send_json(&conn, &frames::resuming(&request_id, None))?;
-        }
-    }
-    Ok(launched)
-}
-
-/// An approved call to run before the continuation's model call.
-struct Approved {
-    tool_call_id: String,
-    tool: Tool,
-    input: Value,
-}
-
 /// A turn ready to run.
-struct Launch {
-    request_id: String,
-    sender: String,
-    message_ids: Option<Vec<String>>,
-    continuation: bool,
-    builder: MessageBuilder,
-    earlier: Vec<UiMessage>,
-    run: ChatRun,
-    client_tools: Vec<ClientTool>,
-    messages: Vec<ChatMessage>,
-    approved: Vec<Approved>,
+pub(super) struct Launch {
+    pub(super) request_id: String,
+    pub(super) sender: String,
+    pub(super) message_ids: Option<Vec<String>>,
+    pub(super) continuation: bool,
+    pub(super) builder: MessageBuilder,
+    pub(super) earlier: Vec<UiMessage>,
+    pub(super) run: ChatRun,
+    pub(super) client_tools: Vec<ClientTool>,
+    pub(super) messages: Vec<ChatMessage>,
+    pub(super) approved: Vec<Approved>,
 }
 
 /// Makes `launch` the running turn and starts its model calls off the turn.
-fn launch<A: Agent>(agent: &mut A, cx: &mut Context<A>, launch: Launch) -> Result<bool> {
+pub(super) fn launch<A: Agent>(agent: &mut A, cx: &mut Context<A>, launch: Launch) -> Result<bool> {
     let Launch {
         request_id,
         sender,
@@ -509,234 +387,10 @@ fn launch<A: Agent>(agent: &mut A, cx: &mut Context<A>, launch: Launch) -> Resul
     Ok(true)
 }
 
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
-}
-
-/// Delivers one chunk of turn `serial` to the agent; `false` if the agent is gone.
-async fn emit<A: Agent>(stub: &Stub<AgentHost<A>>, serial: u64, chunk: Chunk) -> bool {
-    let event = Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
-        Box::pin(on_chunk(a, cx, serial, chunk))
-    });
-    match stub.call(event).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "the chat agent is gone; the turn stops");
-            false
-        }
-    }
-}
-
-/// What the off-turn part of a turn runs.
-struct Model {
-    client: ModelClient,
-    messages: Vec<ChatMessage>,
-    specs: Vec<ToolSpec>,
-    tools: Vec<Tool>,
-    max_steps: usize,
-    /// Approved calls to run first (a continuation's).
-    approved: Vec<Approved>,
-    /// For its metrics.
-    runtime: denizen_runtime::Runtime,
-}
-
-/// Runs a server tool, a panic included: its output chunk and the result the model gets.
-async fn run_tool(tool: &Tool, tool_call_id: &str, input: Value) -> (Chunk, String) {
-    let ran = AssertUnwindSafe(tool.call(input))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let text = format!("the tool panicked: {}", panic_text(&*panic));
-            tracing::error!(tool = %tool.name(), "{text}");
-            Err(text)
-        });
-    match ran {
-        Ok(output) => {
-            let content = match &output {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let chunk = Chunk::ToolOutputAvailable {
-                tool_call_id: tool_call_id.to_owned(),
-                output,
-                preliminary: None,
-            };
-            (chunk, content)
-        }
-        Err(text) => {
-            let chunk = Chunk::ToolOutputError {
-                tool_call_id: tool_call_id.to_owned(),
-                error_text: text.clone(),
-            };
-            (chunk, text)
-        }
-    }
-}
-
-/// The off-turn part of a turn: the approved calls of a continuation, then the model calls and
-/// the tool loop (chat-protocol.md §9, §12.3).
-async fn run_model<A: Agent>(stub: Stub<AgentHost<A>>, serial: u64, model: Model) -> End {
-    let Model {
-        client,
-        mut messages,
-        specs,
-        tools,
-        max_steps,
-        approved,
-        runtime,
-    } = model;
-    let metrics = runtime.metrics();
-    if !emit(
-        &stub,
-        serial,
-        Chunk::Start {
-            message_id: None,
-            message_metadata: None,
-        },
-    )
-    .await
-    {
-        return End::Aborted;
-    }
-    for call in approved {
-        let (chunk, content) = run_tool(&call.tool, &call.tool_call_id, call.input).await;
-        if !emit(&stub, serial, chunk).await {
-            return End::Aborted;
-        }
-        for message in &mut messages {
-            if let ChatMessage::Tool {
-                tool_call_id,
-                content: slot,
-            } = message
-                && *tool_call_id == call.tool_call_id
-            {
-                *slot = content.clone();
-            }
-        }
-    }
-    let mut finish = FinishReason::Stop;
-    for _ in 0..max_steps.max(1) {
-        let mut step = client.step(StepRequest::new(messages.clone(), specs.clone()));
-        let mut error_text = None;
-        // `finish-step` waits for the step's tool results, which belong to the step.
-        let mut finish_step = None;
-        while let Some(chunk) = step.next().await {
-            match chunk {
-                Chunk::Error { error_text: text } => error_text = Some(text),
-                Chunk::FinishStep => finish_step = Some(Chunk::FinishStep),
-                chunk => {
-                    if !emit(&stub, serial, chunk).await {
-                        return End::Aborted;
-                    }
-                }
-            }
-        }
-        let Some(outcome) = step.into_outcome() else {
-            metrics.chat_model_errors.inc();
-            return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
-        };
-        if let Some(usage) = &outcome.usage {
-            metrics.chat_prompt_tokens.inc_by(usage.prompt_tokens);
-            metrics
-                .chat_completion_tokens
-                .inc_by(usage.completion_tokens);
-        }
-        if let Some(ttft) = outcome.time_to_first_token {
-            metrics.chat_first_token.observe(ttft);
-        }
-        if let Some(e) = &outcome.error {
-            metrics.chat_model_errors.inc();
-            tracing::warn!(error = %e, "the model call failed");
-            return End::Error(error_text.unwrap_or_else(|| DEFAULT_ERROR_TEXT.into()));
-        }
-        finish = outcome.finish_reason;
-        if outcome.tool_calls.is_empty()
-            || !matches!(finish, FinishReason::Stop | FinishReason::ToolCalls)
-        {
-            if let Some(chunk) = finish_step
-                && !emit(&stub, serial, chunk).await
-            {
-                return End::Aborted;
-            }
-            break;
-        }
-        let mut results = Vec::new();
-        let mut all_answered = true;
-        for call in &outcome.tool_calls {
-            let content = if let Some(error) = &call.error {
-                error.clone()
-            } else if let Some(tool) = tools.iter().find(|t| t.name() == call.name) {
-                if tool.requires_approval() {
-                    // A person answers first; the call runs in the continuation after.
-                    all_answered = false;
-                    let chunk = Chunk::ToolApprovalRequest {
-                        approval_id: approval_id(),
-                        tool_call_id: call.id.clone(),
-                    };
-                    if !emit(&stub, serial, chunk).await {
-                        return End::Aborted;
-                    }
-                    continue;
-                }
-                let (chunk, content) = run_tool(tool, &call.id, call.input.clone()).await;
-                if !emit(&stub, serial, chunk).await {
-                    return End::Aborted;
-                }
-                content
-            } else {
-                // A client tool: the client runs it once the turn has ended.
-                all_answered = false;
-                continue;
-            };
-            results.push(ChatMessage::Tool {
-                tool_call_id: call.id.clone(),
-                content,
-            });
-        }
-        if let Some(chunk) = finish_step
-            && !emit(&stub, serial, chunk).await
-        {
-            return End::Aborted;
-        }
-        if !all_answered {
-            break;
-        }
-        messages.push(outcome.assistant_message());
-        messages.extend(results);
-    }
-    let finished = emit(
-        &stub,
-        serial,
-        Chunk::Finish {
-            finish_reason: Some(finish.as_str().to_string()),
-            message_metadata: None,
-        },
-    )
-    .await;
-    if finished {
-        End::Completed
-    } else {
-        End::Aborted
-    }
-}
-
-fn approval_id() -> String {
-    let random: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect();
-    format!("approval_{random}")
-}
-
 /// A chunk of turn `serial`, in the agent: rewritten (`start` gets the message id, `finish`
 /// carries its reason in the metadata), folded into the reply, logged and sent to every
 /// connection.
-async fn on_chunk<A: Agent>(
+pub(super) async fn on_chunk<A: Agent>(
     agent: &mut A,
     cx: &mut Context<A>,
     serial: u64,
@@ -848,7 +502,12 @@ fn persist(
 
 /// The end of turn `serial`, in the agent: the reply persisted and `chat_messages` sent before
 /// the held terminal frames; then the next waiting turn starts.
-async fn finish<A: Agent>(agent: &mut A, cx: &mut Context<A>, serial: u64, end: End) -> Result<()> {
+pub(super) async fn finish<A: Agent>(
+    agent: &mut A,
+    cx: &mut Context<A>,
+    serial: u64,
+    end: End,
+) -> Result<()> {
     let Some(state) = turns(agent) else {
         return Ok(());
     };
@@ -958,302 +617,5 @@ pub(crate) fn clear<A: Agent>(agent: &mut A, cx: &mut Context<A>, conn: &Connect
     store::ensure(cx.storage())?;
     store::clear(cx.storage())?;
     cx.broadcast_json(&frames::clear(), &[conn.id.as_str()])?;
-    Ok(())
-}
-
-/// The stream a client may resume: the running turn's, or one whose producer is gone (its
-/// log outlived a crash).
-fn resumable<A: Agent>(agent: &mut A, cx: &mut Context<A>) -> Result<Option<String>> {
-    if let Some(active) = turns(agent).and_then(|t| t.active.as_ref()) {
-        return Ok(Some(active.request_id.clone()));
-    }
-    store::ensure(cx.storage())?;
-    if let Some((request_id, _)) = store::last_error(cx.storage())? {
-        return Ok(Some(request_id));
-    }
-    store::logged_stream(cx.storage())
-}
-
-/// Offers `conn` the resumable stream, if any (it then gets no live frames until it ACKs);
-/// `false` if there is none.
-pub(crate) fn offer<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-    probe_id: Option<&str>,
-) -> Result<bool> {
-    let Some(id) = resumable(agent, cx)? else {
-        return Ok(false);
-    };
-    if let Some(turns) = turns(agent) {
-        turns.pending.insert(conn.id.clone());
-    }
-    cx.send_json(conn, &frames::resuming(&id, probe_id))?;
-    Ok(true)
-}
-
-/// `cf_agent_stream_resume_request`: the stream offered, or `resume_none` (idle).
-pub(crate) fn resume_request<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-    probe_id: Option<&str>,
-) -> Result<()> {
-    let Some(turns) = turns(agent) else {
-        return Ok(());
-    };
-    match (&turns.active, &mut turns.continuation) {
-        // A continuation streams into its owner's new local message; another open
-        // connection owns it.
-        (Some(active), _)
-            if active.continuation
-                && active.sender != conn.id
-                && cx.connection(&active.sender).is_some() =>
-        {
-            let none = frames::resume_none(probe_id, NoResume::ContinuationOwned);
-            cx.send_json(conn, &none)?;
-            return Ok(());
-        }
-        (None, Some(scheduled)) => {
-            scheduled.awaiting.insert(conn.id.clone());
-            let pending = frames::stream_pending(&scheduled.request_id, probe_id);
-            cx.send_json(conn, &pending)?;
-            return Ok(());
-        }
-        _ => {}
-    }
-    if !offer(agent, cx, conn, probe_id)? {
-        cx.send_json(conn, &frames::resume_none(probe_id, NoResume::Idle))?;
-    }
-    Ok(())
-}
-
-/// A connection is set up: offered the running (or crashed) stream, or told that a
-/// continuation is about to start.
-pub(crate) fn on_connect<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-) -> Result<()> {
-    if let Some(turns) = turns(agent)
-        && turns.active.is_none()
-        && let Some(scheduled) = &mut turns.continuation
-    {
-        scheduled.awaiting.insert(conn.id.clone());
-        let pending = frames::stream_pending(&scheduled.request_id, None);
-        cx.send_json(conn, &pending)?;
-        return Ok(());
-    }
-    offer(agent, cx, conn, None)?;
-    Ok(())
-}
-
-/// Applies a client's answer to a tool call (a result, an approval) with `apply`: to the
-/// streaming reply if it has the call, else to the stored message, which is saved. Every
-/// connection gets the message as it is now (`cf_agent_message_updated`). `false` when nothing
-/// changed (the call was answered already) or the call is unknown (the sender is told).
-pub(crate) fn answer_tool<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-    apply: impl FnOnce(
-        &mut [UiMessage],
-        Option<&mut UiMessage>,
-    ) -> crate::chat::message::Result<Updated>,
-) -> Result<bool> {
-    store::ensure(cx.storage())?;
-    let mut stored = store::load(cx.storage())?;
-    let Some(turns) = turns(agent) else {
-        return Ok(false);
-    };
-    let streaming = turns.active.as_mut().map(|a| a.builder.message_mut());
-    let updated = match apply(&mut stored, streaming) {
-        Ok(updated) => updated,
-        Err(e) => {
-            cx.send(conn.ws, crate::protocol::error(&e.to_string()).to_string());
-            return Ok(false);
-        }
-    };
-    let message = match updated {
-        Updated::Unchanged => return Ok(false),
-        Updated::Streaming => match &turns.active {
-            Some(active) => active.builder.message().clone(),
-            None => return Ok(false),
-        },
-        Updated::Stored(i) => {
-            let message = stored[i].clone();
-            let changed = HashSet::from([message.id.as_str()]);
-            store::save(cx.storage(), &stored, &stored, &changed)?;
-            // The running turn's copy of the transcript must not write the old one back.
-            if let Some(active) = &mut turns.active
-                && let Some(copy) = active.earlier.iter_mut().find(|m| m.id == message.id)
-            {
-                *copy = message.clone();
-            }
-            message
-        }
-    };
-    cx.broadcast_json(&frames::message_updated(&message), &[])?;
-    Ok(true)
-}
-
-/// Asks for a continuation owned by `conn` (or adds `conn` to those awaiting the one asked for
-/// already); it starts after a short delay, once no turn runs and no call of the last message
-/// waits for the client.
-pub(crate) async fn continue_after<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-    client_tools: Option<Vec<ClientTool>>,
-) -> Result<()> {
-    let Some(state) = turns(agent) else {
-        return Ok(());
-    };
-    if let Some(scheduled) = &mut state.continuation {
-        scheduled.awaiting.insert(conn.id.clone());
-        if client_tools.is_some() {
-            scheduled.client_tools = client_tools;
-        }
-        // A result completing a batch lets a ready continuation start.
-        return advance(agent, cx).await;
-    }
-    let request_id = continuation_id();
-    state.continuation = Some(Scheduled {
-        request_id: request_id.clone(),
-        owner: conn.id.clone(),
-        awaiting: HashSet::from([conn.id.clone()]),
-        client_tools,
-        ready: false,
-    });
-    cx.spawn(async move {
-        tokio::time::sleep(CONTINUATION_DELAY).await;
-        Landed::on_agent(move |a: &mut A, cx: &mut Context<A>| {
-            Box::pin(async move {
-                match turns(a).and_then(|t| t.continuation.as_mut()) {
-                    Some(scheduled) if scheduled.request_id == request_id => {
-                        scheduled.ready = true;
-                        advance(a, cx).await
-                    }
-                    _ => Ok(()),
-                }
-            })
-        })
-    });
-    Ok(())
-}
-
-fn continuation_id() -> String {
-    let random: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    format!("continuation_{random}")
-}
-
-/// `cf_agent_stream_resume_ack`: the stream's chunks replayed from seq 0, then live frames
-/// (the running turn), or the end of a stream nobody produces any more (its partial reply
-/// persisted), or a plain end when there is nothing to replay.
-pub(crate) fn resume_ack<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    conn: &Connection,
-    id: &str,
-) -> Result<()> {
-    let Some(turns) = turns(agent) else {
-        return Ok(());
-    };
-    turns.pending.remove(&conn.id);
-    let running = turns.active.as_ref().is_some_and(|a| a.request_id == id);
-    let running_other = turns.active.is_some() && !running;
-    store::ensure(cx.storage())?;
-    let continues = store::continues(cx.storage(), id)?;
-    let flag = |frame: Value| frames::continued(frame, continues.is_some());
-    let log = if running_other {
-        Vec::new()
-    } else {
-        store::log(cx.storage(), id)?
-    };
-    let error = match running {
-        true => None,
-        false => store::last_error(cx.storage())?.filter(|(r, _)| r == id),
-    };
-    if !running && error.is_none() && log.is_empty() {
-        cx.send_json(conn, &flag(frames::replay_done(id, false)))?;
-        return Ok(());
-    }
-    let chunks: Vec<UiChunk> = log
-        .iter()
-        .filter_map(|(_, body)| serde_json::from_str(body).ok())
-        .collect();
-    for (seq, body) in log {
-        cx.send_json(conn, &flag(frames::replayed(id, body, seq)))?;
-    }
-    if running {
-        cx.send_json(conn, &flag(frames::replay_complete(id)))?;
-        return Ok(());
-    }
-    if let Some((_, text)) = error {
-        cx.send_json(conn, &flag(frames::failed(id, &text)))?;
-        return Ok(());
-    }
-    // Nobody produces this stream any more: persist what it built, and end it.
-    salvage(cx, id, continues.as_deref(), &chunks, &[conn.id.as_str()])?;
-    cx.send_json(conn, &flag(frames::replay_done(id, true)))?;
-    Ok(())
-}
-
-/// Persists the reply a stream's logged `chunks` built, for a stream nobody produces any more
-/// (its turn's process died), and drops its log; the transcript goes to every connection but
-/// `except` if it changed.
-fn salvage(
-    cx: &mut Context<impl Agent>,
-    id: &str,
-    continues: Option<&str>,
-    chunks: &[UiChunk],
-    except: &[&str],
-) -> Result<()> {
-    let stored = store::load(cx.storage())?;
-    let mut messages = stored.clone();
-    // A continuation's chunks go on from the message it continued.
-    let base = continues
-        .and_then(|continued| stored.iter().find(|m| m.id == continued).cloned())
-        .unwrap_or_else(|| UiMessage::new("", Role::Assistant));
-    let reply = MessageBuilder::rebuild(base, chunks, &mut messages);
-    let mut changed: HashSet<String> = messages
-        .iter()
-        .zip(&stored)
-        .filter(|(now, before)| now != before)
-        .map(|(now, _)| now.id.clone())
-        .collect();
-    let has_content = reply.parts.iter().any(|p| !matches!(p, Part::StepStart));
-    if has_content && !reply.id.is_empty() {
-        match messages.iter().position(|m| m.id == reply.id) {
-            Some(i) => messages[i] = reply.clone(),
-            None => messages.push(reply.clone()),
-        }
-        changed.insert(reply.id.clone());
-    }
-    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
-    store::save(cx.storage(), &stored, &messages, &changed)?;
-    store::drop_log(cx.storage(), id)?;
-    if !changed.is_empty() {
-        cx.broadcast_json(&frames::messages(&messages), except)?;
-    }
-    Ok(())
-}
-
-/// Before a new turn: the partial replies of streams cut by a crash that no client came back
-/// to resume are persisted, so the new turn's history has them.
-fn salvage_orphans(cx: &mut Context<impl Agent>) -> Result<()> {
-    while let Some(id) = store::logged_stream(cx.storage())? {
-        let continues = store::continues(cx.storage(), &id)?;
-        let chunks: Vec<UiChunk> = store::log(cx.storage(), &id)?
-            .iter()
-            .filter_map(|(_, body)| serde_json::from_str(body).ok())
-            .collect();
-        tracing::info!(request = %id, "persisting the partial reply of a stream cut by a restart");
-        salvage(cx, &id, continues.as_deref(), &chunks, &[])?;
-    }
     Ok(())
 }
