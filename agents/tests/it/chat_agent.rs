@@ -424,6 +424,55 @@ async fn requests_queue_in_order_behind_the_running_turn() {
             .iter()
             .any(|m| m["role"] == "assistant" && m["content"] == "one")
     );
+    // The second request lacked the first reply: it stays before the second message.
+    let stored = get_messages(&h).await;
+    let texts: Vec<String> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(texts, ["first", "one", "second", "two"]);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_cannot_queue_requests_without_end() {
+    let h = harness().await;
+    h.model.push(partial_then_hang());
+    let mut a = Client::connect(&h, "a").await;
+    a.send(chat_request("r0", json!([user("u0", "hold")]), json!({})));
+    until_two_deltas(&mut a).await;
+    for i in 1..=17 {
+        a.send(chat_request(
+            &format!("r{i}"),
+            json!([user(&format!("u{i}"), "more")]),
+            json!({}),
+        ));
+    }
+    let refused = frames_until(&mut a, |f| f["error"] == true).await;
+    let refused = refused.last().unwrap();
+    assert_eq!(refused["id"], "r17", "{refused}");
+    assert_eq!(refused["done"], true, "{refused}");
+    assert!(
+        refused["body"].as_str().unwrap().contains("waiting"),
+        "{refused}"
+    );
+    // The agent goes on: a clear ends the running turn and the waiting ones.
+    a.send(json!({"type": "cf_agent_chat_clear"}));
+    let ended = frames_until(&mut a, |f| f["id"] == "r16" && f["done"] == true).await;
+    assert!(
+        ended
+            .iter()
+            .any(|f| f["id"] == "r0" && f["outcome"] == "aborted")
+    );
     h.runtime.shutdown().await;
 }
 

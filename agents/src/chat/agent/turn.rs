@@ -36,6 +36,9 @@ use crate::host::{AgentHost, Landed};
 /// Chunks over this many bytes of JSON are not logged for replay (AIChatAgent's row cap).
 const MAX_LOGGED_CHUNK_BYTES: usize = 1_800_000;
 
+/// Chat requests that may wait behind the running turn.
+pub(crate) const MAX_WAITING_TURNS: usize = 16;
+
 /// The turns of one agent: the running one and those waiting, in order.
 #[derive(Default)]
 pub(crate) struct Turns {
@@ -89,6 +92,16 @@ pub(crate) async fn submit<A: Agent>(
     let Some(turns) = turns(agent) else {
         return Ok(());
     };
+    if turns.queue.len() >= MAX_WAITING_TURNS {
+        // Each waiting request holds its messages: a client may not queue without end.
+        let text = format!(
+            "{MAX_WAITING_TURNS} chat requests are waiting already; send this one after a turn ends"
+        );
+        if let Some(conn) = cx.connection(&queued.sender) {
+            cx.send_json(&conn, &frames::failed(&queued.request_id, &text))?;
+        }
+        return Ok(());
+    }
     turns.queue.push_back(queued);
     advance(agent, cx).await
 }
@@ -172,11 +185,7 @@ fn assistant_id() -> String {
 /// The first half of a turn, in the agent's turn: persist the request's messages, ask the
 /// application what to run, start it off the turn. `false` when the turn ended already (its
 /// terminal frame is sent).
-async fn begin<A: Agent>(
-    agent: &mut A,
-    cx: &mut Context<A>,
-    queued: Queued,
-) -> Result<bool> {
+async fn begin<A: Agent>(agent: &mut A, cx: &mut Context<A>, queued: Queued) -> Result<bool> {
     let Queued {
         request_id,
         sender,
