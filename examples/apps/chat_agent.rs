@@ -10,14 +10,18 @@
 //!   `<server id>__<tool>`), and any tools the client declares and runs itself.
 //!
 //! The history lives in the agent's SQLite; the oldest messages are left out of the model
-//! request past a token budget, never deleted.
+//! request past a token budget, never deleted. Without a model the agent is not registered and
+//! its route answers 503 saying how to configure one ([`unavailable`]).
 
+use denizen::Result;
 use denizen::agent::chat::agent::{Chat, ChatRun, ChatTurn, Tool};
 use denizen::agent::chat::model::ModelClient;
 use denizen::agent::schemars::{self, JsonSchema};
 use denizen::agent::{Agent, Context, McpClient, Methods};
+use denizen::axum::Router;
+use denizen::axum::http::StatusCode;
+use denizen::axum::routing::any;
 use denizen::mcp::{AddServerOptions, AgentMcp, ManagerOptions};
-use denizen::{Error, Result};
 use rand::Rng;
 use serde::Deserialize;
 
@@ -28,7 +32,7 @@ const SYSTEM_PROMPT: &str = "You are a helpful assistant. Answer briefly. Use th
 /// Tokens of history sent to the model at most (estimated); older messages stay in the history.
 const TOKEN_BUDGET: usize = 3_000;
 
-/// What a turn answers when the server was started without a model.
+/// What the agent's route answers when the server was started without a model.
 pub(crate) const NOT_CONFIGURED: &str = "The chat agent has no model: start the server with \
     --llm-url <OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1> (or DENIZEN_LLM_URL), \
     and --llm-model / DENIZEN_LLM_MODEL and DENIZEN_LLM_API_KEY if the server wants them.";
@@ -37,13 +41,12 @@ pub(crate) const NOT_CONFIGURED: &str = "The chat agent has no model: start the 
 pub(crate) struct ChatAgent {
     chat: Chat<Self>,
     mcp: AgentMcp,
-    model: Result<ModelClient, String>,
+    model: ModelClient,
 }
 
 impl ChatAgent {
-    /// An agent calling `model` (or answering every turn with why it cannot), whose MCP OAuth
-    /// callbacks come back to `public_url`.
-    pub(crate) fn new(model: Result<ModelClient, String>, public_url: &str) -> Self {
+    /// An agent calling `model`, whose MCP OAuth callbacks come back to `public_url`.
+    pub(crate) fn new(model: ModelClient, public_url: &str) -> Self {
         ChatAgent {
             chat: Chat::new(|a: &mut ChatAgent, cx, turn| Box::pin(a.reply(cx, turn))),
             mcp: AgentMcp::new(ManagerOptions::default()).callback_host(public_url),
@@ -52,13 +55,26 @@ impl ChatAgent {
     }
 
     async fn reply(&mut self, _cx: &mut Context<Self>, _turn: ChatTurn) -> Result<ChatRun> {
-        let model = self.model.clone().map_err(Error::msg)?;
-        Ok(ChatRun::new(model)
+        Ok(ChatRun::new(self.model.clone())
             .with_system(SYSTEM_PROMPT)
             .with_tool(calculate())
             .with_tool(roll_dice().needs_approval())
             .with_token_budget(TOKEN_BUDGET))
     }
+}
+
+/// Routes answering every request to `/agents/chat-agent/<name>[/...]` (HTTP, `get-messages`,
+/// WebSocket upgrades) with 503 and `reason`, for a server that has no model: without them the
+/// client would get the gateway's "no agent class" 400, which does not say what to do. Merged
+/// routes beat the gateway's `/agents/{*path}`: a static segment outranks a catch-all.
+pub(crate) fn unavailable(reason: String) -> Router {
+    Router::new().route(
+        "/agents/chat-agent/{*rest}",
+        any(move || {
+            let reason = reason.clone();
+            async move { (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")) }
+        }),
+    )
 }
 
 /// The input of `calculate`.

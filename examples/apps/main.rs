@@ -6,11 +6,13 @@
 //!   `/objects/chat/<room>` (WebSocket);
 //! - `counter-agent`: an agent for the JavaScript `agents` client;
 //! - `mcp-agent`: an agent that uses the tools of remote MCP servers;
-//! - `chat-agent`: an AI chat agent for `useAgentChat`, on the model of `--llm-url`;
+//! - `chat-agent`: an AI chat agent for `useAgentChat`, on the model of `--llm-url`, with a chat
+//!   page at `/chat-agent/<name>`;
 //! - the workflows `approval` and `pipeline`.
 
 mod chat;
 mod chat_agent;
+mod chat_page;
 mod counter;
 mod counter_agent;
 mod mcp_agent;
@@ -36,10 +38,15 @@ fn main() -> ExitCode {
                 None => Err(chat_agent::NOT_CONFIGURED.to_string()),
             };
             let chat_url = public_url.clone();
-            app.agent_with("mcp-agent", move || mcp_agent::McpAgent::new(&public_url))
-                .agent_with("chat-agent", move || {
+            let app = app
+                .agent_with("mcp-agent", move || mcp_agent::McpAgent::new(&public_url))
+                .routes(|_| chat_page::routes());
+            match model {
+                Ok(model) => app.agent_with("chat-agent", move || {
                     chat_agent::ChatAgent::new(model.clone(), &chat_url)
-                })
+                }),
+                Err(reason) => app.routes(move |_| chat_agent::unavailable(reason)),
+            }
         })
         .workflow("approval", workflows::Approval)
         .workflow("pipeline", workflows::Pipeline)

@@ -101,7 +101,11 @@ fn spawn(data_dir: &Path, args: &[String]) -> ChildServer {
         .arg(data_dir)
         .args(args)
         .env("RUST_LOG", "warn")
-        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml");
+        .env("DENIZEN_CONFIG", "/nonexistent/denizen.toml")
+        // A model only when a test passes `--llm-url`, whatever the environment has.
+        .env_remove("DENIZEN_LLM_URL")
+        .env_remove("DENIZEN_LLM_MODEL")
+        .env_remove("DENIZEN_LLM_API_KEY");
     ChildServer::spawn(command)
 }
 
