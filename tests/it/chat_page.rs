@@ -1,6 +1,7 @@
 //! The `chat-agent` example: its route on a server without a model, and its chat page driven in
 //! headless Chromium (Debian's `chromium`) through the DevTools protocol against a scripted
-//! model: a streamed reply, Stop, a server tool, history after a reload.
+//! model: a streamed reply, Stop, a second tab following, a server tool, history after a
+//! reload, Clear.
 //!
 //! Without `chromium` on the PATH the page test is skipped, unless `DENIZEN_REQUIRE_CHROMIUM` is
 //! set (CI sets it), when it fails.
@@ -65,7 +66,7 @@ async fn chat_agent_without_a_model_answers_503_saying_how_to_configure_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_page_streams_a_reply_stops_shows_a_tool_and_reloads_the_history() {
+async fn chat_page_streams_stops_follows_shows_a_tool_reloads_and_clears() {
     let model = ScriptedModel::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--llm-url", &model.base_url()]);
@@ -118,6 +119,15 @@ async fn chat_page_streams_a_reply_stops_shows_a_tool_and_reloads_the_history() 
     let request = model.requests()[0].body.to_string();
     assert!(request.contains("hi <i>you</i>"), "{request}");
 
+    // A second tab follows the next turn live.
+    let mut other = chromium.page(&server.url("/chat-agent/ada")).await;
+    other
+        .wait_for(
+            "the second tab to connect with the history",
+            "$('status').textContent === 'connected' && texts('assistant') === 'Hello <b>there</b>'",
+        )
+        .await;
+
     // Text is shown as text: neither message made an element.
     let first = "Hello <b>there</b>";
     let second = "a <img src=x onerror=\"document.title='pwned'\"> b";
@@ -139,6 +149,15 @@ async fn chat_page_streams_a_reply_stops_shows_a_tool_and_reloads_the_history() 
             .await,
         json!(0)
     );
+    other
+        .wait_for(
+            "the second tab to show the turn",
+            &format!(
+                "texts('user') === 'hi <i>you</i>again' && texts('assistant') === {}",
+                json!(format!("{first}{second}"))
+            ),
+        )
+        .await;
     assert_eq!(
         page.eval("texts('user')").await,
         json!("hi <i>you</i>again")
@@ -175,6 +194,29 @@ async fn chat_page_streams_a_reply_stops_shows_a_tool_and_reloads_the_history() 
         ),
     )
     .await;
+
+    // Clear empties this tab, the other one and the history.
+    page.click("clear").await;
+    other
+        .wait_for(
+            "the other tab to clear",
+            "document.querySelectorAll('#log .msg').length === 0",
+        )
+        .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#log .msg').length")
+            .await,
+        json!(0)
+    );
+    let history: Value = http
+        .get(server.url("/agents/chat-agent/ada/get-messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history, json!([]));
 }
 
 /// Headless Chromium on a temporary profile, killed with its whole process group when dropped
@@ -269,24 +311,22 @@ impl Chromium {
         log
     }
 
-    /// Its first tab, navigated to `url` and loaded.
+    /// A new tab showing `url`, loaded.
     async fn page(&self, url: &str) -> Page {
-        let targets: Value = reqwest::get(format!("http://127.0.0.1:{}/json/list", self.port))
+        // `PUT /json/new?<url>` opens a tab (Chromium refuses GET there).
+        let target: Value = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{}/json/new?{url}", self.port))
+            .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let target = targets
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .unwrap_or_else(|| panic!("no page target in {targets}"));
-        let ws_url = target["webSocketDebuggerUrl"].as_str().unwrap();
+        let ws_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no webSocketDebuggerUrl in {target}"));
         let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
         let mut page = Page { ws, next_id: 0 };
-        page.cdp("Page.navigate", json!({ "url": url })).await;
         page.wait_for("the page to load", "$('status') !== null")
             .await;
         page
