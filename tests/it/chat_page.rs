@@ -1,7 +1,7 @@
 //! The `chat-agent` example: its route on a server without a model, and its chat page driven in
 //! headless Chromium (Debian's `chromium`) through the DevTools protocol against a scripted
-//! model: a streamed reply, Stop, a second tab following, a server tool, history after a
-//! reload, Clear.
+//! model: a streamed reply, Stop, a second tab following, a server tool, an approval, history
+//! after a reload, Clear.
 //!
 //! Without `chromium` on the PATH the page test is skipped, unless `DENIZEN_REQUIRE_CHROMIUM` is
 //! set (CI sets it), when it fails.
@@ -66,7 +66,7 @@ async fn chat_agent_without_a_model_answers_503_saying_how_to_configure_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_page_streams_stops_follows_shows_a_tool_reloads_and_clears() {
+async fn chat_page_streams_stops_follows_runs_tools_approves_reloads_and_clears() {
     let model = ScriptedModel::start().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--llm-url", &model.base_url()]);
@@ -182,6 +182,38 @@ async fn chat_page_streams_stops_follows_shows_a_tool_reloads_and_clears() {
     )
     .await;
 
+    // A tool that needs approval: Approve runs it, and the model's next answer continues the
+    // same message.
+    model.push(Reply::Sse(vec![
+        SseEvent::role(),
+        SseEvent::tool_call_start(0, "call_2", "roll_dice", "{\"count\":1,\"sides\":6}"),
+        SseEvent::finish("tool_calls"),
+        SseEvent::Done,
+    ]));
+    model.push(Reply::text(&["Rolled."]));
+    page.send("roll a die").await;
+    page.wait_for(
+        "the approval request",
+        "document.querySelector('#log button.approve') !== null && !$('send').disabled",
+    )
+    .await;
+    page.eval("document.querySelector('#log button.approve').click()")
+        .await;
+    page.wait_for(
+        "the approved tool's output and the continued answer",
+        "(() => { const last = [...document.querySelectorAll('#log .msg.assistant')].pop(); \
+         const tools = last.querySelectorAll('.tool'); \
+         const text = last.querySelector('.text'); \
+         return tools.length === 1 && tools[0].querySelector('.output') !== null \
+         && text !== null && text.textContent === 'Rolled.'; })()",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('#log button.approve').length")
+            .await,
+        json!(0)
+    );
+
     // A reload shows the same conversation, from the history route.
     page.eval("window.before_reload = true").await;
     page.cdp("Page.reload", json!({})).await;
@@ -189,8 +221,8 @@ async fn chat_page_streams_stops_follows_shows_a_tool_reloads_and_clears() {
         "the history after a reload",
         &format!(
             "window.before_reload === undefined && $('status').textContent === 'connected' \
-             && texts('user') === 'hi <i>you</i>again6 times 7?' && texts('assistant') === {}",
-            json!(format!("{first}{second}It is 42."))
+             && texts('user') === 'hi <i>you</i>again6 times 7?roll a die' && texts('assistant') === {}",
+            json!(format!("{first}{second}It is 42.Rolled."))
         ),
     )
     .await;
