@@ -67,7 +67,8 @@ async function until(what, cond, ms = 15000) {
   }
 }
 
-const tabs = [];
+const tabs = []; // open tabs
+const allTabs = []; // every tab opened, for the dump on failure
 
 /** One browser tab: a renderer of `useAgent` + `useAgentChat` on this agent. */
 function openTab(label, chatOptions = {}, agentName = name) {
@@ -107,6 +108,7 @@ function openTab(label, chatOptions = {}, agentName = name) {
   }
   tab.renderer = TestRenderer.create(h(Suspense, { fallback: null }, h(Chat)));
   tabs.push(tab);
+  allTabs.push(tab);
   return tab;
 }
 
@@ -376,6 +378,7 @@ async function modelError() {
   assert.equal(lastAssistantText(a.chat.messages), "Back again.");
   const transcript = a.chat.messages;
   closeTab(a);
+  await reloadMatches(transcript);
   return { error, messages: summary(transcript) };
 }
 
@@ -439,13 +442,7 @@ const scenarios = {
 };
 const deadline = (ms) =>
   new Promise((_, reject) => setTimeout(() => reject(new Error(`scenario ${scenario} timed out`)), ms).unref());
-try {
-  if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
-  const out = await Promise.race([scenarios[scenario](), deadline(45000)]);
-  console.log(JSON.stringify({ ok: true, ...out }));
-  process.exit(0);
-} catch (e) {
-  console.error(e?.stack ?? String(e));
+function dumpTabs(tabs) {
   for (const tab of tabs) {
     console.error(`--- ${tab.label}: status ${tab.chat?.status}, error ${tab.chat?.error?.message}`);
     console.error(`messages: ${JSON.stringify(tab.chat?.messages)}`);
@@ -453,5 +450,16 @@ try {
     console.error(`sent: ${tab.sent.join("\n      ")}`);
     console.error(`received: ${tab.frames.map((f) => JSON.stringify(f)).join("\n          ")}`);
   }
+}
+try {
+  if (!scenarios[scenario]) throw new Error(`unknown scenario ${scenario}`);
+  const out = await Promise.race([scenarios[scenario](), deadline(45000)]);
+  // CHAT_CLIENT_TRACE=1 shows every tab's frames after a passing run too.
+  if (process.env.CHAT_CLIENT_TRACE) dumpTabs(allTabs);
+  console.log(JSON.stringify({ ok: true, ...out }));
+  process.exit(0);
+} catch (e) {
+  console.error(e?.stack ?? String(e));
+  dumpTabs(allTabs);
   process.exit(1);
 }
