@@ -122,10 +122,21 @@ async function ready(tab) {
   await until(`${tab.label} idle`, () => !tab.chat.isServerStreaming && tab.chat.status === "ready");
 }
 
-function closeTab(tab) {
+/** Unmounts the tab, and lets React run its effect cleanups (which release the hook's
+ * module-level cache of the history, so that the next tab fetches it again). */
+async function closeTab(tab) {
   tab.renderer.unmount();
   tabs.splice(tabs.indexOf(tab), 1);
+  for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
 }
+
+// Counts the hook's history fetches, so a reload can check it really fetched.
+let historyFetches = 0;
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, ...rest) => {
+  if (String(url).endsWith("/get-messages")) historyFetches++;
+  return realFetch(url, ...rest);
+};
 
 const textOf = (message) =>
   message.parts
@@ -165,10 +176,12 @@ async function send(tab, text) {
 
 /** A fresh tab must load the same transcript over HTTP (a reload). */
 async function reloadMatches(expected) {
+  const fetches = historyFetches;
   const tab = openTab("reloaded");
   await ready(tab);
+  assert.ok(historyFetches > fetches, "harness: the reloaded tab fetched the history (not a cached copy)");
   assert.deepEqual(summary(tab.chat.messages), summary(expected), "a reload shows the same transcript");
-  closeTab(tab);
+  await closeTab(tab);
   assert.deepEqual(summary(await getMessages()), summary(expected), "get-messages has it");
 }
 
@@ -204,8 +217,8 @@ async function stream() {
   assert.ok(!b.sent.some((f) => f.includes("cf_agent_use_chat_request")), "b sent nothing");
 
   const transcript = a.chat.messages;
-  closeTab(a);
-  closeTab(b);
+  await closeTab(a);
+  await closeTab(b);
   await reloadMatches(transcript);
   return { messages: summary(transcript) };
 }
@@ -226,7 +239,7 @@ async function serverTool() {
   assert.equal(part.output, 42);
   assert.equal(textOf(reply), "The answer is 42.");
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript) };
 }
@@ -264,7 +277,7 @@ async function clientTool() {
   const result = a.sent.map((f) => JSON.parse(f)).find((f) => f.type === "cf_agent_tool_result");
   assert.equal(result.autoContinue, true);
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript), calls: calls.length };
 }
@@ -280,6 +293,7 @@ async function approval() {
   assert.equal(part.type, "tool-roll_dice");
   assert.equal(part.state, "approval-requested");
   assert.deepEqual(part.input, { count: 2, sides: 6 });
+  assert.deepEqual(summary(await getMessages()), summary(a.chat.messages), "the approval request is persisted");
   a.chat.addToolApprovalResponse({ id: part.approval.id, approved });
   const expected = approved ? "You rolled." : "Okay, no dice.";
   await until(
@@ -299,7 +313,7 @@ async function approval() {
   const sent = a.sent.map((f) => JSON.parse(f)).find((f) => f.type === "cf_agent_tool_approval");
   assert.deepEqual(sent, { type: "cf_agent_tool_approval", toolCallId: "call_dice", approved, autoContinue: true });
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript) };
 }
@@ -330,7 +344,7 @@ async function resume() {
   );
   assert.equal(assistants(a.chat.messages).length, 1, `one assistant message: ${JSON.stringify(summary(a.chat.messages))}`);
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript), trace: a.seen };
 }
@@ -355,7 +369,7 @@ async function stop() {
   const stored = await getMessages();
   assert.equal(lastAssistantText(stored), "Once upon", JSON.stringify(stored));
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript) };
 }
@@ -377,7 +391,7 @@ async function modelError() {
   assert.equal(a.chat.error, undefined);
   assert.equal(lastAssistantText(a.chat.messages), "Back again.");
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { error, messages: summary(transcript) };
 }
@@ -396,8 +410,8 @@ async function clear() {
   await until("b is empty", () => b.chat.messages.length === 0);
   assert.ok(b.frames.some((f) => f.type === "cf_agent_chat_clear"), "b was told");
   assert.deepEqual(await getMessages(), []);
-  closeTab(a);
-  closeTab(b);
+  await closeTab(a);
+  await closeTab(b);
   await reloadMatches([]);
   return { cleared: true };
 }
@@ -423,7 +437,7 @@ async function restartAfter() {
   assert.equal(lastAssistantText(a.chat.messages), "Partial");
   assert.equal(assistants(a.chat.messages).length, 1, JSON.stringify(summary(a.chat.messages)));
   const transcript = a.chat.messages;
-  closeTab(a);
+  await closeTab(a);
   await reloadMatches(transcript);
   return { messages: summary(transcript), turnEnds: a.turnEnds };
 }
