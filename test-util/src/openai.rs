@@ -1,7 +1,7 @@
 //! A scripted OpenAI-compatible server: `POST /v1/chat/completions` answered with the next
 //! [`Reply`] of a script, every request recorded. For deterministic model tests (exact chunks,
-//! tool calls in fragments, 429/500 before the stream, a stream cut mid-way, a hang); the real
-//! llama.cpp peer is for end-to-end runs.
+//! tool calls in fragments, 429/500 before the stream, a stream cut mid-way, a hang, a stream
+//! paused at a [`Gate`] until the test opens it); the real llama.cpp peer is for end-to-end runs.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
