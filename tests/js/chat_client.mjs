@@ -157,7 +157,6 @@ const summary = (messages) =>
     text: textOf(m),
     tools: toolParts(m).map((p) => ({ type: p.type, state: p.state, output: p.output })),
   }));
-const frameTypes = (tab) => tab.frames.map((f) => f.type);
 
 async function getMessages(agentName = name) {
   const res = await fetch(`http://${host}/agents/chat-agent/${agentName}/get-messages`);
