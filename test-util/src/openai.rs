@@ -1,7 +1,7 @@
 //! A scripted OpenAI-compatible server: `POST /v1/chat/completions` answered with the next
 //! [`Reply`] of a script, every request recorded. For deterministic model tests (exact chunks,
-//! tool calls in fragments, 429/500 before the stream, a stream cut mid-way, a hang); the real
-//! llama.cpp peer is for end-to-end runs.
+//! tool calls in fragments, 429/500 before the stream, a stream cut mid-way, a hang, a stream
+//! paused at a [`Gate`] until the test opens it); the real llama.cpp peer is for end-to-end runs.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -86,6 +86,38 @@ pub enum SseEvent {
     /// Sends nothing more but keeps the stream open, writing an SSE comment every 20 ms so a
     /// client that went away is noticed ([`ScriptedModel::streams_dropped`]).
     Hang,
+    /// Waits until the test opens `gate` (at once if it is open), writing an SSE comment every
+    /// 20 ms meanwhile, then goes on with the next event: a stream paused mid-way for as long
+    /// as the test needs.
+    Wait(Gate),
+}
+
+/// A latch a scripted stream waits at ([`SseEvent::Wait`]) until the test opens it; clones
+/// share it.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens it for good: every stream waiting at it goes on.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether it is open.
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 impl SseEvent {
@@ -313,6 +345,18 @@ async fn answer(
                         SseEvent::Hang => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             events.push_front(SseEvent::Hang);
+                            ": keep-alive\n\n".to_owned()
+                        }
+                        SseEvent::Wait(gate) => {
+                            let mut open = gate.0.subscribe();
+                            let waited = tokio::time::timeout(
+                                Duration::from_millis(20),
+                                open.wait_for(|open| *open),
+                            )
+                            .await;
+                            if waited.is_err() {
+                                events.push_front(SseEvent::Wait(gate));
+                            }
                             ": keep-alive\n\n".to_owned()
                         }
                     };
