@@ -11,6 +11,7 @@ mod agents_schedules;
 mod backpressure;
 mod bad_input;
 mod chat;
+mod chat_llm;
 mod cli;
 mod counter;
 mod examples;
