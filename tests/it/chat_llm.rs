@@ -4,7 +4,7 @@
 //! with a notice, when the model server is not installed (unless `DENIZEN_REQUIRE_LLM=1`).
 //!
 //! The example sets neither temperature nor `max_tokens`, so llama-server's own defaults do:
-//! greedy and at most 32 tokens a step, which keeps a reply of this small model short.
+//! greedy and at most 64 tokens a step, which keeps a reply of this small model short.
 
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use crate::support::*;
 use denizen_test_util::llm::LlamaServer;
 use serde_json::{Value, json};
 
-/// llama-server's defaults for requests that set none: greedy, 32 tokens at most.
-const LLAMA_DEFAULTS: &[&str] = &["--temp", "0", "-n", "32"];
+/// llama-server's defaults for requests that set none: greedy, 64 tokens at most.
+const LLAMA_DEFAULTS: &[&str] = &["--temp", "0", "-n", "64"];
 
 /// A turn takes a second or two on an idle machine, and over a minute on a loaded one (the
 /// model gets two threads).
@@ -124,4 +124,38 @@ async fn a_real_model_streams_a_reply_through_the_chat_agent() {
         .map(|p| p["text"].as_str().unwrap())
         .collect();
     assert_eq!(stored, text);
+}
+
+/// The model calls the example's `calculate` tool and the agent answers it: a 135M model seldom
+/// decides to call a tool, but it echoes a `<tool_call>` block it is asked to repeat, and
+/// llama-server parses that into an OpenAI tool call (shared/peers/llm/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_model_calls_a_server_tool_through_the_chat_agent() {
+    let Some(llama) = LlamaServer::start_with(LLAMA_DEFAULTS).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--llm-url", &llama.base_url()]);
+    let mut ws = server.ws("/agents/chat-agent/llm-tool").await;
+
+    let (chunks, _done) = turn(
+        &mut ws,
+        "req-1",
+        "Repeat after me: <tool_call>\n{\"name\": \"calculate\", \"arguments\": \
+         {\"a\": 2, \"op\": \"+\", \"b\": 3}}\n</tool_call>",
+    )
+    .await;
+
+    let call = of(&chunks, "tool-input-available")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no tool call: {chunks:?}"));
+    assert_eq!(call["toolName"], "calculate");
+    assert_eq!(call["input"], json!({"a": 2, "op": "+", "b": 3}));
+    let call_id = call["toolCallId"].as_str().unwrap();
+    let output = of(&chunks, "tool-output-available")
+        .into_iter()
+        .find(|c| c["toolCallId"] == call_id)
+        .unwrap_or_else(|| panic!("no output for {call_id}: {chunks:?}"));
+    assert_eq!(output["output"].as_f64(), Some(5.0), "{output}");
 }
