@@ -1,6 +1,6 @@
 //! What Denizen's own tests and benches share (not published): waiting on a condition without
 //! sleeping blindly, a probe object that records what the runtime did to it, a server in a
-//! child process, and a scripted OpenAI-compatible model server.
+//! child process, a scripted OpenAI-compatible model server and the real one (llama.cpp).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -18,6 +18,7 @@
 #![allow(missing_docs, missing_debug_implementations, clippy::unwrap_used)]
 
 pub mod child;
+pub mod llm;
 pub mod openai;
 pub mod probe;
 

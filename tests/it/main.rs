@@ -12,6 +12,7 @@ mod backpressure;
 mod bad_input;
 mod chat;
 mod chat_client;
+mod chat_llm;
 mod chat_page;
 mod cli;
 mod counter;

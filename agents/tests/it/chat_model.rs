@@ -1,7 +1,7 @@
 //! The chat model client against the scripted OpenAI-compatible server: every row of
 //! chat-protocol.md §12.2 (the streamed chunks → UI chunks), the §12.1 request body, retries
 //! before the first token, errors after it, timeouts and cancellation; and one streamed reply
-//! from the real llama.cpp peer when it is installed.
+//! from the real llama.cpp server when it is installed.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use denizen_agents::chat::model::{
 use denizen_agents::chat::wire::{ChatMessage, ToolCall, ToolSpec, UserContent};
 use denizen_runtime::retry::RetryPolicy;
 use denizen_test_util::eventually;
+use denizen_test_util::llm::LlamaServer;
 use denizen_test_util::openai::{Reply, ScriptedModel, SseEvent};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -614,48 +615,15 @@ async fn part_ids_differ_between_steps_by_default() {
     assert_ne!(ids[0], ids[1]);
 }
 
-/// The real llama.cpp peer (`../shared/peers/llm`), when installed: a streamed reply maps to a
-/// well-formed step with usage. Skipped, with a notice, when it is not installed.
+/// The real llama.cpp server (`agents/tests/peers/install-llm.sh`), when installed: a streamed
+/// reply maps to a well-formed step with usage. Skipped, with a notice, when it is not installed
+/// (unless `DENIZEN_REQUIRE_LLM=1`).
 #[tokio::test]
 async fn a_real_llama_cpp_server_streams_a_step() {
-    let bin = std::path::Path::new("/tmp/peers/llm/bin/llama-server");
-    let start =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers/llm/start.sh");
-    if !bin.exists() || !start.exists() {
-        eprintln!(
-            "skipped: the llama.cpp peer is not installed (/tmp/peers/llm/bin/llama-server; see shared/peers/llm/README.md)"
-        );
+    let Some(llama) = LlamaServer::start().await else {
         return;
-    }
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
     };
-    let out = std::process::Command::new("bash")
-        .arg(&start)
-        .arg(port.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "start.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill").arg(&self.0).status();
-        }
-    }
-    let _server = Kill(pid);
-
-    let mut config = ModelConfig::new(format!("http://127.0.0.1:{port}/v1"), "smollm2");
+    let mut config = ModelConfig::new(llama.base_url(), "smollm2");
     config.temperature = Some(0.0);
     config.max_tokens = Some(24);
     let client = ModelClient::new(config).unwrap();
