@@ -96,7 +96,8 @@ async fn next_text(ws: &mut Ws) -> String {
 /// Connects like the JS client and reads the connect handshake, up to its last frame.
 async fn connect(addr: &str, agent: &str, tab: usize) -> Ws {
     let url = format!("ws://{addr}/agents/assistant/{agent}?_pk=tab-{tab}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    // Nagle off, as a browser has it: otherwise a small frame waits for the last one's ACK.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .expect("websocket");
     while !next_text(&mut ws).await.contains("cf_agent_mcp_servers") {}
