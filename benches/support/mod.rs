@@ -91,13 +91,20 @@ impl Server {
     /// Starts the child with `mode` in [`SERVER_ENV`] (a bench binary may serve more than one
     /// thing).
     pub(crate) fn start_mode(idle_ms: u64, mode: &str) -> Server {
+        Server::start_with(idle_ms, mode, &[])
+    }
+
+    /// Starts the child with `mode` and these variables added to its environment (where a peer
+    /// the parent runs listens, say).
+    pub(crate) fn start_with(idle_ms: u64, mode: &str, env: &[(&str, &str)]) -> Server {
         let data = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(std::env::current_exe().expect("exe"));
         command
             .env(SERVER_ENV, mode)
             .env(DATA_ENV, data.path())
             .env("DENIZEN_BENCH_IDLE_MS", idle_ms.to_string())
-            .env("RUST_LOG", "error");
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied());
         Server {
             child: ChildServer::spawn(command),
             _data: data,
