@@ -210,7 +210,6 @@ async fn a_server_tool_runs_and_the_model_answers_with_its_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs cf_agent_tool_result and continuations (chat-protocol.md §8) in the chat agent"]
 async fn a_client_tool_result_continues_the_turn() {
     let (model, server, _dir) = start().await;
     model.push(tool_call("call_loc", "getLocation", "{}"));
@@ -237,7 +236,6 @@ async fn a_client_tool_result_continues_the_turn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs approvals (tool-approval-request, cf_agent_tool_approval, chat-protocol.md §9) in the chat agent"]
 async fn an_approved_tool_runs_and_the_turn_continues() {
     let (model, server, _dir) = start().await;
     model.push(tool_call(
@@ -257,7 +255,6 @@ async fn an_approved_tool_runs_and_the_turn_continues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs approvals (tool-approval-request, cf_agent_tool_approval, chat-protocol.md §9) in the chat agent"]
 async fn a_denied_tool_does_not_run_and_the_model_is_told() {
     let (model, server, _dir) = start().await;
     model.push(tool_call(
