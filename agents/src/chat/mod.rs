@@ -19,3 +19,14 @@ pub mod message;
 pub mod model;
 pub mod request;
 pub mod wire;
+
+/// `len` random ASCII letters and digits: the unique part of the ids the chat makes up
+/// (messages, approvals, continuations, text part prefixes).
+pub(crate) fn random_id(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

@@ -57,7 +57,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use denizen_runtime::retry::RetryPolicy;
 use futures_util::{Stream, StreamExt, stream};
-use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
 use sse_stream::{Sse, SseStream};
@@ -466,7 +465,10 @@ impl ModelClient {
     pub fn step(&self, request: StepRequest) -> Step {
         let started = Instant::now();
         let known_tools: HashSet<String> = request.tools.iter().map(|t| t.name.clone()).collect();
-        let prefix = request.part_id_prefix.clone().unwrap_or_else(random_prefix);
+        let prefix = request
+            .part_id_prefix
+            .clone()
+            .unwrap_or_else(|| super::random_id(8));
         let body = serde_json::to_vec(&self.body(&request)).map(Bytes::from);
         let driver = Driver {
             inner: self.inner.clone(),
@@ -491,14 +493,6 @@ impl ModelClient {
             outcome: None,
         }
     }
-}
-
-fn random_prefix() -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect()
 }
 
 /// One model call in progress: a [`Stream`] of UI [`Chunk`]s, then its [`StepOutcome`]. See

@@ -7,8 +7,6 @@ use std::collections::HashSet;
 use denizen_runtime::Result;
 use serde_json::Value;
 
-use rand::Rng;
-
 use super::resume::salvage_orphans;
 use super::turn::{Launch, advance, launch, request_messages, respond, turns};
 use super::{ChatTurn, Tool, frames, store};
@@ -237,10 +235,5 @@ pub(crate) async fn continue_after<A: Agent>(
 }
 
 fn continuation_id() -> String {
-    let random: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(12)
-        .map(char::from)
-        .collect();
-    format!("continuation_{random}")
+    format!("continuation_{}", crate::chat::random_id(12))
 }

@@ -5,7 +5,6 @@ use std::panic::AssertUnwindSafe;
 
 use denizen_runtime::Stub;
 use futures_util::{FutureExt, StreamExt};
-use rand::Rng;
 use serde_json::Value;
 
 use super::Tool;
@@ -244,10 +243,5 @@ pub(super) async fn run_model<A: Agent>(
 }
 
 fn approval_id() -> String {
-    let random: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect();
-    format!("approval_{random}")
+    format!("approval_{}", crate::chat::random_id(16))
 }

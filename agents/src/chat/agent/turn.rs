@@ -10,7 +10,6 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 use futures_util::future::{AbortHandle, Abortable, BoxFuture};
-use rand::Rng;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -28,6 +27,7 @@ use crate::chat::history::{
 };
 use crate::chat::message::{Part, UiMessage};
 use crate::chat::model::DEFAULT_ERROR_TEXT;
+use crate::chat::random_id;
 use crate::chat::request::{ClientTool, RequestBody};
 use crate::chat::wire::{ChatMessage, ToolSpec};
 use crate::context::AgentContext;
@@ -174,12 +174,7 @@ pub(crate) fn advance<'a, A: Agent>(
 
 fn assistant_id() -> String {
     let millis = chrono::Utc::now().timestamp_millis();
-    let random: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(10)
-        .map(char::from)
-        .collect();
-    format!("assistant_{millis}_{random}")
+    format!("assistant_{millis}_{}", random_id(10))
 }
 
 /// The first half of a turn, in the agent's turn: persist the request's messages, ask the
