@@ -263,7 +263,7 @@ pub(crate) fn on_connect<A: Agent>(
     Ok(())
 }
 
-fn send_error(cx: &mut Context<impl Agent>, conn: &Connection, message: &str) {
+pub(super) fn send_error(cx: &mut Context<impl Agent>, conn: &Connection, message: &str) {
     cx.send(conn.ws, protocol::error(message).to_string());
 }
 
@@ -354,19 +354,12 @@ async fn tool_result<A: Agent>(
         ),
         _ => ToolResult::Output(map.get("output").cloned().unwrap_or(Value::Null)),
     };
-    let client_tools = match map.get("clientTools") {
-        None | Some(Value::Null) => None,
-        Some(tools) => match serde_json::from_value::<Vec<ClientTool>>(tools.clone()) {
-            Ok(tools) => Some(tools),
-            Err(e) => {
-                send_error(
-                    cx,
-                    conn,
-                    &format!("{}: `clientTools`: {e}", frames::TOOL_RESULT),
-                );
-                return Ok(());
-            }
-        },
+    let client_tools = match ClientTool::list(map.get("clientTools").cloned()) {
+        Ok(tools) => tools,
+        Err(e) => {
+            send_error(cx, conn, &format!("{}: {e}", frames::TOOL_RESULT));
+            return Ok(());
+        }
     };
     let recorded = continuation::answer_tool(agent, cx, conn, |stored, streaming| {
         apply_tool_result(stored, streaming, &call, result)

@@ -23,6 +23,19 @@ pub struct ClientTool {
     pub parameters: Option<Value>,
 }
 
+impl ClientTool {
+    /// The `clientTools` of a request body or a `cf_agent_tool_result` frame: `None` when
+    /// absent or `null`.
+    pub fn list(value: Option<Value>) -> Result<Option<Vec<ClientTool>>> {
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(tools) => serde_json::from_value(tools)
+                .map(Some)
+                .map_err(|e| Error::Invalid(format!("`clientTools`: {e}"))),
+        }
+    }
+}
+
 /// A chat request's body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestBody {
@@ -62,13 +75,7 @@ impl RequestBody {
                 ))
             })?,
         };
-        let client_tools = match map.remove("clientTools") {
-            None | Some(Value::Null) => None,
-            Some(tools) => Some(
-                serde_json::from_value(tools)
-                    .map_err(|e| Error::Invalid(format!("`clientTools`: {e}")))?,
-            ),
-        };
+        let client_tools = ClientTool::list(map.remove("clientTools"))?;
         Ok(RequestBody {
             messages,
             trigger,

@@ -162,7 +162,7 @@ pub(crate) fn answer_tool<A: Agent>(
     let updated = match apply(&mut stored, streaming) {
         Ok(updated) => updated,
         Err(e) => {
-            cx.send(conn.ws, crate::protocol::error(&e.to_string()).to_string());
+            super::send_error(cx, conn, &e.to_string());
             return Ok(false);
         }
     };

@@ -30,7 +30,7 @@ fn resumable<A: Agent>(agent: &mut A, cx: &mut Context<A>) -> Result<Option<Stri
 
 /// Offers `conn` the resumable stream, if any (it then gets no live frames until it ACKs);
 /// `false` if there is none.
-pub(crate) fn offer<A: Agent>(
+fn offer<A: Agent>(
     agent: &mut A,
     cx: &mut Context<A>,
     conn: &Connection,
@@ -133,10 +133,6 @@ pub(crate) fn resume_ack<A: Agent>(
         cx.send_json(conn, &flag(frames::replay_done(id, false)))?;
         return Ok(());
     }
-    let chunks: Vec<UiChunk> = log
-        .iter()
-        .filter_map(|(_, body)| serde_json::from_str(body).ok())
-        .collect();
     for (seq, body) in log {
         cx.send_json(conn, &flag(frames::replayed(id, body, seq)))?;
     }
@@ -149,28 +145,31 @@ pub(crate) fn resume_ack<A: Agent>(
         return Ok(());
     }
     // Nobody produces this stream any more: persist what it built, and end it.
-    salvage(cx, id, continues.as_deref(), &chunks, &[conn.id.as_str()])?;
+    salvage(cx, id, continues.as_deref(), &[conn.id.as_str()])?;
     cx.send_json(conn, &flag(frames::replay_done(id, true)))?;
     Ok(())
 }
 
-/// Persists the reply a stream's logged `chunks` built, for a stream nobody produces any more
-/// (its turn's process died), and drops its log; the transcript goes to every connection but
-/// `except` if it changed.
+/// Persists the reply the logged chunks of stream `id` built, for a stream nobody produces any
+/// more (its turn's process died), and drops its log; the transcript goes to every connection
+/// but `except` if it changed.
 fn salvage(
     cx: &mut Context<impl Agent>,
     id: &str,
     continues: Option<&str>,
-    chunks: &[UiChunk],
     except: &[&str],
 ) -> Result<()> {
+    let chunks: Vec<UiChunk> = store::log(cx.storage(), id)?
+        .iter()
+        .filter_map(|(_, body)| serde_json::from_str(body).ok())
+        .collect();
     let stored = store::load(cx.storage())?;
     let mut messages = stored.clone();
     // A continuation's chunks go on from the message it continued.
     let base = continues
         .and_then(|continued| stored.iter().find(|m| m.id == continued).cloned())
         .unwrap_or_else(|| UiMessage::new("", Role::Assistant));
-    let reply = MessageBuilder::rebuild(base, chunks, &mut messages);
+    let reply = MessageBuilder::rebuild(base, &chunks, &mut messages);
     let mut changed: HashSet<String> = messages
         .iter()
         .zip(&stored)
@@ -199,12 +198,8 @@ fn salvage(
 pub(super) fn salvage_orphans(cx: &mut Context<impl Agent>) -> Result<()> {
     while let Some(id) = store::logged_stream(cx.storage())? {
         let continues = store::continues(cx.storage(), &id)?;
-        let chunks: Vec<UiChunk> = store::log(cx.storage(), &id)?
-            .iter()
-            .filter_map(|(_, body)| serde_json::from_str(body).ok())
-            .collect();
         tracing::info!(request = %id, "persisting the partial reply of a stream cut by a restart");
-        salvage(cx, &id, continues.as_deref(), &chunks, &[])?;
+        salvage(cx, &id, continues.as_deref(), &[])?;
     }
     Ok(())
 }
