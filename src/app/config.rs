@@ -218,19 +218,14 @@ impl Config {
         if self.sql_time_budget.is_zero() {
             return Err(Error::Config("sql_time_budget must be more than 0s".into()));
         }
-        if let Some(url) = &self.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(Error::Config(format!(
-                "public_url must start with http:// or https://, got `{url}`"
-            )));
-        }
-        if let Some(url) = &self.llm_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(Error::Config(format!(
-                "llm_url must start with http:// or https://, got `{url}`"
-            )));
+        for (name, url) in [("public_url", &self.public_url), ("llm_url", &self.llm_url)] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(Error::Config(format!(
+                    "{name} must start with http:// or https://, got `{url}`"
+                )));
+            }
         }
         self.gateway_options().validate()?;
         Ok(())
