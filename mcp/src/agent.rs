@@ -27,6 +27,21 @@ use crate::manager::{ServerConfig, ServerState};
 use crate::model::CallToolResult;
 use crate::{Error, OAuthOptions, Result, TransportPreference, store};
 
+/// Calls tool `name` of `server`, first waiting (up to `timeout`) for the server when it is
+/// still (re)connecting.
+async fn call_when_ready(
+    manager: McpClientManager,
+    server: String,
+    name: String,
+    arguments: serde_json::Value,
+    timeout: Duration,
+) -> Result<CallToolResult> {
+    manager.wait_ready(&server, timeout).await?;
+    manager
+        .call_tool(&name, arguments, CallOptions::default())
+        .await
+}
+
 /// An MCP tool's result as a chat tool's: the text of a text-only result (what models read
 /// best), else the structured content, else the whole result as JSON; a result marked as an
 /// error is the tool's error, its text going back to the model.
@@ -324,14 +339,13 @@ impl AgentMcp {
     ) -> Result<impl Future<Output = Result<CallToolResult>> + Send + 'static + use<>> {
         let manager = self.manager()?.clone();
         let (server, _) = manager.resolve_tool(name)?;
-        let timeout = self.options.connect_timeout;
-        let name = name.to_string();
-        Ok(async move {
-            manager.wait_ready(&server, timeout).await?;
-            manager
-                .call_tool(&name, arguments, CallOptions::default())
-                .await
-        })
+        Ok(call_when_ready(
+            manager,
+            server,
+            name.to_string(),
+            arguments,
+            self.options.connect_timeout,
+        ))
     }
 
     fn redirect_uri(&self) -> Option<String> {
@@ -459,11 +473,10 @@ impl McpClient for AgentMcp {
             .filter(|t| {
                 // What OpenAI-compatible servers take as a function name; a server id with
                 // other characters would make every model request fail.
-                let valid = !t.name.is_empty()
-                    && t.name.len() <= 64
-                    && t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                let callable = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+                let valid = !t.name.is_empty() && t.name.len() <= 64 && t.name.bytes().all(callable);
                 if !valid {
-                    warn!(tool = %t.name, "an MCP tool whose name a model cannot call is not offered to it");
+                    warn!(tool = %t.name, "an MCP tool whose name a model cannot call is not offered");
                 }
                 valid
             })
@@ -473,19 +486,13 @@ impl McpClient for AgentMcp {
                 let manager = manager.clone();
                 let name = t.name.clone();
                 ChatTool::new(t.name, description, schema, move |arguments| {
-                    let manager = manager.clone();
-                    let name = name.clone();
+                    // Resolved at each call: the server may have been removed since.
+                    let call = manager.resolve_tool(&name).map(|(server, _)| {
+                        call_when_ready(manager.clone(), server, name.clone(), arguments, timeout)
+                    });
                     async move {
-                        let (server, _) = manager.resolve_tool(&name).map_err(|e| e.to_string())?;
-                        manager
-                            .wait_ready(&server, timeout)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let result = manager
-                            .call_tool(&name, arguments, CallOptions::default())
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        tool_output(result)
+                        let result = call.map_err(|e| e.to_string())?.await;
+                        tool_output(result.map_err(|e| e.to_string())?)
                     }
                 })
             })
